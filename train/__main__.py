@@ -1,0 +1,23 @@
+"""python -m train [overrides]: fine-tune a sentence-embedding model (see conf/train.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from train.builders import user_errors
+from train.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from train.run import run  # after Hydra has parsed the command line: `--help` stays fast
+
+    with user_errors():
+        result = run(cfg)
+    # A number for Hydra sweepers that optimise (e.g. Optuna): dev Spearman.
+    return result.get("dev", {}).get("spearman_cosine")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Config sections -> plain arguments for the models, data and loss code. The only place
+below the entry points that reads the config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+from omegaconf import DictConfig
+from sentence_transformers import SentenceTransformer
+
+from train.config import DataConfig, ModelConfig, PoolingConfig, to_plain
+from train.data.presets import load_sts_splits
+from train.data.readers import Columns, ScoreRange
+from train.errors import UserError
+from train.models import build_sentence_transformer
+
+log = logging.getLogger("train")
+
+
+def build_model(model: DictConfig | ModelConfig, pooling: DictConfig | PoolingConfig) -> SentenceTransformer:
+    m: ModelConfig = to_plain(model) if isinstance(model, DictConfig) else model
+    p: PoolingConfig = to_plain(pooling) if isinstance(pooling, DictConfig) else pooling
+    return build_sentence_transformer(
+        name=m.name,
+        max_seq_length=m.max_seq_length,
+        pooling_mode=p.mode.value,
+        normalize=m.normalize,
+        offline_package=m.offline_package,
+        attn_implementation=m.attn_implementation,
+    )
+
+
+def build_data(data: DictConfig | DataConfig, splits: tuple[str, ...]) -> dict[str, datasets.Dataset]:
+    d: DataConfig = to_plain(data) if isinstance(data, DictConfig) else data
+    return load_sts_splits(
+        d.name,
+        splits=splits,
+        data_dir=Path(d.dir),
+        paths={"train": d.train_path, "dev": d.dev_path, "test": d.test_path},
+        fmt=d.format,
+        columns=Columns(d.columns.sentence1, d.columns.sentence2, d.columns.score),
+        scores=ScoreRange(d.score_min, d.score_max),
+        on_bad_row=d.on_bad_row.value,
+        hub_id=d.hub_id,
+        hub_config=d.hub_config,
+        hub_splits=dict(d.hub_splits),
+        max_train_samples=d.max_train_samples,
+        max_eval_samples=d.max_eval_samples,
+    )
+
+
+def setup_logging() -> None:
+    # Hydra configures the root logger under @hydra.main; tests and plain calls get the same format.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    logging.getLogger("train").setLevel(logging.INFO)
+    for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
+
+
+def run_dir_from_hydra() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        raise RuntimeError("No Hydra run dir: pass run_dir= when calling run() outside `python -m train`.")
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A UserError ends the program with its message and exit code 2, no traceback
+    (HYDRA_FULL_ERROR=1 shows the traceback)."""
+    try:
+        yield
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", e)
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(2)

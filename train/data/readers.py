@@ -1,0 +1,298 @@
+"""Files -> `datasets.Dataset` with the canonical STS columns `sentence1`, `sentence2`, `score` in [0, 1].
+
+Every row keeps the place it came from (line or item number) until it is checked, so a bad
+row is reported as `file, line N: reason`. Readers know nothing of models or batching.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from train.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Columns:
+    sentence1: str = "sentence1"
+    sentence2: str = "sentence2"
+    score: str = "score"
+
+
+@dataclass(frozen=True)
+class ScoreRange:
+    low: float = 0.0
+    high: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.high > self.low:
+            raise DataError(f"data.score_max ({self.high}) must be greater than data.score_min ({self.low}).")
+
+
+class _BadRow(Exception):
+    pass
+
+
+def infer_format(path: Path, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise DataError(f"data.format={fmt!r} is not supported; use one of {', '.join(FORMATS)}.")
+        return fmt
+    try:
+        return _EXTENSIONS[path.suffix.lower()]
+    except KeyError:
+        raise DataError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+            f"set data.format to one of {', '.join(FORMATS)}."
+        ) from None
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its end-of-line) for each non-blank line; CRLF files included."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            for number, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield number, line
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}). "
+            "Convert the file to UTF-8, e.g. `iconv -f cp949 -t utf-8 in.tsv > out.tsv`."
+        ) from None
+
+
+def _records_tsv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    # Plain tab splitting, no CSV quoting: NLP TSVs carry quote characters inside sentences.
+    lines = _read_lines(path)
+    try:
+        _, header_line = next(lines)
+    except StopIteration:
+        return
+    header = header_line.split("\t")
+    for number, line in lines:
+        fields = line.split("\t")
+        yield f"line {number}", dict(zip(header, fields))
+
+
+def _records_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                    continue
+                yield f"line {reader.line_num}", row
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}). Convert the file to UTF-8.") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV file ({e}).") from None
+
+
+def _records_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, line in _read_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {number}: not valid JSON ({e.msg}).") from None
+        yield f"line {number}", record
+
+
+def _records_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}). Convert the file to UTF-8.") from None
+    if not text.strip():
+        return
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            raise DataError(f"{path}: holds one JSON object per line; set data.format=jsonl.") from None
+        raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+    if isinstance(document, dict) and isinstance(document.get("data"), list):
+        document = document["data"]
+    if not isinstance(document, list):
+        raise DataError(f"{path}: expected a JSON array of objects (or {{\"data\": [...]}}), got {type(document).__name__}.")
+    for number, record in enumerate(document, start=1):
+        yield f"item {number}", record
+
+
+def _records_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a file that is not parquet
+        raise DataError(f"{path}: not a readable Parquet file ({e}).") from None
+    for number, record in enumerate(table.to_pylist(), start=1):
+        yield f"row {number}", record
+
+
+_READERS = {
+    "tsv": _records_tsv,
+    "csv": _records_csv,
+    "json": _records_json,
+    "jsonl": _records_jsonl,
+    "parquet": _records_parquet,
+}
+
+
+def _lookup(record: Any, dotted: str) -> Any:
+    value = record
+    for part in dotted.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            raise _BadRow(f"missing field {dotted!r}")
+    return value
+
+
+def _sentence(record: Any, column: str) -> str:
+    value = _lookup(record, column)
+    if value is None:
+        raise _BadRow(f"missing field {column!r}")
+    if not isinstance(value, str):
+        raise _BadRow(f"field {column!r} is not text ({value!r})")
+    if not value.strip():
+        raise _BadRow(f"empty sentence in {column!r}")
+    return value
+
+
+def _score(value: Any, column: str, scores: ScoreRange) -> float:
+    if value is None or isinstance(value, bool):
+        raise _BadRow(f"score {column!r} is not a number ({value!r})")
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise _BadRow(f"score {column!r} is not a number ({value!r})") from None
+    if score != score:  # NaN
+        raise _BadRow(f"score {column!r} is not a number ({value!r})")
+    if not scores.low <= score <= scores.high:
+        raise _BadRow(
+            f"score {score:g} is outside [{scores.low:g}, {scores.high:g}] "
+            "(set data.score_min/data.score_max to your scale)"
+        )
+    return (score - scores.low) / (scores.high - scores.low)
+
+
+def canonical_pairs(
+    records: Iterator[tuple[str, Any]],
+    source: str,
+    get_row: Any,
+    on_bad_row: str = "error",
+) -> datasets.Dataset:
+    """Checks each record with `get_row(record) -> (s1, s2, score)` and builds the Dataset.
+
+    A bad record raises `DataError` naming the source and place, or is skipped and counted
+    when `on_bad_row == "skip"`.
+    """
+    s1s: list[str] = []
+    s2s: list[str] = []
+    labels: list[float] = []
+    bad: Counter[str] = Counter()
+    first_bad: str | None = None
+    total = 0
+    for where, record in records:
+        total += 1
+        try:
+            if not isinstance(record, dict) and not isinstance(record, list):
+                raise _BadRow(f"expected an object, got {type(record).__name__}")
+            s1, s2, score = get_row(record)
+        except _BadRow as e:
+            if on_bad_row != "skip":
+                raise DataError(
+                    f"{source}, {where}: {e}. Fix the row, or set data.on_bad_row=skip to skip bad rows."
+                ) from None
+            bad[str(e).split(" (")[0]] += 1
+            first_bad = first_bad or f"{where}: {e}"
+            continue
+        s1s.append(s1)
+        s2s.append(s2)
+        labels.append(score)
+    if total == 0:
+        raise DataError(f"{source}: the file holds no rows.")
+    if not labels:
+        raise DataError(f"{source}: all {total} rows are bad (first: {first_bad}).")
+    if bad:
+        reasons = "; ".join(f"{n} × {reason}" for reason, n in bad.most_common())
+        log.warning("%s: skipped %d bad rows of %d (%s; first: %s)", source, sum(bad.values()), total, reasons, first_bad)
+    return datasets.Dataset.from_dict(
+        {"sentence1": s1s, "sentence2": s2s, "score": labels},
+        features=datasets.Features(
+            {"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"), "score": datasets.Value("float32")}
+        ),
+    )
+
+
+def pair_getter(columns: Columns, scores: ScoreRange) -> Callable[[dict[str, Any]], tuple[str, str, float]]:
+    """Reads (sentence1, sentence2, rescaled score) out of one record by column names or dot paths."""
+
+    def get_row(record: dict[str, Any]) -> tuple[str, str, float]:
+        return (
+            _sentence(record, columns.sentence1),
+            _sentence(record, columns.sentence2),
+            _score(_lookup(record, columns.score), columns.score, scores),
+        )
+
+    return get_row
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: no such file.")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a data file.")
+
+
+def read_sts_file(
+    path: str | Path,
+    fmt: str | None = None,
+    columns: Columns = Columns(),
+    scores: ScoreRange = ScoreRange(),
+    on_bad_row: str = "error",
+) -> datasets.Dataset:
+    """Any csv/tsv/json/jsonl/parquet file of scored sentence pairs; columns may be dot paths."""
+    path = Path(path)
+    _check_file(path)
+    fmt = infer_format(path, fmt)
+    return canonical_pairs(_READERS[fmt](path), str(path), pair_getter(columns, scores), on_bad_row)
+
+
+def read_stsb_official(path: str | Path, scores: ScoreRange = ScoreRange(), on_bad_row: str = "error") -> datasets.Dataset:
+    """The STS Benchmark distribution files: tab-separated, no header, fields
+    genre, filename, year, id, score, sentence1, sentence2 and sometimes extra trailing
+    source fields; quote characters are text, not CSV quoting."""
+    path = Path(path)
+    _check_file(path)
+
+    def records() -> Iterator[tuple[str, list[str]]]:
+        for number, line in _read_lines(path):
+            yield f"line {number}", line.split("\t")
+
+    def get_row(fields: list[str]) -> tuple[str, str, float]:
+        if len(fields) < 7:
+            raise _BadRow(f"expected at least 7 tab-separated fields, found {len(fields)}")
+        return _nonempty(fields[5], "sentence1"), _nonempty(fields[6], "sentence2"), _score(fields[4], "score", scores)
+
+    return canonical_pairs(records(), str(path), get_row, on_bad_row)
+
+
+def _nonempty(text: str, column: str) -> str:
+    if not text.strip():
+        raise _BadRow(f"empty sentence in {column!r}")
+    return text

