@@ -153,6 +153,9 @@ def train(
         collate_fn=collate,
         num_workers=settings.num_workers,
         pin_memory=accelerator.device.type == "cuda",
+        # Its own generator: creating an iterator draws a seed from it, and drawing from the global
+        # RNG would shift dropout after a resume (which creates one iterator more than a plain run).
+        generator=torch.Generator().manual_seed(settings.seed),
     )
     optimizer = build_optimizer(model, settings.lr, settings.weight_decay, fused=accelerator.device.type == "cuda")
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

