@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from train.data.batching import BucketBatchSampler, PairCollator, pad, tokenize_pairs
+from train.data.batching import BucketBatchSampler, PairCollator, embed_batch, pad, tokenize_pairs
 from train.data.readers import ScoreRange, read_sts_file
 from train.models import build_sentence_transformer
 from tests.conftest import FIXTURES
@@ -61,12 +61,12 @@ def test_collator_matches_sentence_transformers_preprocess(tiny_model_dir):
     texts = [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
     expected = model.preprocess(texts)
     for key in ("input_ids", "attention_mask", "token_type_ids"):
-        torch.testing.assert_close(batch["features"][key], expected[key])
+        torch.testing.assert_close(batch["chunks"][0][key], expected[key])
     torch.testing.assert_close(batch["labels"], torch.tensor([0.9, 0.05, 0.85]))
     # Embedding the merged batch gives the same vectors as encoding each column on its own.
     model.eval()
     with torch.no_grad():
-        merged = model(batch["features"])["sentence_embedding"]
+        merged = embed_batch(model, batch)
     separate = model.encode([r["sentence1"] for r in rows], convert_to_tensor=True)
     torch.testing.assert_close(merged[:3], separate, rtol=1e-4, atol=1e-5)
 
@@ -81,3 +81,18 @@ def test_left_padding():
     ids, mask = pad([[5, 6, 7], [8]], pad_id=0, left=True)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_chunked_forward_gives_the_same_embeddings_with_less_padding(tiny_model_dir):
+    model = build_sentence_transformer(str(tiny_model_dir), max_seq_length=64)
+    model.eval()
+    ds = tokenize_pairs(read_sts_file(FIXTURES / "train_small.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 64)
+    rows = ds.to_list()[:16]
+    whole = PairCollator(model.tokenizer.pad_token_id, token_type_ids=True)(rows)
+    chunked = PairCollator(model.tokenizer.pad_token_id, token_type_ids=True, chunk_rows=5)(rows)
+    assert len(chunked["chunks"]) == 7  # 32 sentences in chunks of 5
+    padded = lambda b: sum(c["attention_mask"].numel() for c in b["chunks"])
+    assert padded(chunked) < padded(whole)
+    assert sum(int(c["attention_mask"].sum()) for c in chunked["chunks"]) == int(whole["chunks"][0]["attention_mask"].sum())
+    with torch.no_grad():
+        torch.testing.assert_close(embed_batch(model, chunked), embed_batch(model, whole), rtol=1e-4, atol=1e-5)

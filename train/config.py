@@ -135,6 +135,10 @@ class TrainerConfig:
     # length, so that a batch holds sentences of similar length (little padding).
     # 0 turns bucketing off (plain random batches).
     bucket_windows: int = 50
+    # The 2B sentences of a batch go through the model in length-sorted chunks of this many
+    # rows, each padded only to its own longest sentence (the loss still sees the whole
+    # batch). 0 = one forward pass; -1 = auto (chunks of 16 on CPU, one pass on GPU).
+    forward_chunk_rows: int = -1
     num_workers: int = 0
 
 

@@ -7,15 +7,25 @@ the numbers papers and model cards quote.
 from __future__ import annotations
 
 import datasets
+import numpy as np
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+from train.inference import encode
 
 SIMILARITIES = ["cosine", "dot", "euclidean", "manhattan"]
 MAIN_METRIC = "spearman_cosine"
 
 
+class STSEvaluator(EmbeddingSimilarityEvaluator):
+    """The library's evaluator and metrics; only the embedding step is `train.inference.encode`."""
+
+    def embed_inputs(self, model: SentenceTransformer, sentences, **kwargs) -> np.ndarray:
+        return encode(model, list(sentences), self.batch_size)
+
+
 def sts_evaluator(ds: datasets.Dataset, batch_size: int = 64, name: str = "") -> EmbeddingSimilarityEvaluator:
-    return EmbeddingSimilarityEvaluator(
+    return STSEvaluator(
         ds["sentence1"],
         ds["sentence2"],
         ds["score"],

@@ -29,7 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 from train import checkpoint
 from train.checkpoint import atomic_dir, latest_checkpoint, prune
 from train.config import TrainerConfig
-from train.data.batching import BucketBatchSampler
+from train.data.batching import BucketBatchSampler, embed_batch
 from train.errors import UserError
 from train.evaluation import MAIN_METRIC
 
@@ -214,9 +214,9 @@ def train(
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         progress.epoch, progress.batches_in_epoch = epoch, skip
         for batch in batches:
-            features, labels = batch["features"], batch["labels"]
+            labels = batch["labels"]
             with accelerator.accumulate(model):
-                embeddings = model(features)["sentence_embedding"]
+                embeddings = embed_batch(model, batch)
                 n = labels.shape[0]
                 loss = loss_fn.compute_loss_from_embeddings([embeddings[:n], embeddings[n:]], labels)
                 accelerator.backward(loss)
@@ -229,8 +229,9 @@ def train(
             running_loss += loss.detach().float().item()
             running_n += 1
             pairs += n
-            real_tokens += int(features["attention_mask"].sum())
-            padded_tokens += features["attention_mask"].numel()
+            for chunk in batch["chunks"]:
+                real_tokens += int(chunk["attention_mask"].sum())
+                padded_tokens += chunk["attention_mask"].numel()
             if not accelerator.sync_gradients:
                 continue
 

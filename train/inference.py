@@ -1,0 +1,51 @@
+"""Embedding many sentences: tokenize once for all, batch by exact token length, no autograd."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+
+from train.data.batching import pad
+
+
+def encode(model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Sentence embeddings (float32, input order) equal to `model.encode(sentences)`.
+
+    sentence-transformers sorts by character length and tokenizes batch by batch; here the
+    fast tokenizer runs once over everything (in parallel) and batches are cut by token length,
+    so a batch pads to at most its own longest sentence.
+    """
+    if len(sentences) == 0:
+        return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    tokenizer = model.tokenizer
+    ids = tokenizer(
+        list(sentences),
+        truncation=True,
+        max_length=model.max_seq_length,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    with_types = "token_type_ids" in tokenizer.model_input_names
+    left = tokenizer.padding_side == "left"
+    device = model.device
+    out: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                input_ids, mask = pad([ids[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id, left)
+                features = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+                if with_types:
+                    features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+                out.append(model(features)["sentence_embedding"].float().cpu())
+    finally:
+        model.train(was_training)
+    embeddings = torch.cat(out).numpy()
+    result = np.empty_like(embeddings)
+    result[order] = embeddings
+    return result
