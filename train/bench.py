@@ -86,11 +86,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     ds = tokenize_pairs(splits["train"], tok, model.max_seq_length)
     rows = ds.select_columns(["ids1", "ids2", "score"]).to_list()
     tokenize_seconds = time.perf_counter() - started
-    from train.run import forward_chunk_rows
-
-    collate = PairCollator(
-        tok.pad_token_id, tok.padding_side, "token_type_ids" in tok.model_input_names, forward_chunk_rows(args.chunk_rows)
-    )
+    collate = PairCollator(tok.pad_token_id, tok.padding_side, "token_type_ids" in tok.model_input_names, args.chunk_rows)
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
             model, build_loss("cosent", model), rows, collate, ds["length"], None, Path(run_dir), settings,
@@ -105,6 +101,25 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "dev_spearman": _score(model, splits, args),
         **_peak_memory(args.device),
     }
+
+
+class _CountingCollator:
+    """Counts real and padded tokens of SentenceTransformerTrainer's batches, changing nothing."""
+
+    def __init__(self, inner, counts: dict[str, int]) -> None:
+        self.inner, self.counts = inner, counts
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        for key, value in batch.items():
+            if key.endswith("attention_mask"):
+                self.counts["real_tokens"] += int(value.sum())
+                self.counts["padded_tokens"] += value.numel()
+        self.counts["pairs"] += len(features)
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,18 +150,7 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
         trainer = SentenceTransformerTrainer(
             model=model, args=training_args, train_dataset=splits["train"], loss=CoSENTLoss(model)
         )
-        collate = trainer.data_collator
-
-        def counting_collator(features):
-            batch = collate(features)
-            for key, value in batch.items():
-                if key.endswith("attention_mask"):
-                    counts["real_tokens"] += int(value.sum())
-                    counts["padded_tokens"] += value.numel()
-            counts["pairs"] += len(features)
-            return batch
-
-        trainer.data_collator = counting_collator
+        trainer.data_collator = _CountingCollator(trainer.data_collator, counts)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-steps", type=int, default=0, help="0 = one epoch")
     p.add_argument("--max-train-samples", type=int, default=0)
     p.add_argument("--bucket-windows", type=int, default=50)
-    p.add_argument("--chunk-rows", type=int, default=-1, help="trainer.forward_chunk_rows (-1 = auto)")
+    p.add_argument("--chunk-rows", type=int, default=0, help="trainer.forward_chunk_rows")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])

@@ -63,6 +63,10 @@ def setup_logging() -> None:
     for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     datasets.disable_progress_bars()
+    # "Loading weights" / "Writing model shards" bars at every save would bury the training bar.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def run_dir_from_hydra() -> Path:

@@ -137,8 +137,8 @@ class TrainerConfig:
     bucket_windows: int = 50
     # The 2B sentences of a batch go through the model in length-sorted chunks of this many
     # rows, each padded only to its own longest sentence (the loss still sees the whole
-    # batch). 0 = one forward pass; -1 = auto (chunks of 16 on CPU, one pass on GPU).
-    forward_chunk_rows: int = -1
+    # batch). 0 = one forward pass. Pays with random batches (bucket_windows=0) on a CPU.
+    forward_chunk_rows: int = 0
     num_workers: int = 0
 
 

@@ -35,14 +35,6 @@ def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
     clear_run_outputs(run_dir)
 
 
-def forward_chunk_rows(setting: int) -> int:
-    if setting >= 0:
-        return setting
-    # Measured with train.bench: on CPU, sorted chunks cut padding at no cost; on a GPU one
-    # big forward pass keeps the device busy.
-    return 16 if PartialState().device.type == "cpu" else 0
-
-
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Trains as configured; returns eval.json's content (plus run facts)."""
     setup_logging()
@@ -65,7 +57,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         pad_token_id=tokenizer.pad_token_id,
         padding_side=tokenizer.padding_side,
         token_type_ids="token_type_ids" in tokenizer.model_input_names,
-        chunk_rows=forward_chunk_rows(settings.forward_chunk_rows),
+        chunk_rows=settings.forward_chunk_rows,
     )
     dev_evaluator = sts_evaluator(splits["dev"], settings.eval_batch_size) if "dev" in splits else None
     loss_cfg = to_plain(cfg.loss)
