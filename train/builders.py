@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from sentence_transformers import SentenceTransformer
 
 from train.config import DataConfig, ModelConfig, PoolingConfig, to_plain
-from train.data.presets import load_sts_splits
+from train.data.presets import load_splits, load_sts_splits
 from train.data.readers import Columns, ScoreRange
 from train.errors import UserError
 from train.models import build_sentence_transformer
@@ -36,23 +36,39 @@ def build_model(model: DictConfig | ModelConfig, pooling: DictConfig | PoolingCo
     )
 
 
-def build_data(data: DictConfig | DataConfig, splits: tuple[str, ...]) -> dict[str, datasets.Dataset]:
+def build_data(
+    data: DictConfig | DataConfig, splits: tuple[str, ...], shape: str = "scored_pairs"
+) -> dict[str, datasets.Dataset]:
+    """The splits of `data` in the shape a loss trains on (train/losses.py)."""
     d: DataConfig = to_plain(data) if isinstance(data, DictConfig) else data
-    return load_sts_splits(
+    return load_splits(
         d.name,
+        shape,
         splits=splits,
         data_dir=Path(d.dir),
-        paths={"train": d.train_path, "dev": d.dev_path, "test": d.test_path},
+        # data.path is the one file: what train.evaluate scores, or the corpus of data=text_file.
+        paths={"train": d.train_path or (d.path if shape != "scored_pairs" else None), "dev": d.dev_path, "test": d.test_path},
         fmt=d.format,
         columns=Columns(d.columns.sentence1, d.columns.sentence2, d.columns.score),
+        label_column=d.columns.label,
+        negative_column=d.columns.negative,
         scores=ScoreRange(d.score_min, d.score_max),
         on_bad_row=d.on_bad_row.value,
+        hard_negatives=d.hard_negatives,
+        max_train_samples=d.max_train_samples,
+        max_eval_samples=d.max_eval_samples,
         hub_id=d.hub_id,
         hub_config=d.hub_config,
         hub_splits=dict(d.hub_splits),
-        max_train_samples=d.max_train_samples,
-        max_eval_samples=d.max_eval_samples,
     )
+
+
+def build_sts_eval_data(data: DictConfig | DataConfig, own: dict[str, datasets.Dataset]) -> dict[str, datasets.Dataset]:
+    """The STS dev/test sets that score a model: the data's own (STS data) or data.sts_dev's."""
+    d: DataConfig = to_plain(data) if isinstance(data, DictConfig) else data
+    if not d.sts_dev:
+        return {s: ds for s, ds in own.items() if s in ("dev", "test") and "score" in ds.column_names}
+    return load_sts_splits(d.sts_dev, ("dev", "test"), Path(d.dir), max_eval_samples=d.max_eval_samples)
 
 
 def setup_logging() -> None:

@@ -29,6 +29,11 @@ class LossName(str, Enum):
     cosent = "cosent"
     angle = "angle"
     cosine = "cosine"
+    mnrl = "mnrl"
+    cached_mnrl = "cached_mnrl"
+    simcse = "simcse"
+    triplet = "triplet"
+    softmax = "softmax"
 
 
 class BadRowPolicy(str, Enum):
@@ -68,11 +73,16 @@ class ColumnsConfig:
     sentence1: str = "sentence1"
     sentence2: str = "sentence2"
     score: str = "score"
+    # NLI files (data=nli_file): the label column (entailment/neutral/contradiction or 0/1/2).
+    label: str = "gold_label"
+    # Pairs files (data=pairs_file: sentence1 = anchor, sentence2 = positive): an optional hard negative.
+    negative: Optional[str] = None
 
 
 @dataclass
 class DataConfig:
-    # A preset (korsts, stsb), `sts_file` for your own files, or `hub` for a Hub dataset id.
+    # A preset (korsts, stsb, kornli, kor_xnli), your own files (sts_file, nli_file, pairs_file,
+    # text_file), or `hub` for a Hub dataset id.
     name: str = "korsts"
     # Where presets live and are downloaded to. EMBED_DATA_DIR overrides the default.
     dir: str = "${oc.env:EMBED_DATA_DIR,data}"
@@ -88,6 +98,12 @@ class DataConfig:
     score_min: float = 0.0
     score_max: float = 5.0
     on_bad_row: BadRowPolicy = BadRowPolicy.error
+    # NLI -> triplets: keep only premises with a contradiction as hard negative (true), or
+    # train on all (premise, entailed hypothesis) pairs (false).
+    hard_negatives: bool = True
+    # An STS preset whose dev (and test) split scores the model when the training data has no
+    # STS dev set (NLI, pairs, text): e.g. korsts.
+    sts_dev: Optional[str] = None
     # data=hub: datasets.load_dataset(hub_id, hub_config); split names are mapped below.
     hub_id: Optional[str] = None
     hub_config: Optional[str] = None
@@ -102,8 +118,16 @@ class DataConfig:
 @dataclass
 class LossConfig:
     name: LossName = LossName.cosent
-    # Inverse temperature of CoSENT/AnglE; ignored by the cosine (MSE) loss.
+    # Inverse temperature (CoSENT, AnglE, MNRL: 20 = temperature 0.05); unused by cosine/triplet/softmax.
     scale: float = 20.0
+    # cached_mnrl: rows per forward pass; memory stays flat as trainer.batch_size grows.
+    mini_batch_size: int = 32
+    # triplet: the margin between positive and negative distances (euclidean).
+    margin: float = 5.0
+    # softmax: number of NLI classes.
+    num_labels: int = 3
+    # Wraps the loss in MatryoshkaLoss: embeddings stay useful truncated to each of these sizes.
+    matryoshka_dims: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -143,12 +167,21 @@ class TrainerConfig:
 
 
 @dataclass
+class StageConfig:
+    name: str = "stage"
+    # Overrides applied after the command line's for this stage (data=..., loss=..., trainer.*=...).
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # A multi-stage recipe (set by an experiment): each stage starts from the previous one's model.
+    stages: list[StageConfig] = field(default_factory=list)
 
 
 @dataclass

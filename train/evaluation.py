@@ -1,30 +1,59 @@
-"""STS evaluation: Pearson/Spearman between gold scores and embedding similarities.
+"""STS and retrieval evaluation, with sentence-transformers' own evaluators and metrics.
 
-The figures come from sentence-transformers' own EmbeddingSimilarityEvaluator, so they are
-the numbers papers and model cards quote.
+STS: Pearson/Spearman between gold scores and the cosine (dot, euclidean, manhattan) similarity
+of the two embeddings. Retrieval: MRR@10, NDCG@10 and Recall@1/10 of finding each anchor's
+positive among all positives. Under several processes each rank embeds its own share of the
+sentences and the shares are gathered, so every sentence is embedded exactly once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import datasets
 import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+from sentence_transformers.sentence_transformer.evaluation import (
+    EmbeddingSimilarityEvaluator,
+    InformationRetrievalEvaluator,
+)
 
 from train.inference import encode
 
 SIMILARITIES = ["cosine", "dot", "euclidean", "manhattan"]
 MAIN_METRIC = "spearman_cosine"
+RETRIEVAL_MAIN_METRIC = "retrieval_ndcg@10"
+
+
+def encode_sharded(model: SentenceTransformer, sentences: Sequence[str], batch_size: int, truncate_dim: int | None = None) -> np.ndarray:
+    """`encode` split over the processes and gathered back in order (one process: plain encode)."""
+    state = PartialState()
+    if state.num_processes == 1:
+        embeddings = encode(model, sentences, batch_size)
+    else:
+        with state.split_between_processes(list(sentences)) as share:
+            mine = encode(model, share, batch_size)
+        parts = gather_object([mine])
+        embeddings = np.concatenate(parts) if parts else mine
+    return embeddings[:, :truncate_dim] if truncate_dim else embeddings
 
 
 class STSEvaluator(EmbeddingSimilarityEvaluator):
-    """The library's evaluator and metrics; only the embedding step is `train.inference.encode`."""
+    """The library's evaluator and metrics; only the embedding step is ours (faster, sharded)."""
 
     def embed_inputs(self, model: SentenceTransformer, sentences, **kwargs) -> np.ndarray:
-        return encode(model, list(sentences), self.batch_size)
+        return encode_sharded(model, list(sentences), self.batch_size, self.truncate_dim)
 
 
-def sts_evaluator(ds: datasets.Dataset, batch_size: int = 64, name: str = "") -> EmbeddingSimilarityEvaluator:
+class RetrievalEvaluator(InformationRetrievalEvaluator):
+    def embed_inputs(self, model: SentenceTransformer, sentences, encode_fn_name=None, **kwargs) -> torch.Tensor:
+        return torch.from_numpy(encode_sharded(model, list(sentences), self.batch_size, self.truncate_dim))
+
+
+def sts_evaluator(ds: datasets.Dataset, batch_size: int = 64, name: str = "", truncate_dim: int | None = None) -> EmbeddingSimilarityEvaluator:
     return STSEvaluator(
         ds["sentence1"],
         ds["sentence2"],
@@ -33,6 +62,7 @@ def sts_evaluator(ds: datasets.Dataset, batch_size: int = 64, name: str = "") ->
         similarity_fn_names=list(SIMILARITIES),
         name=name,
         write_csv=False,
+        truncate_dim=truncate_dim,
     )
 
 
@@ -53,12 +83,62 @@ def evaluate_sts(model: SentenceTransformer, evaluator: EmbeddingSimilarityEvalu
     return metrics
 
 
+def evaluate_sts_dims(model: SentenceTransformer, ds: datasets.Dataset, batch_size: int, dims: Sequence[int]) -> dict[str, float]:
+    """STS figures at full size, plus Spearman (cosine) at each Matryoshka dimension."""
+    metrics = evaluate_sts(model, sts_evaluator(ds, batch_size))
+    full = model.get_embedding_dimension()
+    for dim in dims:
+        if dim < full:
+            metrics[f"spearman_cosine@{dim}"] = evaluate_sts(model, sts_evaluator(ds, batch_size, truncate_dim=dim))["spearman_cosine"]
+    return metrics
+
+
+def retrieval_evaluator(ds: datasets.Dataset, batch_size: int = 64) -> InformationRetrievalEvaluator:
+    """Each distinct anchor is a query; all distinct positives are the corpus; its positives are relevant."""
+    queries: dict[str, str] = {}
+    corpus: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+    for anchor, positive in zip(ds["anchor"], ds["positive"]):
+        qid = queries.setdefault(anchor, f"q{len(queries)}")
+        cid = corpus.setdefault(positive, f"d{len(corpus)}")
+        relevant.setdefault(qid, set()).add(cid)
+    return RetrievalEvaluator(
+        queries={qid: text for text, qid in queries.items()},
+        corpus={cid: text for text, cid in corpus.items()},
+        relevant_docs=relevant,
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[1, 10],
+        map_at_k=[10],
+        batch_size=batch_size,
+        write_csv=False,
+        score_functions={"cosine": lambda a, b: torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T},
+    )
+
+
+def evaluate_retrieval(model: SentenceTransformer, evaluator: InformationRetrievalEvaluator) -> dict[str, float]:
+    """{retrieval_mrr@10, retrieval_ndcg@10, retrieval_recall@1, retrieval_recall@10, retrieval_n_queries}."""
+    was_training = model.training
+    model.eval()
+    try:
+        raw = evaluator(model)
+    finally:
+        model.train(was_training)
+    pick = {"mrr@10": "cosine_mrr@10", "ndcg@10": "cosine_ndcg@10", "recall@1": "cosine_recall@1", "recall@10": "cosine_recall@10"}
+    metrics = {f"retrieval_{k}": float(raw[v]) for k, v in pick.items()}
+    metrics["retrieval_n_queries"] = len(evaluator.queries)
+    return metrics
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A small text table: one row a split, Spearman for each similarity and Pearson (cosine)."""
     columns = ["spearman_cosine", "pearson_cosine", "spearman_dot", "spearman_euclidean", "spearman_manhattan", "n_pairs"]
     header = f"{'split':<6} " + " ".join(f"{c:>18}" for c in columns)
     lines = [header, "-" * len(header)]
     for split, metrics in results.items():
+        if "spearman_cosine" not in metrics:
+            continue
         cells = [f"{metrics[c]:>18.4f}" if c != "n_pairs" else f"{int(metrics[c]):>18d}" for c in columns]
         lines.append(f"{split:<6} " + " ".join(cells))
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 from train import checkpoint
 from train.checkpoint import atomic_dir, latest_checkpoint, prune
 from train.config import TrainerConfig
-from train.data.batching import BucketBatchSampler, embed_batch
+from train.data.batching import embed_batch
 from train.errors import UserError
 from train.evaluation import MAIN_METRIC
 
@@ -64,9 +64,11 @@ class LoopResult:
     padded_tokens: int
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, fused: bool = False, extra: list[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
     # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
-    decay, no_decay = [], []
+    decay, no_decay = [], list(extra)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -126,19 +128,53 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+def compute_loss(model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], from_embeddings: bool) -> torch.Tensor:
+    labels = batch["labels"]
+    if not from_embeddings:
+        return loss_fn(batch["columns"], labels)
+    embeddings = embed_batch(model, batch)
+    return loss_fn.compute_loss_from_embeddings(list(embeddings.chunk(batch["n_columns"])), labels)
+
+
+def _token_counts(batch: dict[str, Any]) -> tuple[int, int]:
+    masks = [f["attention_mask"] for f in batch.get("chunks") or batch["columns"]]
+    return sum(int(m.sum()) for m in masks), sum(m.numel() for m in masks)
+
+
+def _batch_rows(batch: dict[str, Any]) -> int:
+    if batch.get("columns"):
+        return batch["columns"][0]["input_ids"].shape[0]
+    return sum(c["input_ids"].shape[0] for c in batch["chunks"]) // batch["n_columns"]
+
+
+def _all_reduce_grads(params: list[nn.Parameter], accelerator: Accelerator) -> None:
+    # For what DDP does not see: a loss's own parameters (the softmax classifier), and the model
+    # itself when the loss runs it outside the DDP wrapper (GradCache, Matryoshka).
+    for p in params:
+        if p.grad is not None:
+            p.grad = accelerator.reduce(p.grad, reduction="mean")
+
+
 def train(
     model: SentenceTransformer,
     loss_fn: nn.Module,
     rows: list[dict[str, Any]],
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
-    lengths: list[int],
+    sampler: Any,
     evaluate: Callable[[SentenceTransformer], dict[str, float]] | None,
     run_dir: Path,
     settings: TrainerConfig,
     resume_from: Path | None = None,
     accelerator: Accelerator | None = None,
+    from_embeddings: bool = True,
+    main_metric: str = MAIN_METRIC,
 ) -> LoopResult:
-    """Trains `model` in place with `loss_fn.compute_loss_from_embeddings` and returns where things went."""
+    """Trains `model` in place and returns where things went.
+
+    `sampler` yields index batches and has `use_epoch(epoch)`. With `from_embeddings`, the loop
+    embeds all columns of a batch in one pass and calls `loss_fn.compute_loss_from_embeddings`;
+    otherwise `loss_fn(per_column_features, labels)` runs the model itself.
+    """
     accelerator = accelerator or Accelerator(
         mixed_precision=settings.mixed_precision.value, gradient_accumulation_steps=settings.grad_accum
     )
@@ -146,7 +182,6 @@ def train(
     run_dir = Path(run_dir)
     main = accelerator.is_main_process
 
-    sampler = BucketBatchSampler(lengths, settings.batch_size, settings.seed, settings.bucket_windows)
     loader = DataLoader(
         rows,
         batch_sampler=sampler,
@@ -158,8 +193,15 @@ def train(
         generator=torch.Generator().manual_seed(settings.seed),
     )
     # Fused AdamW: one kernel for all parameters; on this 2-core CPU it cut the step from 40 to 9 ms.
-    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"))
+    loss_params = [p for name, p in loss_fn.named_parameters() if not name.startswith("model.")]
+    loss_fn.to(accelerator.device)
+    trainable = nn.ModuleList([model, *([loss_fn] if loss_params else [])])
+    optimizer = build_optimizer(
+        model, settings.lr, settings.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"), extra=loss_params
+    )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # Gradients that DDP does not average for us (see _all_reduce_grads).
+    manual_sync = (loss_params if from_embeddings else list(trainable.parameters())) if accelerator.num_processes > 1 else []
 
     updates_per_epoch = max(1, math.ceil(len(loader) / settings.grad_accum))
     total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * updates_per_epoch
@@ -195,10 +237,10 @@ def train(
         assert evaluate is not None
         metrics = evaluate(accelerator.unwrap_model(model))
         progress.last_eval, progress.last_eval_step = metrics, progress.step
-        score = metrics[MAIN_METRIC]
+        score = metrics[main_metric]
         if progress.best_metric is None or score > progress.best_metric:
             progress.best_metric, progress.best_step = score, progress.step
-            save_model(accelerator, model, best_dir, {"step": progress.step, MAIN_METRIC: score, "kind": "best"})
+            save_model(accelerator, model, best_dir, {"step": progress.step, main_metric: score, "kind": "best"})
         return metrics
 
     bar = tqdm(total=total_steps, initial=progress.step, disable=not main, desc="train", dynamic_ncols=True)
@@ -215,24 +257,23 @@ def train(
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         progress.epoch, progress.batches_in_epoch = epoch, skip
         for batch in batches:
-            labels = batch["labels"]
             with accelerator.accumulate(model):
-                embeddings = embed_batch(model, batch)
-                n = labels.shape[0]
-                loss = loss_fn.compute_loss_from_embeddings([embeddings[:n], embeddings[n:]], labels)
+                loss = compute_loss(model, loss_fn, batch, from_embeddings)
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and manual_sync:
+                    _all_reduce_grads(manual_sync, accelerator)
                 if accelerator.sync_gradients and settings.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                    accelerator.clip_grad_norm_([*model.parameters(), *loss_params], settings.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             progress.batches_in_epoch += 1
             running_loss += loss.detach().float().item()
             running_n += 1
-            pairs += n
-            for chunk in batch["chunks"]:
-                real_tokens += int(chunk["attention_mask"].sum())
-                padded_tokens += chunk["attention_mask"].numel()
+            pairs += len(batch["labels"]) if batch["labels"] is not None else _batch_rows(batch)
+            real, padded = _token_counts(batch)
+            real_tokens += real
+            padded_tokens += padded
             if not accelerator.sync_gradients:
                 continue
 

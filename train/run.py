@@ -1,21 +1,40 @@
-"""run(cfg): build model, data and loss from the config, hand plain objects to the loop, report."""
+"""run(cfg): build model, data and loss from the config, hand plain objects to the loop, report.
+
+An experiment with `stages` runs them in order in one run dir (stage-1-<name>/, ...), each
+stage starting from the previous stage's final model.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from train import checkpoint
-from train.builders import build_data, build_model, run_dir_from_hydra, setup_logging
-from train.config import TrainerConfig, to_plain
-from train.data.batching import PairCollator, tokenize_pairs
-from train.errors import RunDirError
-from train.evaluation import MAIN_METRIC, evaluate_sts, format_table, sts_evaluator
-from train.losses import build_loss
+from train.builders import build_data, build_model, build_sts_eval_data, run_dir_from_hydra, setup_logging
+from train.config import LossConfig, TrainerConfig, to_plain
+from train.data.batching import (
+    BucketBatchSampler,
+    Collator,
+    NoDuplicatesBatchSampler,
+    label_column,
+    text_columns,
+    tokenize_columns,
+)
+from train.errors import DataError, RunDirError
+from train.evaluation import (
+    MAIN_METRIC,
+    RETRIEVAL_MAIN_METRIC,
+    evaluate_retrieval,
+    evaluate_sts_dims,
+    format_table,
+    retrieval_evaluator,
+)
+from train.losses import build_loss, loss_spec
 from train.loop import clear_run_outputs, resolve_resume, train
 
 log = logging.getLogger("train")
@@ -32,71 +51,189 @@ def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
             "hydra.run.dir, resume it with trainer.resume=latest, or replace it with trainer.overwrite=true."
         )
     log.warning("trainer.overwrite=true: removing the previous results in %s", run_dir)
-    clear_run_outputs(run_dir)
+    if PartialState().is_main_process:
+        clear_run_outputs(run_dir)
+    PartialState().wait_for_everyone()
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Trains as configured; returns eval.json's content (plus run facts)."""
-    setup_logging()
-    run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+def make_evaluate(
+    sts: dict[str, Any], retrieval_dev: Any, batch_size: int, dims: list[int]
+) -> tuple[Callable[[Any], dict[str, float]] | None, str]:
+    """The dev evaluation the loop runs, and the metric that picks best/."""
+    if "dev" not in sts and retrieval_dev is None:
+        return None, MAIN_METRIC
+    ir = retrieval_evaluator(retrieval_dev, batch_size) if retrieval_dev is not None else None
+
+    def evaluate(model) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if "dev" in sts:
+            metrics.update(evaluate_sts_dims(model, sts["dev"], batch_size, dims))
+        if ir is not None:
+            metrics.update(evaluate_retrieval(model, ir))
+        return metrics
+
+    return evaluate, (MAIN_METRIC if "dev" in sts else RETRIEVAL_MAIN_METRIC)
+
+
+def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """One training run (one stage) into run_dir; returns eval.json's content."""
     settings: TrainerConfig = to_plain(cfg.trainer)
+    loss_cfg: LossConfig = to_plain(cfg.loss)
+    state = PartialState()
     resume_from = resolve_resume(settings.resume, run_dir)
     check_run_dir(run_dir, resume_from is not None, settings.overwrite)
 
-    splits = build_data(cfg.data, ("train", "dev", "test"))
+    spec = loss_spec(loss_cfg.name.value)
+    splits = build_data(cfg.data, ("train", "dev", "test"), spec.data)
     if "train" not in splits:
-        raise RunDirError(f"data={cfg.data.name}: no train split to train on (set data.train_path).")
-    log.info("Data %s: %s", cfg.data.name, ", ".join(f"{k} {len(v)} pairs" for k, v in splits.items()))
+        raise DataError(f"data={cfg.data.name}: no train split to train on (set data.train_path).")
+    sts_eval = build_sts_eval_data(cfg.data, splits)
+    retrieval_dev = splits.get("dev") if splits.get("dev") is not None and "anchor" in splits["dev"].column_names else None
+    log.info(
+        "Data %s (%s): %s%s",
+        cfg.data.name,
+        spec.data.replace("_", " "),
+        ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+        f"; STS eval on {cfg.data.sts_dev}" if cfg.data.sts_dev else "",
+    )
 
     model = build_model(cfg.model, cfg.pooling)
     log.info("Model:\n%s", model)
+    loss, spec = build_loss(
+        loss_cfg.name.value,
+        model,
+        scale=loss_cfg.scale,
+        gather_across_devices=state.num_processes > 1,
+        mini_batch_size=loss_cfg.mini_batch_size,
+        margin=loss_cfg.margin,
+        num_labels=loss_cfg.num_labels,
+        matryoshka_dims=list(loss_cfg.matryoshka_dims),
+    )
+
     tokenizer = model.tokenizer
-    train_ds = tokenize_pairs(splits["train"], tokenizer, model.max_seq_length)
-    rows = train_ds.select_columns(["ids1", "ids2", "score"]).to_list()
-    collate = PairCollator(
+    train_ds = tokenize_columns(splits["train"], tokenizer, model.max_seq_length)
+    columns = tuple(text_columns(splits["train"]))
+    label = label_column(splits["train"])
+    rows = train_ds.select_columns([f"ids_{c}" for c in columns] + ([label] if label else [])).to_list()
+    collate = Collator(
         pad_token_id=tokenizer.pad_token_id,
         padding_side=tokenizer.padding_side,
         token_type_ids="token_type_ids" in tokenizer.model_input_names,
         chunk_rows=settings.forward_chunk_rows,
+        columns=columns,
+        label=label,
+        merge=spec.from_embeddings,
     )
-    dev_evaluator = sts_evaluator(splits["dev"], settings.eval_batch_size) if "dev" in splits else None
-    loss_cfg = to_plain(cfg.loss)
-    loss = build_loss(loss_cfg.name.value, model, loss_cfg.scale)
+    if spec.data in ("triplets", "texts"):
+        # In-batch negatives: a text twice in a (global) batch would be its own negative.
+        texts = list(zip(*(splits["train"][c] for c in columns)))
+        sampler = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=state.num_processes)
+    else:
+        sampler = BucketBatchSampler(train_ds["length"], settings.batch_size, settings.seed, settings.bucket_windows)
 
+    evaluate, main_metric = make_evaluate(sts_eval, retrieval_dev, settings.eval_batch_size, list(loss_cfg.matryoshka_dims))
     result = train(
         model=model,
         loss_fn=loss,
         rows=rows,
         collate=collate,
-        lengths=train_ds["length"],
-        evaluate=(lambda m: evaluate_sts(m, dev_evaluator)) if dev_evaluator else None,
+        sampler=sampler,
+        evaluate=evaluate,
         run_dir=run_dir,
         settings=settings,
         resume_from=resume_from,
+        from_embeddings=spec.from_embeddings,
+        main_metric=main_metric,
     )
 
     report: dict[str, Any] = {}
     progress = result.progress
-    if dev_evaluator is not None:
-        if progress.last_eval is not None and progress.last_eval_step == progress.step:
-            report["dev"] = progress.last_eval
-        else:
-            report["dev"] = evaluate_sts(model, dev_evaluator)
-    if "test" in splits:
-        report["test"] = evaluate_sts(model, sts_evaluator(splits["test"], settings.eval_batch_size))
+    if evaluate is not None:
+        dev = progress.last_eval if progress.last_eval is not None and progress.last_eval_step == progress.step else evaluate(model)
+        sts_dev = {k: v for k, v in dev.items() if not k.startswith("retrieval_")}
+        if sts_dev:
+            report["dev"] = sts_dev
+        if retrieval_dev is not None:
+            report["retrieval_dev"] = {k.removeprefix("retrieval_"): v for k, v in dev.items() if k.startswith("retrieval_")}
+    if "test" in sts_eval:
+        report["test"] = evaluate_sts_dims(model, sts_eval["test"], settings.eval_batch_size, list(loss_cfg.matryoshka_dims))
     out = {
         **report,
         "model": cfg.model.name,
         "data": cfg.data.name,
+        **({"sts_eval_data": cfg.data.sts_dev} if cfg.data.sts_dev else {}),
+        "loss": loss_cfg.name.value,
         "steps": progress.step,
-        "best": {"step": progress.best_step, MAIN_METRIC: progress.best_metric} if progress.best_step else None,
+        "best": {"step": progress.best_step, main_metric: progress.best_metric} if progress.best_step else None,
         "train_seconds": round(result.seconds, 2),
         "train_pairs_per_second": round(result.pairs / result.seconds, 2) if result.seconds else None,
         "padding_ratio": round(result.padded_tokens / result.real_tokens, 3) if result.real_tokens else None,
+        "num_processes": state.num_processes,
     }
+    if state.is_main_process:
+        checkpoint.write_json_atomic(run_dir / "eval.json", out)
+        table = format_table({k: v for k, v in report.items() if k in ("dev", "test")})
+        if report.get("dev") or report.get("test"):
+            print(table)
+        if "retrieval_dev" in report:
+            print("retrieval (dev): " + ", ".join(f"{k}={v:.4f}" for k, v in report["retrieval_dev"].items() if k != "n_queries"))
+    state.wait_for_everyone()
+    log.info("Run dir: %s", run_dir)
+    return out
+
+
+def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """The (name, config) of each stage: the run's config with the stage's overrides applied."""
+    if not cfg.get("stages"):
+        return [("", cfg)]
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    base = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else list(cfg.get("base_overrides") or [])
+    out = []
+    for i, stage in enumerate(cfg.stages, start=1):
+        # The experiment stays selected (its defaults apply); `stages=[]` keeps a stage a single run.
+        overrides = [*base, *stage.overrides, "stages=[]"]
+        out.append((f"stage-{i}-{stage.name}", compose(config_name="train", overrides=overrides)))
+    return out
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Trains as configured (all stages, if the experiment has them); returns eval.json's content."""
+    setup_logging()
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+    stages = stage_configs(cfg)
+    if len(stages) == 1 and not stages[0][0]:
+        return train_stage(cfg, run_dir)
+
+    check_run_dir(run_dir, bool(cfg.trainer.resume), cfg.trainer.overwrite)
+    previous: Path | None = None
+    results: dict[str, Any] = {}
+    for name, stage_cfg in stages:
+        stage_cfg = stage_cfg.copy()
+        if previous is not None:
+            OmegaConf.update(stage_cfg, "model.name", str(previous), merge=False)
+        stage_dir = run_dir / name
+        if (stage_dir / "eval.json").exists() and cfg.trainer.resume:
+            log.info("%s: already finished, skipping", name)
+            results[name] = checkpoint_json(stage_dir / "eval.json")
+        else:
+            if not (stage_dir / "checkpoints").is_dir():
+                OmegaConf.update(stage_cfg, "trainer.resume", None, merge=False)  # a stage not started yet
+            log.info("=== %s ===", name)
+            results[name] = train_stage(stage_cfg, stage_dir)
+        previous = stage_dir / "final"
+    out = {**results[stages[-1][0]], "stages": results}
     if PartialState().is_main_process:
         checkpoint.write_json_atomic(run_dir / "eval.json", out)
-        if report:
-            print(format_table(report))
-    log.info("Run dir: %s (final/ %s, eval.json)", run_dir, "best/, " if result.best_dir else "")
+        import shutil
+
+        shutil.copytree(previous, run_dir / "final", dirs_exist_ok=True)
+    PartialState().wait_for_everyone()
     return out
+
+
+def checkpoint_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text())

@@ -15,10 +15,22 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 
-from train.data.readers import Columns, ScoreRange, canonical_pairs, pair_getter, read_sts_file, read_stsb_official
+from train.data.readers import (
+    Columns,
+    ScoreRange,
+    canonical_pairs,
+    pair_getter,
+    read_nli_file,
+    read_pairs_file,
+    read_sts_file,
+    read_stsb_official,
+    read_text_lines,
+)
+from train.data.shapes import to_shape
 from train.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -29,8 +41,9 @@ SPLITS = ("train", "dev", "test")
 @dataclass(frozen=True)
 class Preset:
     folder: str
-    files: dict[str, str]  # split -> file name inside `folder`
+    files: dict[str, tuple[str, ...]]  # split -> file names inside `folder` (concatenated)
     read: Callable[[Path, ScoreRange, str], datasets.Dataset]
+    kind: str = "sts"  # sts: scored pairs; nli: premise/hypothesis/label
     # How to fetch missing files: file name -> URL, or one archive holding them all.
     urls: dict[str, str] = field(default_factory=dict)
     archive_url: str | None = None
@@ -46,23 +59,52 @@ def _read_stsb(path: Path, scores: ScoreRange, on_bad_row: str) -> datasets.Data
     return read_stsb_official(path, scores, on_bad_row)
 
 
+def _read_kornli(path: Path, scores: ScoreRange, on_bad_row: str) -> datasets.Dataset:
+    return read_nli_file(path, "tsv", Columns("sentence1", "sentence2", "gold_label"), on_bad_row)
+
+
 _KORNLU = "https://raw.githubusercontent.com/kakaobrain/KorNLUDatasets/master"
 
 PRESETS: dict[str, Preset] = {
     "korsts": Preset(
         folder="korsts",
-        files={"train": "sts-train.tsv", "dev": "sts-dev.tsv", "test": "sts-test.tsv"},
+        files={"train": ("sts-train.tsv",), "dev": ("sts-dev.tsv",), "test": ("sts-test.tsv",)},
         read=_read_korsts,
         urls={f"sts-{s}.tsv": f"{_KORNLU}/KorSTS/sts-{s}.tsv" for s in ("train", "dev", "test")},
         source="kakaobrain/KorNLUDatasets (KorSTS), CC BY-SA 4.0",
     ),
     "stsb": Preset(
         folder="stsb",
-        files={"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"},
+        files={"train": ("sts-train.csv",), "dev": ("sts-dev.csv",), "test": ("sts-test.csv",)},
         read=_read_stsb,
         archive_url="https://ixa2.si.ehu.eus/stswiki/images/4/48/Stsbenchmark.tar.gz",
         archive_member_dir="stsbenchmark",
         source="STS Benchmark (STS Wiki)",
+    ),
+    # KorNLI (Kakao Brain): machine-translated SNLI + MNLI train, human-translated XNLI dev/test.
+    "kornli": Preset(
+        folder="kornli",
+        files={
+            "train": ("snli_1.0_train.ko.tsv", "multinli.train.ko.tsv"),
+            "dev": ("xnli.dev.ko.tsv",),
+            "test": ("xnli.test.ko.tsv",),
+        },
+        read=_read_kornli,
+        kind="nli",
+        urls={
+            name: f"{_KORNLU}/KorNLI/{name}"
+            for name in ("snli_1.0_train.ko.tsv", "multinli.train.ko.tsv", "xnli.dev.ko.tsv", "xnli.test.ko.tsv")
+        },
+        source="kakaobrain/KorNLUDatasets (KorNLI), CC BY-SA 4.0",
+    ),
+    # Only the Korean XNLI files (5,010 test pairs to train on, 2,490 dev): small enough for a CPU.
+    "kor_xnli": Preset(
+        folder="kornli-xnli",
+        files={"train": ("xnli.test.ko.tsv",), "dev": ("xnli.dev.ko.tsv",)},
+        read=_read_kornli,
+        kind="nli",
+        urls={name: f"{_KORNLU}/KorNLI/{name}" for name in ("xnli.dev.ko.tsv", "xnli.test.ko.tsv")},
+        source="kakaobrain/KorNLUDatasets (KorNLI XNLI), CC BY-SA 4.0",
     ),
 }
 
@@ -100,27 +142,33 @@ def _fetch_missing(preset: Preset, folder: Path, missing: list[str]) -> None:
             _download(preset.urls[name], folder / name)
 
 
-def preset_files(name: str, data_dir: str | Path, splits: tuple[str, ...]) -> dict[str, Path]:
+def preset_files(name: str, data_dir: str | Path, splits: tuple[str, ...]) -> dict[str, list[Path]]:
     """Paths of the asked splits, downloading what is missing. A test split that the
     source lacks is left out; a missing train or dev split that cannot be fetched is an error."""
     preset = PRESETS[name]
     folder = Path(data_dir) / preset.folder
-    wanted = {s: folder / preset.files[s] for s in splits if s in preset.files}
-    missing = [p.name for p in wanted.values() if not p.exists()]
+    wanted = {s: [folder / f for f in preset.files[s]] for s in splits if s in preset.files}
+    missing = [p.name for paths in wanted.values() for p in paths if not p.exists()]
     if missing:
         log.info("%s: fetching %s into %s (%s)", name, ", ".join(missing), folder, preset.source)
         try:
             _fetch_missing(preset, folder, missing)
         except (OSError, tarfile.TarError, KeyError) as e:
-            required = [s for s, p in wanted.items() if not p.exists() and s != "test"]
+            required = [s for s, paths in wanted.items() if s != "test" and not all(p.exists() for p in paths)]
             if required:
+                expected = [str(p) for s in required for p in wanted[s] if not p.exists()]
                 raise DataError(
-                    f"data={name}: {', '.join(str(wanted[s]) for s in required)} not found, and downloading failed ({e}). "
-                    f"Put the files {', '.join(preset.files.values())} in {folder}, or point EMBED_DATA_DIR "
-                    f"(data.dir) at a folder that holds {preset.folder}/ with them."
+                    f"data={name}: {', '.join(expected)} not found, and downloading failed ({e}). "
+                    f"Put the files {', '.join(f for fs in preset.files.values() for f in fs)} in {folder}, "
+                    f"or point EMBED_DATA_DIR (data.dir) at a folder that holds {preset.folder}/ with them."
                 ) from None
             log.warning("%s: no test split (%s); evaluating on dev only", name, e)
-    return {s: p for s, p in wanted.items() if p.exists()}
+    return {s: paths for s, paths in wanted.items() if all(p.exists() for p in paths)}
+
+
+def read_preset(name: str, paths: list[Path], scores: ScoreRange, on_bad_row: str) -> datasets.Dataset:
+    parts = [PRESETS[name].read(p, scores, on_bad_row) for p in paths]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def _limit(ds: datasets.Dataset, n: int) -> datasets.Dataset:
@@ -149,8 +197,10 @@ def load_sts_splits(
     paths = paths or {}
     out: dict[str, datasets.Dataset] = {}
     if name in PRESETS:
-        for split, path in preset_files(name, data_dir, splits).items():
-            out[split] = PRESETS[name].read(path, scores, on_bad_row)
+        if PRESETS[name].kind != "sts":
+            raise DataError(f"data={name} is {PRESETS[name].kind} data, not scored pairs: use it with loss=mnrl, triplet or softmax.")
+        for split, paths in preset_files(name, data_dir, splits).items():
+            out[split] = read_preset(name, paths, scores, on_bad_row)
     elif name == "sts_file":
         for split in splits:
             if paths.get(split):
@@ -198,4 +248,67 @@ def _load_hub(
             pair_getter(columns, scores),
             on_bad_row,
         )
+    return out
+
+
+def load_splits(
+    name: str,
+    shape: str,
+    splits: tuple[str, ...] = SPLITS,
+    data_dir: str | Path = "data",
+    paths: dict[str, str | None] | None = None,
+    fmt: str | None = None,
+    columns: Columns = Columns(),
+    label_column: str = "gold_label",
+    negative_column: str | None = None,
+    scores: ScoreRange = ScoreRange(),
+    on_bad_row: str = "error",
+    hard_negatives: bool = True,
+    max_train_samples: int = 0,
+    max_eval_samples: int = 0,
+    **hub: Any,
+) -> dict[str, datasets.Dataset]:
+    """Any source in the shape a loss needs (see train/data/shapes.py): STS data for the STS
+    losses, NLI presets/files, pairs files or a text file for the contrastive ones."""
+    if shape == "scored_pairs":
+        return load_sts_splits(
+            name, splits, data_dir, paths, fmt, columns, scores, on_bad_row,
+            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, **hub,
+        )
+    paths = paths or {}
+    raw: dict[str, datasets.Dataset] = {}
+    if name in PRESETS:
+        kind = PRESETS[name].kind
+        for split, files in preset_files(name, data_dir, splits).items():
+            raw[split] = read_preset(name, files, scores, on_bad_row)
+    elif name == "nli_file":
+        kind = "nli"
+        for split in splits:
+            if paths.get(split):
+                raw[split] = read_nli_file(paths[split], fmt, Columns(columns.sentence1, columns.sentence2, label_column), on_bad_row)
+    elif name == "pairs_file":
+        kind = "pairs"
+        for split in splits:
+            if paths.get(split):
+                raw[split] = read_pairs_file(paths[split], fmt, columns.sentence1, columns.sentence2, negative_column, on_bad_row)
+    elif name == "text_file":
+        kind = "text"
+        for split in splits:
+            if paths.get(split):
+                raw[split] = read_text_lines(paths[split])
+    else:
+        raise DataError(
+            f"data={name} holds scored sentence pairs, but this loss trains on {shape.replace('_', ' ')}: "
+            "use NLI data (data=kornli, kor_xnli, nli_file), pairs (data=pairs_file) or text (data=text_file)."
+        )
+    if name not in PRESETS and not raw:
+        raise DataError(f"data={name} needs a file: set data.train_path (and data.dev_path), or data.path.")
+    out = {}
+    for split, ds in raw.items():
+        # Dev/test are kept as (anchor, positive) for retrieval evaluation, whatever the loss.
+        split_shape = shape if split == "train" else ("triplets" if kind in ("nli", "pairs") else None)
+        if split_shape is None:
+            continue
+        out[split] = to_shape(ds, kind, split_shape, hard_negatives and split == "train", f"data={name} ({split})")
+        out[split] = _limit(out[split], max_train_samples if split == "train" else max_eval_samples)
     return out

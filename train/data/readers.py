@@ -190,29 +190,28 @@ def _score(value: Any, column: str, scores: ScoreRange) -> float:
     return (score - scores.low) / (scores.high - scores.low)
 
 
-def canonical_pairs(
+def canonical_rows(
     records: Iterator[tuple[str, Any]],
     source: str,
-    get_row: Any,
+    get_row: Callable[[Any], tuple],
+    names: tuple[str, ...],
     on_bad_row: str = "error",
 ) -> datasets.Dataset:
-    """Checks each record with `get_row(record) -> (s1, s2, score)` and builds the Dataset.
+    """Checks each record with `get_row(record) -> tuple` (one value per name) and builds the Dataset.
 
     A bad record raises `DataError` naming the source and place, or is skipped and counted
     when `on_bad_row == "skip"`.
     """
-    s1s: list[str] = []
-    s2s: list[str] = []
-    labels: list[float] = []
+    values: list[list[Any]] = [[] for _ in names]
     bad: Counter[str] = Counter()
     first_bad: str | None = None
     total = 0
     for where, record in records:
         total += 1
         try:
-            if not isinstance(record, dict) and not isinstance(record, list):
+            if not isinstance(record, (dict, list)):
                 raise _BadRow(f"expected an object, got {type(record).__name__}")
-            s1, s2, score = get_row(record)
+            row = get_row(record)
         except _BadRow as e:
             if on_bad_row != "skip":
                 raise DataError(
@@ -221,22 +220,24 @@ def canonical_pairs(
             bad[str(e).split(" (")[0]] += 1
             first_bad = first_bad or f"{where}: {e}"
             continue
-        s1s.append(s1)
-        s2s.append(s2)
-        labels.append(score)
+        for column, value in zip(values, row):
+            column.append(value)
     if total == 0:
         raise DataError(f"{source}: the file holds no rows.")
-    if not labels:
+    if not values[0]:
         raise DataError(f"{source}: all {total} rows are bad (first: {first_bad}).")
     if bad:
         reasons = "; ".join(f"{n} × {reason}" for reason, n in bad.most_common())
         log.warning("%s: skipped %d bad rows of %d (%s; first: %s)", source, sum(bad.values()), total, reasons, first_bad)
-    return datasets.Dataset.from_dict(
-        {"sentence1": s1s, "sentence2": s2s, "score": labels},
-        features=datasets.Features(
-            {"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"), "score": datasets.Value("float32")}
-        ),
-    )
+    return datasets.Dataset.from_dict(dict(zip(names, values)))
+
+
+def canonical_pairs(
+    records: Iterator[tuple[str, Any]], source: str, get_row: Callable[[Any], tuple], on_bad_row: str = "error"
+) -> datasets.Dataset:
+    """Scored pairs: Dataset(sentence1, sentence2, score as float32 in [0, 1])."""
+    ds = canonical_rows(records, source, get_row, ("sentence1", "sentence2", "score"), on_bad_row)
+    return ds.cast_column("score", datasets.Value("float32"))
 
 
 def pair_getter(columns: Columns, scores: ScoreRange) -> Callable[[dict[str, Any]], tuple[str, str, float]]:
@@ -296,3 +297,72 @@ def _nonempty(text: str, column: str) -> str:
     if not text.strip():
         raise _BadRow(f"empty sentence in {column!r}")
     return text
+
+
+# --- NLI, pairs and plain text (contrastive training) -------------------------------------
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+# Numeric labels as in SNLI/MNLI on the Hub: 0 entailment, 1 neutral, 2 contradiction.
+_NLI_LABEL_IDS = {name: i for i, name in enumerate(NLI_LABELS)} | {str(i): i for i in range(3)}
+
+
+def _nli_label(value: Any, column: str) -> int:
+    key = str(value).strip().lower() if value is not None else ""
+    if key in _NLI_LABEL_IDS:
+        return _NLI_LABEL_IDS[key]
+    raise _BadRow(f"label {column!r} is {value!r}, expected one of {', '.join(NLI_LABELS)} (or 0/1/2)")
+
+
+def read_nli_file(
+    path: str | Path,
+    fmt: str | None = None,
+    columns: Columns = Columns("sentence1", "sentence2", "gold_label"),
+    on_bad_row: str = "error",
+) -> datasets.Dataset:
+    """Premise/hypothesis/label records -> Dataset(sentence1, sentence2, label: 0 entailment,
+    1 neutral, 2 contradiction). KorNLI TSV, KLUE-NLI JSON and any file through `columns`
+    (sentence1 = premise, sentence2 = hypothesis, score = the label column). Rows whose label
+    is '-' (no annotator agreement, as in SNLI) count as bad rows."""
+    path = Path(path)
+    _check_file(path)
+    fmt = infer_format(path, fmt)
+
+    def get_row(record: dict[str, Any]) -> tuple[str, str, int]:
+        return (
+            _sentence(record, columns.sentence1),
+            _sentence(record, columns.sentence2),
+            _nli_label(_lookup(record, columns.score), columns.score),
+        )
+
+    return canonical_rows(_READERS[fmt](path), str(path), get_row, ("sentence1", "sentence2", "label"), on_bad_row)
+
+
+def read_text_lines(path: str | Path) -> datasets.Dataset:
+    """One sentence a line (blank lines skipped) -> Dataset(text)."""
+    path = Path(path)
+    _check_file(path)
+    texts = [line.strip() for _, line in _read_lines(path)]
+    if not texts:
+        raise DataError(f"{path}: the file holds no rows.")
+    return datasets.Dataset.from_dict({"text": texts})
+
+
+def read_pairs_file(
+    path: str | Path,
+    fmt: str | None = None,
+    anchor: str = "anchor",
+    positive: str = "positive",
+    negative: str | None = None,
+    on_bad_row: str = "error",
+) -> datasets.Dataset:
+    """(anchor, positive[, negative]) text records -> Dataset with those columns."""
+    path = Path(path)
+    _check_file(path)
+    fmt = infer_format(path, fmt)
+    names = ("anchor", "positive", "negative") if negative else ("anchor", "positive")
+    fields = (anchor, positive, negative) if negative else (anchor, positive)
+
+    def get_row(record: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(_sentence(record, column) for column in fields)
+
+    return canonical_rows(_READERS[fmt](path), str(path), get_row, names, on_bad_row)
