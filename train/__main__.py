@@ -1,10 +1,17 @@
-"""python -m train [overrides]: fine-tune a sentence-embedding model (see conf/train.yaml)."""
+"""python -m train [overrides]: fine-tune a sentence-embedding model (see conf/train.yaml).
+
+Under `accelerate launch` / `torchrun`, every process runs this; they agree on one run dir first.
+"""
+
+import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from train.builders import user_errors
 from train.config import register_configs
+from train.distributed import agree_on_run_dir
 
 register_configs()
 
@@ -20,4 +27,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.argv[1:] = agree_on_run_dir(sys.argv[1:])
     main()

@@ -76,7 +76,7 @@ def setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger("train").setLevel(logging.INFO)
-    for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub", "datasets"):
+    for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     datasets.disable_progress_bars()
     # "Loading weights" / "Writing model shards" bars at every save would bury the training bar.

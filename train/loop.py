@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from sentence_transformers import SentenceTransformer
 from torch import nn
 from torch.utils.data import DataLoader
@@ -176,7 +176,10 @@ def train(
     otherwise `loss_fn(per_column_features, labels)` runs the model itself.
     """
     accelerator = accelerator or Accelerator(
-        mixed_precision=settings.mixed_precision.value, gradient_accumulation_steps=settings.grad_accum
+        mixed_precision=settings.mixed_precision.value,
+        gradient_accumulation_steps=settings.grad_accum,
+        # The backbone's pooler (BERT) gets no gradient from a sentence-embedding loss.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(settings.seed)
     run_dir = Path(run_dir)
@@ -286,8 +289,10 @@ def train(
             epoch_end = progress.batches_in_epoch >= len(loader)
             entry: dict[str, Any] = {}
             if step % settings.log_every == 0 or last:
+                # The mean over processes: each rank's loss covers only its own share of the batch.
+                mean_loss = accelerator.reduce(torch.tensor(running_loss / running_n, device=accelerator.device), "mean").item()
                 entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4),
-                             loss=running_loss / running_n, lr=lr)
+                             loss=mean_loss, lr=lr)
                 running_loss, running_n = 0.0, 0
             if evaluate is not None and (
                 last or (settings.eval_every > 0 and step % settings.eval_every == 0)
