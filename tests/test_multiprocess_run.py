@@ -1,0 +1,109 @@
+"""Runs under several processes, as `accelerate launch` starts them (CPU processes here), and
+multi-stage experiments: end to end on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+
+from train.evaluate import evaluate_run
+from tests.conftest import CONF, FIXTURES, ROOT, compose_config
+
+
+def launch(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONF / "accelerate" / "two_processes.yaml"), "-m", "train", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def tiny_nli(model_dir) -> list[str]:
+    return [
+        "debug=default",
+        f"model.name={model_dir}",
+        "data=nli_file",
+        f"data.train_path={FIXTURES / 'nli_train_small.tsv'}",
+        f"data.dev_path={FIXTURES / 'nli_small.tsv'}",
+        "loss=mnrl",
+        "trainer.batch_size=4",
+        "data.max_train_samples=0",
+    ]
+
+
+def test_two_processes_one_run_dir_and_the_same_figures_as_one_process(tiny_model_dir, tmp_path):
+    done = launch([*tiny_nli(tiny_model_dir), "data=sts_file", f"data.train_path={FIXTURES / 'train_small.jsonl'}",
+                   f"data.dev_path={FIXTURES / 'pairs.jsonl'}", "loss=cosent", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert done.returncode == 0, done.stderr[-4000:]
+    run = tmp_path / "run"
+    report = json.loads((run / "eval.json").read_text())
+    assert report["num_processes"] == 2
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
+        "__main__.log", "best", "checkpoints", "eval.json", "final", "metrics.jsonl"
+    ]
+    assert sorted(p.name for p in (run / "checkpoints" / "step-3" / "accelerate_state").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"
+    ]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6], "only the main process writes metrics"
+    again = evaluate_run(
+        compose_config([f"checkpoint={run / 'final'}", "data=sts_file", f"data.path={FIXTURES / 'pairs.jsonl'}", "split=dev"], "evaluate"),
+        run_dir=tmp_path / "eval",
+    )
+    for key in ("spearman_cosine", "pearson_cosine", "spearman_euclidean"):
+        assert again["dev"][key] == pytest.approx(report["dev"][key], abs=1e-6)
+    assert again["dev"]["n_pairs"] == report["dev"]["n_pairs"] == 3
+
+
+def test_two_processes_contrastive_with_hard_negatives(tiny_model_dir, tmp_path):
+    done = launch([*tiny_nli(tiny_model_dir), f"hydra.run.dir={tmp_path}"])
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["num_processes"] == 2 and report["loss"] == "mnrl"
+    assert set(report["retrieval_dev"]) == {"mrr@10", "ndcg@10", "recall@1", "recall@10", "n_queries"}
+    assert report["retrieval_dev"]["n_queries"] == 3  # dev keeps every (premise, entailment) pair
+
+
+def test_two_stage_experiment(tiny_model_dir, tmp_path):
+    # nli_then_sts with its stages pointed at the tiny fixtures.
+    stages = [
+        {"name": "nli", "overrides": ["data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}",
+                                      f"data.dev_path={FIXTURES / 'nli_small.tsv'}", "loss=mnrl", "trainer.batch_size=4"]},
+        {"name": "sts", "overrides": ["data=sts_file", f"data.train_path={FIXTURES / 'train_small.jsonl'}",
+                                      f"data.dev_path={FIXTURES / 'pairs.jsonl'}", "loss=cosent"]},
+    ]
+    quoted = ", ".join(
+        "{name: %s, overrides: [%s]}" % (s["name"], ", ".join(f"'{o}'" for o in s["overrides"])) for s in stages
+    )
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "train", "experiment=nli_then_sts", f"stages=[{quoted}]",
+         "debug=default", f"model.name={tiny_model_dir}", f"hydra.run.dir={run}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((run / "eval.json").read_text())
+    assert list(report["stages"]) == ["stage-1-nli", "stage-2-sts"]
+    assert report["stages"]["stage-1-nli"]["loss"] == "mnrl" and report["loss"] == "cosent"
+    assert "retrieval_dev" in report["stages"]["stage-1-nli"] and report["dev"]["n_pairs"] == 3
+    for stage in ("stage-1-nli", "stage-2-sts"):
+        assert (run / stage / "final" / "modules.json").exists()
+    assert (run / "final" / "modules.json").exists()
+    # Stage 2 started from stage 1's final model.
+    assert report["stages"]["stage-2-sts"]["model"] == str(run / "stage-1-nli" / "final")
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_launcher_configs_are_valid_accelerate_configs(path):
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 2 and config.compute_environment.value == "LOCAL_MACHINE"
+
+
+def test_launcher_configs_found():
+    assert len(list((CONF / "accelerate").glob("*.yaml"))) >= 5
