@@ -25,10 +25,12 @@ def test_config_files_were_found():
     options = group_options()
     assert len(options) >= 15, options
     assert {g for g, _ in options} == set(GROUPS)
-    # Every yaml under conf/ is either a primary config or a group option tested below.
+    # Every yaml under conf/ is a primary config, a group option tested below, or an accelerate
+    # launcher config (tests/test_multiprocess_run.py).
     primaries = {p.name for p in CONF.glob("*.yaml")}
     assert primaries == {"train.yaml", "evaluate.yaml"}
-    assert len(list(CONF.rglob("*.yaml"))) == len(options) + len(primaries)
+    launchers = list((CONF / "accelerate").glob("*.yaml"))
+    assert len(list(CONF.rglob("*.yaml"))) == len(options) + len(primaries) + len(launchers)
 
 
 @pytest.mark.parametrize("group,option", group_options())

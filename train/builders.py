@@ -17,7 +17,7 @@ from sentence_transformers import SentenceTransformer
 from train.config import DataConfig, ModelConfig, PoolingConfig, to_plain
 from train.data.presets import load_splits, load_sts_splits
 from train.data.readers import Columns, ScoreRange
-from train.errors import UserError
+from train.errors import Preempted, UserError
 from train.models import build_sentence_transformer
 
 log = logging.getLogger("train")
@@ -99,6 +99,10 @@ def user_errors() -> Iterator[None]:
     (HYDRA_FULL_ERROR=1 shows the traceback)."""
     try:
         yield
+    except Preempted as e:
+        log.warning("%s", e)
+        print(str(e), file=sys.stderr)
+        sys.exit(Preempted.exit_code)
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

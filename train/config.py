@@ -41,6 +41,11 @@ class BadRowPolicy(str, Enum):
     skip = "skip"
 
 
+class NanPolicy(str, Enum):
+    stop = "stop"
+    skip = "skip"
+
+
 class MixedPrecision(str, Enum):
     no = "no"
     bf16 = "bf16"
@@ -154,6 +159,8 @@ class TrainerConfig:
     resume: Optional[str] = None
     # Refuse to train into a run dir that already holds a finished run, unless true.
     overwrite: bool = False
+    # A loss or gradient that is NaN/Inf: stop with a message (stop), or skip that update (skip).
+    on_nan: NanPolicy = NanPolicy.stop
     eval_batch_size: int = 64
     # Batches are cut from windows of batch_size * bucket_windows examples sorted by
     # length, so that a batch holds sentences of similar length (little padding).

@@ -15,3 +15,9 @@ class ModelLoadError(UserError):
 
 class RunDirError(UserError):
     pass
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGINT after writing a checkpoint; the message says how to resume."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later

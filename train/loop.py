@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
+import threading
 import shutil
 import time
 from collections.abc import Callable
@@ -30,7 +33,7 @@ from train import checkpoint
 from train.checkpoint import atomic_dir, latest_checkpoint, prune
 from train.config import TrainerConfig
 from train.data.batching import embed_batch
-from train.errors import UserError
+from train.errors import Preempted, UserError
 from train.evaluation import MAIN_METRIC
 
 log = logging.getLogger(__name__)
@@ -141,6 +144,59 @@ def _token_counts(batch: dict[str, Any]) -> tuple[int, int]:
     return sum(int(m.sum()) for m in masks), sum(m.numel() for m in masks)
 
 
+class StopOnSignal:
+    """First SIGTERM or SIGINT: the loop finishes its step, writes a checkpoint and stops.
+    A second one exits at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            os._exit(128 + signum)
+        self.received = signum
+        log.warning("%s: finishing this step, then writing a checkpoint (again to exit at once)", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _all_agree(ok: bool, accelerator: Accelerator) -> bool:
+    """True only if every process says so (one NaN anywhere stops or skips the step everywhere)."""
+    if accelerator.num_processes == 1:
+        return ok
+    flag = torch.tensor(0.0 if ok else 1.0, device=accelerator.device)
+    return accelerator.reduce(flag, "sum").item() == 0
+
+
+def _nan_message(step: int, loss: torch.Tensor, run_dir: Path) -> str:
+    last = latest_checkpoint(run_dir / "checkpoints")
+    return (
+        f"Training diverged at step {step}: the loss ({loss.item()}) or its gradient is not finite. "
+        f"Last good checkpoint: {last or 'none yet'}. Try a lower trainer.lr, a longer trainer.warmup_ratio, "
+        "trainer.mixed_precision=bf16 instead of fp16, or look for broken rows in the data; "
+        "trainer.on_nan=skip skips such steps instead of stopping."
+    )
+
+
+def _oom_message(settings: TrainerConfig) -> str:
+    return (
+        f"Out of memory at trainer.batch_size={settings.batch_size}. What helps: a smaller trainer.batch_size "
+        "with trainer.grad_accum to keep the effective batch; loss=cached_mnrl (GradCache: memory flat in the "
+        "batch size) for contrastive losses; a shorter model.max_seq_length; trainer.mixed_precision=bf16."
+    )
+
+
 def _batch_rows(batch: dict[str, Any]) -> int:
     if batch.get("columns"):
         return batch["columns"][0]["input_ids"].shape[0]
@@ -246,74 +302,101 @@ def train(
             save_model(accelerator, model, best_dir, {"step": progress.step, main_metric: score, "kind": "best"})
         return metrics
 
+    skipped_steps = 0
     bar = tqdm(total=total_steps, initial=progress.step, disable=not main, desc="train", dynamic_ncols=True)
     running_loss, running_n = 0.0, 0
     pairs = real_tokens = padded_tokens = 0
     started = time.perf_counter()
     model.train()
     done = progress.step >= total_steps
-    for epoch in range(progress.epoch, n_epochs):
-        if done:
-            break
-        sampler.use_epoch(epoch)
-        skip = progress.batches_in_epoch if epoch == progress.epoch else 0
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        progress.epoch, progress.batches_in_epoch = epoch, skip
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = compute_loss(model, loss_fn, batch, from_embeddings)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and manual_sync:
-                    _all_reduce_grads(manual_sync, accelerator)
-                if accelerator.sync_gradients and settings.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_([*model.parameters(), *loss_params], settings.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            progress.batches_in_epoch += 1
-            running_loss += loss.detach().float().item()
-            running_n += 1
-            pairs += len(batch["labels"]) if batch["labels"] is not None else _batch_rows(batch)
-            real, padded = _token_counts(batch)
-            real_tokens += real
-            padded_tokens += padded
-            if not accelerator.sync_gradients:
-                continue
-
-            progress.step += 1
-            step = progress.step
-            lr = scheduler.get_last_lr()[0]
-            bar.update(1)
-            bar.set_postfix(loss=f"{running_loss / running_n:.4f}", lr=f"{lr:.2e}")
-            last = step >= total_steps
-            epoch_end = progress.batches_in_epoch >= len(loader)
-            entry: dict[str, Any] = {}
-            if step % settings.log_every == 0 or last:
-                # The mean over processes: each rank's loss covers only its own share of the batch.
-                mean_loss = accelerator.reduce(torch.tensor(running_loss / running_n, device=accelerator.device), "mean").item()
-                entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4),
-                             loss=mean_loss, lr=lr)
-                running_loss, running_n = 0.0, 0
-            if evaluate is not None and (
-                last or (settings.eval_every > 0 and step % settings.eval_every == 0)
-                or (settings.eval_every <= 0 and epoch_end)
-            ):
-                metrics = run_eval()
-                entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4))
-                entry.update({f"dev_{k}": v for k, v in metrics.items() if k != "n_pairs"})
-            if entry:
-                record(entry)
-            if epoch_end:
-                progress.epoch, progress.batches_in_epoch = epoch + 1, 0
-            if not last and (
-                (settings.save_every > 0 and step % settings.save_every == 0) or (settings.save_every <= 0 and epoch_end)
-            ):
-                save_checkpoint(accelerator, model, progress, run_dir / "checkpoints" / f"step-{step}")
-                if main:
-                    prune(run_dir / "checkpoints", settings.keep_last)
-            if last:
-                done = True
+    with StopOnSignal() as stop:
+        for epoch in range(progress.epoch, n_epochs):
+            if done:
                 break
+            sampler.use_epoch(epoch)
+            skip = progress.batches_in_epoch if epoch == progress.epoch else 0
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            progress.epoch, progress.batches_in_epoch = epoch, skip
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    try:
+                        loss = compute_loss(model, loss_fn, batch, from_embeddings)
+                        accelerator.backward(loss)
+                    except torch.OutOfMemoryError:
+                        raise UserError(_oom_message(settings)) from None
+                    finite = bool(torch.isfinite(loss.detach()))
+                    if accelerator.sync_gradients:
+                        if manual_sync:
+                            _all_reduce_grads(manual_sync, accelerator)
+                        norm = accelerator.clip_grad_norm_(
+                            [*model.parameters(), *loss_params],
+                            settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf"),
+                        )
+                        finite = _all_agree(finite and bool(torch.isfinite(norm)), accelerator)
+                        if not finite:
+                            if settings.on_nan.value == "stop":
+                                raise UserError(_nan_message(progress.step + 1, loss, run_dir))
+                            skipped_steps += 1
+                            log.warning("step %d: loss or gradient is not finite; step skipped (trainer.on_nan=skip)", progress.step + 1)
+                            optimizer.zero_grad(set_to_none=True)
+                        else:
+                            optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                progress.batches_in_epoch += 1
+                if finite:
+                    running_loss += loss.detach().float().item()
+                    running_n += 1
+                pairs += len(batch["labels"]) if batch["labels"] is not None else _batch_rows(batch)
+                real, padded = _token_counts(batch)
+                real_tokens += real
+                padded_tokens += padded
+                if not accelerator.sync_gradients:
+                    continue
+
+                progress.step += 1
+                step = progress.step
+                lr = scheduler.get_last_lr()[0]
+                bar.update(1)
+                bar.set_postfix(loss=f"{running_loss / max(running_n, 1):.4f}", lr=f"{lr:.2e}")
+                last = step >= total_steps
+                epoch_end = progress.batches_in_epoch >= len(loader)
+                entry: dict[str, Any] = {}
+                if step % settings.log_every == 0 or last:
+                    # The mean over processes: each rank's loss covers only its own share of the batch.
+                    mean_loss = accelerator.reduce(torch.tensor(running_loss / max(running_n, 1), device=accelerator.device), "mean").item()
+                    entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4),
+                                 loss=mean_loss, lr=lr)
+                    running_loss, running_n = 0.0, 0
+                if evaluate is not None and (
+                    last or (settings.eval_every > 0 and step % settings.eval_every == 0)
+                    or (settings.eval_every <= 0 and epoch_end)
+                ):
+                    metrics = run_eval()
+                    entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4))
+                    entry.update({f"dev_{k}": v for k, v in metrics.items() if k != "n_pairs"})
+                if entry:
+                    record(entry)
+                if epoch_end:
+                    progress.epoch, progress.batches_in_epoch = epoch + 1, 0
+                if not last and (
+                    (settings.save_every > 0 and step % settings.save_every == 0) or (settings.save_every <= 0 and epoch_end)
+                ):
+                    save_checkpoint(accelerator, model, progress, run_dir / "checkpoints" / f"step-{step}")
+                    if main:
+                        prune(run_dir / "checkpoints", settings.keep_last)
+                if not last and not _all_agree(stop.received is None, accelerator):
+                    target = run_dir / "checkpoints" / f"step-{step}"
+                    if not checkpoint.is_complete(target):
+                        save_checkpoint(accelerator, model, progress, target)
+                    bar.close()
+                    raise Preempted(
+                        f"Stopped by a signal after step {step}; checkpoint {target}. Resume with the same "
+                        f"command plus: hydra.run.dir={run_dir} trainer.resume=latest"
+                    )
+                if last:
+                    done = True
+                    break
     bar.close()
     seconds = time.perf_counter() - started
 
