@@ -96,3 +96,16 @@ def test_chunked_forward_gives_the_same_embeddings_with_less_padding(tiny_model_
     assert sum(int(c["attention_mask"].sum()) for c in chunked["chunks"]) == int(whole["chunks"][0]["attention_mask"].sum())
     with torch.no_grad():
         torch.testing.assert_close(embed_batch(model, chunked), embed_batch(model, whole), rtol=1e-4, atol=1e-5)
+
+
+def test_each_rank_gets_a_disjoint_share_under_accelerate_sharding():
+    from accelerate.data_loader import BatchSamplerShard
+
+    sampler = BucketBatchSampler(lengths(1000), 16, seed=5)
+    for epoch in (0, 1):
+        sampler.use_epoch(epoch)
+        shares = [[i for b in BatchSamplerShard(sampler, num_processes=2, process_index=r) for i in b] for r in range(2)]
+        assert not set(shares[0]) & set(shares[1]) or len(sampler) % 2  # disjoint unless padded at the end
+        assert set(shares[0]) | set(shares[1]) == set(range(1000))
+        again = [i for b in BatchSamplerShard(sampler, num_processes=2, process_index=0) for i in b]
+        assert again == shares[0], "deterministic per rank"

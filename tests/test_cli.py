@@ -90,3 +90,35 @@ def test_bad_data_row_is_one_clear_message(tiny_model_dir, tmp_path):
     assert done.returncode == 2
     assert "bad_rows.jsonl, line 2: empty sentence" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run" / "final").exists()
+
+
+BAD_INPUTS = {
+    "missing data file": ([f"data.train_path={FIXTURES / 'missing.jsonl'}"], "missing.jsonl: no such file"),
+    "not UTF-8": ([f"data.train_path={FIXTURES / 'not_utf8.tsv'}"], "not_utf8.tsv: not valid UTF-8"),
+    "empty file": ([f"data.train_path={FIXTURES / 'empty.jsonl'}"], "empty.jsonl: the file holds no rows"),
+    "wrong format": ([f"data.train_path={FIXTURES / 'pairs.csv'}", "data.format=json"], "pairs.csv, line 1: not valid JSON"),
+    "every row bad": ([f"data.train_path={FIXTURES / 'bad_rows.jsonl'}", "data.on_bad_row=skip", "data.score_max=0.5"], "rows are bad"),
+    "resume from a non-checkpoint": ([f"trainer.resume={FIXTURES}"], "not a complete training checkpoint"),
+    "unknown value": (["trainer.mixed_precision=fp12"], "fp12"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_is_one_paragraph_and_leaves_no_result(tiny_model_dir, tmp_path, case):
+    extra, expected = BAD_INPUTS[case]
+    run_dir = tmp_path / "run"
+    done = cli("train", *tiny_args(tiny_model_dir, run_dir), *extra)
+    assert done.returncode != 0
+    assert expected in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    leftovers = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
+    assert not leftovers & {"final", "best", "checkpoints", "eval.json", "metrics.jsonl"}
+
+
+def test_finished_run_dir_is_not_overwritten(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli("train", *tiny_args(tiny_model_dir, run_dir), "trainer.max_steps=2").returncode == 0
+    before = (run_dir / "eval.json").read_text()
+    again = cli("train", *tiny_args(tiny_model_dir, run_dir), "trainer.max_steps=2")
+    assert again.returncode == 2 and "trainer.overwrite=true" in again.stderr
+    assert (run_dir / "eval.json").read_text() == before

@@ -62,12 +62,11 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from accelerate import Accelerator
 
     from train.config import MixedPrecision, TrainerConfig
-    from train.data.batching import PairCollator, tokenize_pairs
     from train.losses import build_loss
     from train.loop import train
+    from train.run import training_inputs
 
     model, splits = _common(args)
-    tok = model.tokenizer
     settings = TrainerConfig(
         epochs=1,
         max_steps=args.max_steps,
@@ -81,15 +80,15 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         save_every=10**9,
         log_every=10**9,
         bucket_windows=args.bucket_windows,
+        forward_chunk_rows=args.chunk_rows,
     )
+    loss, spec = build_loss("cosent", model)
     started = time.perf_counter()
-    ds = tokenize_pairs(splits["train"], tok, model.max_seq_length)
-    rows = ds.select_columns(["ids1", "ids2", "score"]).to_list()
+    rows, collate, sampler = training_inputs(splits["train"], model, spec, settings)
     tokenize_seconds = time.perf_counter() - started
-    collate = PairCollator(tok.pad_token_id, tok.padding_side, "token_type_ids" in tok.model_input_names, args.chunk_rows)
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
-            model, build_loss("cosent", model), rows, collate, ds["length"], None, Path(run_dir), settings,
+            model, loss, rows, collate, sampler, None, Path(run_dir), settings,
             accelerator=Accelerator(mixed_precision=args.precision, cpu=args.device == "cpu"),
         )
     seconds = result.seconds + tokenize_seconds

@@ -34,7 +34,7 @@ from train.evaluation import (
     format_table,
     retrieval_evaluator,
 )
-from train.losses import build_loss, loss_spec
+from train.losses import LossSpec, build_loss, loss_spec
 from train.loop import clear_run_outputs, resolve_resume, train
 
 log = logging.getLogger("train")
@@ -75,6 +75,33 @@ def make_evaluate(
     return evaluate, (MAIN_METRIC if "dev" in sts else RETRIEVAL_MAIN_METRIC)
 
 
+def training_inputs(
+    train_split: Any, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
+) -> tuple[list[dict[str, Any]], Collator, Any]:
+    """Tokenized rows, the collator and the batch sampler for a training split."""
+    tokenizer = model.tokenizer
+    train_ds = tokenize_columns(train_split, tokenizer, model.max_seq_length)
+    columns = tuple(text_columns(train_split))
+    label = label_column(train_split)
+    rows = train_ds.select_columns([f"ids_{c}" for c in columns] + ([label] if label else [])).to_list()
+    collate = Collator(
+        pad_token_id=tokenizer.pad_token_id,
+        padding_side=tokenizer.padding_side,
+        token_type_ids="token_type_ids" in tokenizer.model_input_names,
+        chunk_rows=settings.forward_chunk_rows,
+        columns=columns,
+        label=label,
+        merge=spec.from_embeddings,
+    )
+    if spec.data in ("triplets", "texts"):
+        # In-batch negatives: a text twice in a (global) batch would be its own negative.
+        texts = list(zip(*(train_split[c] for c in columns)))
+        sampler = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=num_processes)
+    else:
+        sampler = BucketBatchSampler(train_ds["length"], settings.batch_size, settings.seed, settings.bucket_windows)
+    return rows, collate, sampler
+
+
 def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One training run (one stage) into run_dir; returns eval.json's content."""
     settings: TrainerConfig = to_plain(cfg.trainer)
@@ -110,26 +137,7 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         matryoshka_dims=list(loss_cfg.matryoshka_dims),
     )
 
-    tokenizer = model.tokenizer
-    train_ds = tokenize_columns(splits["train"], tokenizer, model.max_seq_length)
-    columns = tuple(text_columns(splits["train"]))
-    label = label_column(splits["train"])
-    rows = train_ds.select_columns([f"ids_{c}" for c in columns] + ([label] if label else [])).to_list()
-    collate = Collator(
-        pad_token_id=tokenizer.pad_token_id,
-        padding_side=tokenizer.padding_side,
-        token_type_ids="token_type_ids" in tokenizer.model_input_names,
-        chunk_rows=settings.forward_chunk_rows,
-        columns=columns,
-        label=label,
-        merge=spec.from_embeddings,
-    )
-    if spec.data in ("triplets", "texts"):
-        # In-batch negatives: a text twice in a (global) batch would be its own negative.
-        texts = list(zip(*(splits["train"][c] for c in columns)))
-        sampler = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=state.num_processes)
-    else:
-        sampler = BucketBatchSampler(train_ds["length"], settings.batch_size, settings.seed, settings.bucket_windows)
+    rows, collate, sampler = training_inputs(splits["train"], model, spec, settings, state.num_processes)
 
     evaluate, main_metric = make_evaluate(sts_eval, retrieval_dev, settings.eval_batch_size, list(loss_cfg.matryoshka_dims))
     result = train(

@@ -82,7 +82,10 @@ class BucketBatchSampler(Sampler[list[int]]):
             order = np.concatenate(chunks) if chunks else order
         batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         if self.window_batches > 0:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
+            # A short batch stays last: accelerate's per-rank sharding expects only the last one short.
+            short = [b for b in batches if len(b) < self.batch_size]
+            full = [b for b in batches if len(b) == self.batch_size]
+            batches = [full[i] for i in rng.permutation(len(full))] + short
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
