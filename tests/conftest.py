@@ -62,21 +62,24 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
+    """The debug config on the tiny model and the STS fixture files, plus `extra`."""
+    return [
+        "debug=default",
+        f"model.name={model_dir}",
+        "model.max_seq_length=64",
+        "data=sts_file",
+        f"data.train_path={FIXTURES / 'train_small.jsonl'}",
+        f"data.dev_path={FIXTURES / 'pairs.jsonl'}",
+        *extra,
+    ]
+
+
 @pytest.fixture
 def tiny_cfg(tiny_model_dir):
     """Composes the real train config in debug mode on the tiny model and fixture files."""
 
     def make(*overrides: str) -> DictConfig:
-        return compose_config(
-            [
-                "debug=default",
-                f"model.name={tiny_model_dir}",
-                "model.max_seq_length=64",
-                "data=sts_file",
-                f"data.train_path={FIXTURES / 'train_small.jsonl'}",
-                f"data.dev_path={FIXTURES / 'pairs.jsonl'}",
-                *overrides,
-            ]
-        )
+        return compose_config(tiny_overrides(tiny_model_dir, *overrides))
 
     return make

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, tiny_overrides
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -24,14 +24,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def tiny_args(model_dir, run_dir):
-    return [
-        "debug=default",
-        f"model.name={model_dir}",
-        "data=sts_file",
-        f"data.train_path={FIXTURES / 'train_small.jsonl'}",
-        f"data.dev_path={FIXTURES / 'pairs.jsonl'}",
-        f"hydra.run.dir={run_dir}",
-    ]
+    return tiny_overrides(model_dir, f"hydra.run.dir={run_dir}")
 
 
 def test_train_then_evaluate_klue_json(tiny_model_dir, tmp_path):

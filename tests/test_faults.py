@@ -17,23 +17,19 @@ from safetensors.torch import load_file
 import train.loop
 from train.errors import UserError
 from train.run import run
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import ROOT, tiny_overrides
 
 
 def args(model_dir, run_dir, *extra):
-    return [
-        "debug=default",
-        f"model.name={model_dir}",
-        "data=sts_file",
-        f"data.train_path={FIXTURES / 'train_small.jsonl'}",
-        f"data.dev_path={FIXTURES / 'pairs.jsonl'}",
+    return tiny_overrides(
+        model_dir,
         "data.max_train_samples=0",
         "trainer.max_steps=40",
         "trainer.save_every=5",
         "trainer.eval_every=20",
         f"hydra.run.dir={run_dir}",
         *extra,
-    ]
+    )
 
 
 def start(model_dir, run_dir, *extra) -> subprocess.Popen:

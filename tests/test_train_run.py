@@ -13,22 +13,12 @@ from sentence_transformers import SentenceTransformer
 from train.errors import RunDirError, UserError
 from train.evaluate import evaluate_run
 from train.run import run
-from tests.conftest import FIXTURES, compose_config
+from tests.conftest import FIXTURES, compose_config, tiny_overrides
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
-    cfg = compose_config(
-        [
-            "debug=default",
-            f"model.name={tiny_model_dir}",
-            "model.max_seq_length=64",
-            "data=sts_file",
-            f"data.train_path={FIXTURES / 'train_small.jsonl'}",
-            f"data.dev_path={FIXTURES / 'pairs.jsonl'}",
-            f"data.test_path={FIXTURES / 'pairs.csv'}",
-        ]
-    )
+    cfg = compose_config(tiny_overrides(tiny_model_dir, f"data.test_path={FIXTURES / 'pairs.csv'}"))
     run_dir = tmp_path_factory.mktemp("run")
     result = run(cfg, run_dir=run_dir)
     return cfg, run_dir, result

@@ -66,14 +66,19 @@ def sts_evaluator(ds: datasets.Dataset, batch_size: int = 64, name: str = "", tr
     )
 
 
-def evaluate_sts(model: SentenceTransformer, evaluator: EmbeddingSimilarityEvaluator) -> dict[str, float]:
-    """{pearson_cosine, spearman_cosine, ..., spearman_manhattan, n_pairs}; leaves the model in the mode it found."""
+def _run(evaluator, model: SentenceTransformer) -> dict[str, float]:
+    """The evaluator's raw figures, with dropout off; the model is left in the mode it was found in."""
     was_training = model.training
     model.eval()
     try:
-        raw = evaluator(model)
+        return evaluator(model)
     finally:
         model.train(was_training)
+
+
+def evaluate_sts(model: SentenceTransformer, evaluator: EmbeddingSimilarityEvaluator) -> dict[str, float]:
+    """{pearson_cosine, spearman_cosine, ..., spearman_manhattan, n_pairs}."""
+    raw = _run(evaluator, model)
     prefix = f"{evaluator.name}_" if evaluator.name else ""
     metrics = {}
     for kind in ("pearson", "spearman"):
@@ -119,12 +124,7 @@ def retrieval_evaluator(ds: datasets.Dataset, batch_size: int = 64) -> Informati
 
 def evaluate_retrieval(model: SentenceTransformer, evaluator: InformationRetrievalEvaluator) -> dict[str, float]:
     """{retrieval_mrr@10, retrieval_ndcg@10, retrieval_recall@1, retrieval_recall@10, retrieval_n_queries}."""
-    was_training = model.training
-    model.eval()
-    try:
-        raw = evaluator(model)
-    finally:
-        model.train(was_training)
+    raw = _run(evaluator, model)
     pick = {"mrr@10": "cosine_mrr@10", "ndcg@10": "cosine_ndcg@10", "recall@1": "cosine_recall@1", "recall@10": "cosine_recall@10"}
     metrics = {f"retrieval_{k}": float(raw[v]) for k, v in pick.items()}
     metrics["retrieval_n_queries"] = len(evaluator.queries)
