@@ -14,12 +14,12 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
 from train.evaluate import evaluate_run
-from tests.conftest import CONF, FIXTURES, ROOT, compose_config
+from tests.conftest import FIXTURES, ROOT, compose_config
 
 
 def launch(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONF / "accelerate" / "two_processes.yaml"), "-m", "train", *args],
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate" / "two_processes.yaml"), "-m", "train", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
 
@@ -99,11 +99,11 @@ def test_two_stage_experiment(tiny_model_dir, tmp_path):
     assert report["stages"]["stage-2-sts"]["model"] == str(run / "stage-1-nli" / "final")
 
 
-@pytest.mark.parametrize("path", sorted((CONF / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
 def test_launcher_configs_are_valid_accelerate_configs(path):
     config = load_config_from_file(str(path))
     assert config.num_processes >= 2 and config.compute_environment.value == "LOCAL_MACHINE"
 
 
 def test_launcher_configs_found():
-    assert len(list((CONF / "accelerate").glob("*.yaml"))) >= 5
+    assert len(list((ROOT / "accelerate").glob("*.yaml"))) >= 5

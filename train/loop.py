@@ -292,14 +292,19 @@ def train(
 
     best_dir = run_dir / "best"
 
+    eval_seconds = 0.0
+
     def run_eval() -> dict[str, float]:
+        nonlocal eval_seconds
         assert evaluate is not None
+        eval_started = time.perf_counter()
         metrics = evaluate(accelerator.unwrap_model(model))
         progress.last_eval, progress.last_eval_step = metrics, progress.step
         score = metrics[main_metric]
         if progress.best_metric is None or score > progress.best_metric:
             progress.best_metric, progress.best_step = score, progress.step
             save_model(accelerator, model, best_dir, {"step": progress.step, main_metric: score, "kind": "best"})
+        eval_seconds += time.perf_counter() - eval_started
         return metrics
 
     skipped_steps = 0
@@ -398,7 +403,7 @@ def train(
                     done = True
                     break
     bar.close()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - eval_seconds  # training only: evaluation is not throughput
 
     final_dir = run_dir / "final"
     save_model(accelerator, model, final_dir, {"step": progress.step, "kind": "final"})
