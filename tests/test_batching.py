@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from train.data.batching import BucketBatchSampler, PairCollator, embed_batch, pad, tokenize_pairs
+from train.data.batching import BucketBatchSampler, Collator, embed_batch, pad, tokenize_columns
 from train.data.readers import ScoreRange, read_sts_file
 from train.models import build_sentence_transformer
 from tests.conftest import FIXTURES
@@ -54,9 +54,9 @@ def test_buckets_cut_padding():
 
 def test_collator_matches_sentence_transformers_preprocess(tiny_model_dir):
     model = build_sentence_transformer(str(tiny_model_dir), max_seq_length=16)
-    ds = tokenize_pairs(read_sts_file(FIXTURES / "pairs.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 16)
+    ds = tokenize_columns(read_sts_file(FIXTURES / "pairs.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 16)
     rows = ds.to_list()
-    collate = PairCollator(model.tokenizer.pad_token_id, "right", token_type_ids=True)
+    collate = Collator(model.tokenizer.pad_token_id, "right", token_type_ids=True)
     batch = collate(rows)
     texts = [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
     expected = model.preprocess(texts)
@@ -73,7 +73,7 @@ def test_collator_matches_sentence_transformers_preprocess(tiny_model_dir):
 
 def test_truncation_to_max_seq_length(tiny_model_dir):
     model = build_sentence_transformer(str(tiny_model_dir), max_seq_length=8)
-    ds = tokenize_pairs(read_sts_file(FIXTURES / "train_small.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 8)
+    ds = tokenize_columns(read_sts_file(FIXTURES / "train_small.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 8)
     assert max(ds["length"]) == 8
 
 
@@ -86,10 +86,10 @@ def test_left_padding():
 def test_chunked_forward_gives_the_same_embeddings_with_less_padding(tiny_model_dir):
     model = build_sentence_transformer(str(tiny_model_dir), max_seq_length=64)
     model.eval()
-    ds = tokenize_pairs(read_sts_file(FIXTURES / "train_small.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 64)
+    ds = tokenize_columns(read_sts_file(FIXTURES / "train_small.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 64)
     rows = ds.to_list()[:16]
-    whole = PairCollator(model.tokenizer.pad_token_id, token_type_ids=True)(rows)
-    chunked = PairCollator(model.tokenizer.pad_token_id, token_type_ids=True, chunk_rows=5)(rows)
+    whole = Collator(model.tokenizer.pad_token_id, token_type_ids=True)(rows)
+    chunked = Collator(model.tokenizer.pad_token_id, token_type_ids=True, chunk_rows=5)(rows)
     assert len(chunked["chunks"]) == 7  # 32 sentences in chunks of 5
     padded = lambda b: sum(c["attention_mask"].numel() for c in b["chunks"])
     assert padded(chunked) < padded(whole)

@@ -44,10 +44,6 @@ def tokenize_columns(ds: datasets.Dataset, tokenizer: Any, max_length: int) -> d
     return ds.map(encode, batched=True, batch_size=1000, desc="Tokenizing", keep_in_memory=True)
 
 
-def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, max_length: int) -> datasets.Dataset:
-    return tokenize_columns(ds, tokenizer, max_length)
-
-
 class BucketBatchSampler(Sampler[list[int]]):
     """Yields index batches; every example exactly once per epoch.
 
@@ -219,11 +215,6 @@ class Collator:
         restore = torch.empty(len(order), dtype=torch.long)
         restore[torch.tensor(order)] = torch.arange(len(order))
         return {**batch, "chunks": chunks, "restore": restore}
-
-
-def PairCollator(pad_token_id: int, padding_side: str = "right", token_type_ids: bool = False, chunk_rows: int = 0) -> Collator:
-    """Scored STS pairs: sentence1, sentence2, score."""
-    return Collator(pad_token_id, padding_side, token_type_ids, chunk_rows, ("sentence1", "sentence2"), "score")
 
 
 def embed_batch(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
