@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
 from tests.conftest import CONF, compose_config
 

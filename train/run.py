@@ -6,7 +6,9 @@ stage starting from the previous stage's final model.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,7 +199,7 @@ def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
-    base = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else list(cfg.get("base_overrides") or [])
+    base = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     out = []
     for i, stage in enumerate(cfg.stages, start=1):
         # The experiment stays selected (its defaults apply); `stages=[]` keeps a stage a single run.
@@ -224,7 +226,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         stage_dir = run_dir / name
         if (stage_dir / "eval.json").exists() and cfg.trainer.resume:
             log.info("%s: already finished, skipping", name)
-            results[name] = checkpoint_json(stage_dir / "eval.json")
+            results[name] = json.loads((stage_dir / "eval.json").read_text())
         else:
             if not (stage_dir / "checkpoints").is_dir():
                 OmegaConf.update(stage_cfg, "trainer.resume", None, merge=False)  # a stage not started yet
@@ -234,14 +236,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     out = {**results[stages[-1][0]], "stages": results}
     if PartialState().is_main_process:
         checkpoint.write_json_atomic(run_dir / "eval.json", out)
-        import shutil
-
         shutil.copytree(previous, run_dir / "final", dirs_exist_ok=True)
     PartialState().wait_for_everyone()
     return out
 
-
-def checkpoint_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text())
