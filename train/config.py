@@ -47,6 +47,10 @@ class NanPolicy(str, Enum):
 
 
 class MixedPrecision(str, Enum):
+    # auto: bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with
+    # AVX512-BF16 or AMX), else no. The forward pass runs under autocast; the loss, the
+    # optimizer, the weights and every evaluation stay in fp32.
+    auto = "auto"
     no = "no"
     bf16 = "bf16"
     fp16 = "fp16"
@@ -146,7 +150,7 @@ class TrainerConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     grad_accum: int = 1
-    mixed_precision: MixedPrecision = MixedPrecision.no
+    mixed_precision: MixedPrecision = MixedPrecision.auto
     seed: int = 42
     # Dev evaluation every N optimizer steps (0 = at the end of every epoch), and always at the end.
     eval_every: int = 0

@@ -16,12 +16,14 @@ import threading
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from sentence_transformers import SentenceTransformer
 from torch import nn
@@ -35,6 +37,7 @@ from train.config import TrainerConfig
 from train.data.batching import embed_batch
 from train.errors import Preempted, UserError
 from train.evaluation import MAIN_METRIC
+from train.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class LoopResult:
     pairs: int
     real_tokens: int
     padded_tokens: int
+    mixed_precision: str
 
 
 def build_optimizer(
@@ -131,12 +135,22 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
-def compute_loss(model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], from_embeddings: bool) -> torch.Tensor:
+def compute_loss(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    batch: dict[str, Any],
+    from_embeddings: bool,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> torch.Tensor:
+    """The batch's loss; only the model's forward pass runs under `autocast`."""
     labels = batch["labels"]
     if not from_embeddings:
-        return loss_fn(batch["columns"], labels)
-    embeddings = embed_batch(model, batch)
-    return loss_fn.compute_loss_from_embeddings(list(embeddings.chunk(batch["n_columns"])), labels)
+        with autocast():
+            return loss_fn(batch["columns"], labels)
+    with autocast():
+        embeddings = embed_batch(model, batch)
+    # The loss in fp32: bf16's 8-bit mantissa would blur the small similarity differences it ranks.
+    return loss_fn.compute_loss_from_embeddings(list(embeddings.float().chunk(batch["n_columns"])), labels)
 
 
 def _token_counts(batch: dict[str, Any]) -> tuple[int, int]:
@@ -231,8 +245,12 @@ def train(
     embeds all columns of a batch in one pass and calls `loss_fn.compute_loss_from_embeddings`;
     otherwise `loss_fn(per_column_features, labels)` runs the model itself.
     """
+    if accelerator is None:
+        # The accelerator's settings are a process-wide singleton; a Hydra sweep (one process)
+        # or a multi-stage run may change mixed precision between runs. The process group stays.
+        AcceleratorState._reset_state()
     accelerator = accelerator or Accelerator(
-        mixed_precision=settings.mixed_precision.value,
+        mixed_precision=resolve_precision(settings.mixed_precision.value, PartialState().device),
         gradient_accumulation_steps=settings.grad_accum,
         # The backbone's pooler (BERT) gets no gradient from a sentence-embedding loss.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -259,6 +277,11 @@ def train(
         model, settings.lr, settings.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"), extra=loss_params
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # prepare() makes the model's forward autocast; undo that (in place) so that evaluation and
+    # saved models stay fp32, and autocast only the training forward pass (compute_loss).
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    precision = accelerator.mixed_precision
+    log.info("Mixed precision: %s", precision)
     # Gradients that DDP does not average for us (see _all_reduce_grads).
     manual_sync = (loss_params if from_embeddings else list(trainable.parameters())) if accelerator.num_processes > 1 else []
 
@@ -325,7 +348,7 @@ def train(
             for batch in batches:
                 with accelerator.accumulate(model):
                     try:
-                        loss = compute_loss(model, loss_fn, batch, from_embeddings)
+                        loss = compute_loss(model, loss_fn, batch, from_embeddings, accelerator.autocast)
                         accelerator.backward(loss)
                     except torch.OutOfMemoryError:
                         raise UserError(_oom_message(settings)) from None
@@ -415,6 +438,7 @@ def train(
         pairs=pairs,
         real_tokens=real_tokens,
         padded_tokens=padded_tokens,
+        mixed_precision=precision,
     )
 
 

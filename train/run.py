@@ -178,6 +178,7 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "train_seconds": round(result.seconds, 2),
         "train_pairs_per_second": round(result.pairs / result.seconds, 2) if result.seconds else None,
         "padding_ratio": round(result.padded_tokens / result.real_tokens, 3) if result.real_tokens else None,
+        "mixed_precision": result.mixed_precision,
         "num_processes": state.num_processes,
     }
     if state.is_main_process:
