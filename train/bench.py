@@ -62,6 +62,17 @@ def _peak_memory(device: str) -> dict[str, float]:
     return out
 
 
+def _utilisation(model, counts: dict[str, Any], seconds: float, precision: str, args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from train.flops import peak_tflops, utilisation
+
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    peak = args.peak_tflops or peak_tflops(device, precision)
+    # Two sentences a pair: the attention term uses the mean real sentence length.
+    return utilisation(model[0].auto_model, counts["real_tokens"], 2 * counts["pairs"], seconds, peak)
+
+
 def _score(model, splits, args) -> float:
     from train.evaluation import evaluate_sts, sts_evaluator
 
@@ -105,11 +116,11 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
             accelerator=Accelerator(mixed_precision=precision, cpu=args.device == "cpu"),
         )
     seconds = result.seconds + tokenize_seconds
+    counts = {"pairs": result.pairs, "real_tokens": result.real_tokens, "padded_tokens": result.padded_tokens}
     return {
         "seconds": seconds,
-        "pairs": result.pairs,
-        "real_tokens": result.real_tokens,
-        "padded_tokens": result.padded_tokens,
+        **counts,
+        **_utilisation(model, counts, seconds, result.mixed_precision, args),
         "dev_spearman": _score(model, splits, args),
         **_peak_memory(args.device),
         "precision": result.mixed_precision,
@@ -166,6 +177,7 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "seconds": seconds,
         **counts,
+        **_utilisation(model, counts, seconds, precision, args),
         "dev_spearman": _score(model, splits, args),
         **_peak_memory(args.device),
         "precision": precision,
@@ -221,6 +233,9 @@ def summarize(runs: list[dict[str, Any]], unit: str) -> dict[str, float]:
         out["padded_tokens_per_s"] = sum(r["padded_tokens"] for r in runs) / total
         out["padding_ratio"] = sum(r["padded_tokens"] for r in runs) / sum(r["real_tokens"] for r in runs)
         out["dev_spearman_mean"] = sum(r["dev_spearman"] for r in runs) / len(runs)
+        out["model_tflops_per_s"] = sum(r["model_tflops_per_s"] * r["seconds"] for r in runs) / total
+        if "mfu" in runs[0]:
+            out["mfu"] = sum(r["mfu"] * r["seconds"] for r in runs) / total
     out["peak_rss_mb_max"] = max(r["peak_rss_mb"] for r in runs)
     if "peak_gpu_allocated_mb" in runs[0]:
         out["peak_gpu_allocated_mb_max"] = max(r["peak_gpu_allocated_mb"] for r in runs)
@@ -245,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--st-precision", default="no", choices=["same", "auto", "no", "bf16", "fp16"],
                    help="SentenceTransformerTrainer's; default fp32, its own default")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="the device's peak TFLOP/s for MFU (default: known GPUs' dense bf16/fp16 peak)")
+    p.add_argument("--seed", type=int, default=42, help="repeat r uses seed + r")
     p.add_argument("--skip-eval", action="store_true", help="no dev Spearman (speed only)")
     p.add_argument("--encode", action="store_true", help="benchmark embedding a split instead of training")
     p.add_argument("--out", default="bench_results/bench.json")
@@ -256,8 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, list] = {k: [] for k in kinds}
     for repeat in range(args.repeats):
         order = kinds if repeat % 2 == 0 else kinds[::-1]  # alternate A/B against drift
+        # A new seed each repeat (the same for both sides): dev means average over seeds too.
+        repeat_args = argparse.Namespace(**{**vars(args), "seed": args.seed + repeat})
         for kind in order:
-            result = in_subprocess(kind, args)
+            result = {"seed": repeat_args.seed, **in_subprocess(kind, repeat_args)}
             runs[kind].append(result)
             print(f"[{repeat + 1}/{args.repeats}] {kind}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in result.items()), flush=True)
     summary = {k: summarize(v, unit) for k, v in runs.items()}
