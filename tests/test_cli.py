@@ -63,13 +63,6 @@ def test_multirun_sweep_gives_one_run_dir_per_pooling_mode(tiny_model_dir, tmp_p
     assert modes == {"cls", "max"}
 
 
-def test_typo_in_override_fails_before_training(tmp_path):
-    done = cli("train", "trainer.lr_rate=1e-4", f"hydra.run.dir={tmp_path}")
-    assert done.returncode != 0
-    assert "lr_rate" in done.stderr
-    assert not (tmp_path / "final").exists()
-
-
 def test_unloadable_model_is_one_clear_message(tmp_path):
     done = cli("train", "debug=default", f"model.name={tmp_path / 'nope'}", "data=sts_file",
                f"data.train_path={FIXTURES / 'train_small.jsonl'}", f"hydra.run.dir={tmp_path / 'run'}")
@@ -85,14 +78,50 @@ def test_bad_data_row_is_one_clear_message(tiny_model_dir, tmp_path):
     assert not (tmp_path / "run" / "final").exists()
 
 
+NLI = [f"data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}", f"data.dev_path={FIXTURES / 'nli_small.tsv'}", "loss=mnrl"]
+
+# case -> (extra overrides, what the message must say)
 BAD_INPUTS = {
-    "missing data file": ([f"data.train_path={FIXTURES / 'missing.jsonl'}"], "missing.jsonl: no such file"),
-    "not UTF-8": ([f"data.train_path={FIXTURES / 'not_utf8.tsv'}"], "not_utf8.tsv: not valid UTF-8"),
-    "empty file": ([f"data.train_path={FIXTURES / 'empty.jsonl'}"], "empty.jsonl: the file holds no rows"),
-    "wrong format": ([f"data.train_path={FIXTURES / 'pairs.csv'}", "data.format=json"], "pairs.csv, line 1: not valid JSON"),
-    "every row bad": ([f"data.train_path={FIXTURES / 'bad_rows.jsonl'}", "data.on_bad_row=skip", "data.score_max=0.5"], "rows are bad"),
-    "resume from a non-checkpoint": ([f"trainer.resume={FIXTURES}"], "not a complete training checkpoint"),
-    "unknown value": (["trainer.mixed_precision=fp12"], "fp12"),
+    "missing data file": ([f"data.train_path={FIXTURES / 'missing.jsonl'}"], ["missing.jsonl: no such file"]),
+    "not UTF-8": ([f"data.train_path={FIXTURES / 'not_utf8.tsv'}"], ["not_utf8.tsv: not valid UTF-8"]),
+    "empty file": ([f"data.train_path={FIXTURES / 'empty.jsonl'}"], ["empty.jsonl: the file holds no rows"]),
+    "wrong format": ([f"data.train_path={FIXTURES / 'pairs.csv'}", "data.format=json"], ["pairs.csv, line 1: not valid JSON"]),
+    "every row bad": ([f"data.train_path={FIXTURES / 'bad_rows.jsonl'}", "data.on_bad_row=skip", "data.score_max=0.5"], ["rows are bad"]),
+    "resume from a non-checkpoint": ([f"trainer.resume={FIXTURES}"], ["not a complete training checkpoint"]),
+    "unknown value": (["trainer.mixed_precision=fp12"], ["fp12"]),
+    "unknown key": (["trainer.lr_rate=1e-4"], ["lr_rate"]),
+    "decimal comma in a CSV row": (
+        [f"data.train_path={FIXTURES / 'decimal_comma.csv'}"],
+        ["decimal_comma.csv, line 3: 4 comma-separated fields, but the header has 3", "4.5"],
+    ),
+    "extra tab in a TSV row": (
+        [f"data.train_path={FIXTURES / 'extra_tab.tsv'}"], ["extra_tab.tsv, line 3: 4 tab-separated fields, but the header has 3"],
+    ),
+    "batch size 0, STS data": (["trainer.batch_size=0"], ["trainer.batch_size=0 (must be an integer ≥ 1)"]),
+    "batch size 0, contrastive data": ([*NLI, "trainer.batch_size=0"], ["trainer.batch_size=0 (must be an integer ≥ 1)"]),
+    "numeric settings out of range": (
+        ["trainer.log_every=0", "trainer.warmup_ratio=1.5", "trainer.lr=0", "trainer.grad_accum=0", "trainer.eval_every=-1",
+         "trainer.save_every=-2", "trainer.keep_last=-1", "trainer.max_steps=-1", "loss.mini_batch_size=0"],
+        ["trainer.log_every=0 (must be an integer ≥ 1)", "trainer.warmup_ratio=1.5 (must be a number in [0, 1])",
+         "trainer.lr=0.0 (must be a number > 0)", "trainer.grad_accum=0", "trainer.eval_every=-1", "trainer.save_every=-2",
+         "trainer.keep_last=-1", "trainer.max_steps=-1", "loss.mini_batch_size=0"],
+    ),
+    "no epochs and no steps": (["trainer.max_steps=0", "trainer.epochs=0"], ["trainer.epochs=0 with trainer.max_steps=0"]),
+    "max_seq_length above the position limit": (
+        ["model.max_seq_length=1000"], ["model.max_seq_length=1000 is above what", "(128 tokens", "model.max_seq_length ≤ 128"],
+    ),
+    "matryoshka dims above the embedding size": (
+        ["loss.matryoshka_dims=[768,512,256,128,64]"], ["loss.matryoshka_dims=[768, 512, 256, 128, 64]: 768, 512, 256, 128, 64 exceed", "embedding size 32"],
+    ),
+    "dev set with one gold score": (
+        [f"data.dev_path={FIXTURES / 'constant_scores.jsonl'}"], ["constant_scores.jsonl: cannot be scored, all 3 gold scores are 0.5"],
+    ),
+    "batch larger than the training set": (
+        ["data.max_train_samples=5", "trainer.batch_size=8"], ["trainer.batch_size=8, but the training set has 5 rows"],
+    ),
+    "a column the file does not have": (
+        ["data.columns.score=label"], ["train_small.jsonl: no column data.columns.score='label'", "columns are: sentence1, sentence2, score"],
+    ),
 }
 
 
@@ -101,11 +130,21 @@ def test_bad_input_is_one_paragraph_and_leaves_no_result(tiny_model_dir, tmp_pat
     extra, expected = BAD_INPUTS[case]
     run_dir = tmp_path / "run"
     done = cli("train", *tiny_args(tiny_model_dir, run_dir), *extra)
-    assert done.returncode != 0
-    assert expected in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 2, done.stderr[-2000:]
+    for words in expected:
+        assert words in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     leftovers = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
     assert not leftovers & {"final", "best", "checkpoints", "eval.json", "metrics.jsonl"}
+
+
+def test_evaluate_refuses_a_set_it_cannot_score_and_bad_settings(tiny_model_dir, tmp_path):
+    args = [f"model.name={tiny_model_dir}", "model.max_seq_length=64", "data=sts_file", "split=dev", f"hydra.run.dir={tmp_path}"]
+    done = cli("train.evaluate", *args, f"data.path={FIXTURES / 'constant_scores.jsonl'}")
+    assert done.returncode == 2 and "cannot be scored, all 3 gold scores are 0.5" in done.stderr, done.stderr[-2000:]
+    done = cli("train.evaluate", *args, f"data.path={FIXTURES / 'pairs.jsonl'}", "batch_size=0")
+    assert done.returncode == 2 and "batch_size=0 (must be an integer ≥ 1)" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "eval.json").exists()
 
 
 def test_finished_run_dir_is_not_overwritten(tiny_model_dir, tmp_path):

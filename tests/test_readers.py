@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import FIXTURES
-from train.data.presets import load_sts_splits
+from train.data.presets import BUNDLED_DIR, load_splits, load_sts_splits
 from train.data.readers import Columns, ScoreRange, read_sts_file, read_stsb_official
 from train.errors import DataError
 
@@ -128,20 +128,33 @@ def test_missing_preset_offline_names_files_and_env_var(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     with pytest.raises(DataError) as e:
-        load_sts_splits("korsts", data_dir=tmp_path)
+        load_sts_splits("stsb", data_dir=tmp_path)
     message = str(e.value)
-    assert "sts-train.tsv" in message and "EMBED_DATA_DIR" in message and str(tmp_path / "korsts") in message
+    assert "sts-train.csv" in message and "EMBED_DATA_DIR" in message and str(tmp_path / "stsb") in message
+
+
+def test_korsts_is_shipped_and_found_without_data_dir_or_network(tmp_path, monkeypatch):
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("KorSTS ships with the repository: nothing may be downloaded")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    splits = load_sts_splits("korsts", data_dir=tmp_path / "empty")
+    assert {k: len(v) for k, v in splits.items()} == {"train": 5749, "dev": 1500, "test": 1379}
+    assert (BUNDLED_DIR / "korsts" / "LICENSE").read_text().startswith("Attribution-ShareAlike 4.0")
+    assert not (tmp_path / "empty").exists()
 
 
 def test_preset_download_writes_files_atomically(tmp_path, monkeypatch):
     import io
     import urllib.request
 
-    korsts = (FIXTURES / "korsts_small.tsv").read_bytes()
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(korsts))
-    splits = load_sts_splits("korsts", data_dir=tmp_path)
-    assert sorted(splits) == ["dev", "test", "train"]
-    assert sorted(p.name for p in (tmp_path / "korsts").iterdir()) == ["sts-dev.tsv", "sts-test.tsv", "sts-train.tsv"]
+    nli = (FIXTURES / "nli_train_small.tsv").read_bytes()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(nli))
+    splits = load_splits("kor_xnli", "triplets", splits=("train", "dev"), data_dir=tmp_path)
+    assert sorted(splits) == ["dev", "train"] and len(splits["train"]) > 0
+    assert sorted(p.name for p in (tmp_path / "kornli-xnli").iterdir()) == ["xnli.dev.ko.tsv", "xnli.test.ko.tsv"]
 
 
 def test_sts_file_needs_a_path():
@@ -159,3 +172,44 @@ def test_max_samples_limits_splits():
     )
     assert len(splits["train"]) == 10 and len(splits["dev"]) == 2
     assert json.loads((FIXTURES / "train_small.jsonl").read_text().splitlines()[0])["sentence1"] == splits["train"][0]["sentence1"]
+
+
+def test_decimal_comma_in_csv_is_a_bad_row_not_a_wrong_score(tmp_path, caplog):
+    path = tmp_path / "decimal_comma.csv"
+    path.write_text("sentence1,sentence2,score\n문장 하나,문장 둘,3.5\n문장 A,문장 B,4,5\n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_sts_file(path, scores=ScoreRange(0, 5))
+    message = str(e.value)
+    assert f"{path}, line 3: 4 comma-separated fields, but the header has 3" in message and "4.5" in message
+    ds = read_sts_file(path, scores=ScoreRange(0, 5), on_bad_row="skip")
+    assert ds["score"] == pytest.approx([0.7]) and "skipped 1 bad rows of 2" in caplog.text
+
+
+def test_tsv_row_with_an_extra_or_missing_tab_is_a_bad_row(tmp_path):
+    path = tmp_path / "extra_tab.tsv"
+    path.write_text("sentence1\tsentence2\tscore\na\tb\t1.0\nc\td\textra\t2.0\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 3: 4 tab-separated fields, but the header has 3"):
+        read_sts_file(path, scores=ScoreRange(0, 5))
+    path.write_text("sentence1\tsentence2\tscore\na\tb\t1.0\nc\t2.0\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 3: 2 tab-separated fields, but the header has 3"):
+        read_sts_file(path, scores=ScoreRange(0, 5))
+
+
+@pytest.mark.parametrize("name,text", [
+    ("pairs.csv", "text_a,text_b,label\nx,y,1\n"),
+    ("pairs.tsv", "text_a\ttext_b\tlabel\nx\ty\t1\n"),
+    ("pairs.jsonl", '{"text_a": "x", "text_b": "y", "label": 1}\n'),
+])
+def test_a_column_the_file_lacks_lists_the_columns_it_has(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_sts_file(path, columns=Columns("text_a", "text_b", "score"), scores=ScoreRange(0, 1))
+    message = str(e.value)
+    assert "no column data.columns.score='score'" in message and "columns are: text_a, text_b, label" in message
+    assert len(read_sts_file(path, columns=Columns("text_a", "text_b", "label"), scores=ScoreRange(0, 1))) == 1
+
+
+def test_a_nested_column_path_is_checked_too():
+    with pytest.raises(DataError, match="no column data.columns.score='labels.score'"):
+        read_sts_file(FIXTURES / "klue_sts_small.json", columns=Columns(score="labels.score"), scores=ScoreRange(0, 5))

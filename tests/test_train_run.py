@@ -101,3 +101,16 @@ def test_grad_accum_and_epochs(tiny_cfg, tmp_path):
     result = run(tiny_cfg("trainer.max_steps=0", "trainer.epochs=2", "trainer.grad_accum=2", "trainer.batch_size=16"), run_dir=tmp_path)
     # 64 rows / 16 = 4 batches an epoch -> 2 updates an epoch with grad_accum=2 -> 4 steps.
     assert result["steps"] == 4
+
+
+def test_train_rows_in_dev_and_duplicate_rows_are_counted_in_the_log(tiny_cfg, tmp_path, caplog):
+    lines = (FIXTURES / "train_small.jsonl").read_text().splitlines()
+    train = tmp_path / "train.jsonl"
+    # Two dev pairs leak into train (one with its sentences swapped), and one train row repeats.
+    dev_rows = [json.loads(line) for line in (FIXTURES / "pairs.jsonl").read_text().splitlines() if line.strip()]
+    swapped = {**dev_rows[1], "sentence1": dev_rows[1]["sentence2"], "sentence2": dev_rows[1]["sentence1"]}
+    train.write_text("\n".join([*lines, json.dumps(dev_rows[0]), json.dumps(swapped), lines[0]]) + "\n")
+    caplog.set_level("INFO", logger="train")
+    run(tiny_cfg(f"data.train_path={train}", "data.max_train_samples=0", "trainer.max_steps=1"), run_dir=tmp_path / "run")
+    assert "2 train rows (2 distinct pairs) also occur in dev" in caplog.text
+    assert f"train: 1 of {len(lines) + 3} rows repeat an earlier row exactly" in caplog.text

@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from train.builders import user_errors
+from train.builders import exit_2_on_config_errors, user_errors
 from train.config import register_configs
 from train.distributed import agree_on_run_dir
 
@@ -29,4 +29,4 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.argv[1:] = agree_on_run_dir(sys.argv[1:])
-    main()
+    exit_2_on_config_errors(main)

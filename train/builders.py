@@ -7,17 +7,18 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
 from omegaconf import DictConfig
 from sentence_transformers import SentenceTransformer
 
-from train.config import DataConfig, ModelConfig, PoolingConfig, to_plain
+from train.config import DataConfig, LossConfig, ModelConfig, PoolingConfig, to_plain
 from train.data.presets import load_splits, load_sts_splits
 from train.data.readers import Columns, ScoreRange
 from train.errors import Preempted, UserError
+from train.losses import LossSpec, build_loss
 from train.models import build_sentence_transformer
 
 log = logging.getLogger("train")
@@ -33,6 +34,21 @@ def build_model(model: DictConfig | ModelConfig, pooling: DictConfig | PoolingCo
         normalize=m.normalize,
         offline_package=m.offline_package,
         attn_implementation=m.attn_implementation,
+    )
+
+
+def build_loss_from(loss: DictConfig | LossConfig, model: SentenceTransformer, num_processes: int = 1) -> tuple[object, LossSpec]:
+    """The loss module of `loss` for `model`, and its spec (data shape; whether the loop embeds for it)."""
+    c: LossConfig = to_plain(loss) if isinstance(loss, DictConfig) else loss
+    return build_loss(
+        c.name.value,
+        model,
+        scale=c.scale,
+        gather_across_devices=num_processes > 1,
+        mini_batch_size=c.mini_batch_size,
+        margin=c.margin,
+        num_labels=c.num_labels,
+        matryoshka_dims=list(c.matryoshka_dims),
     )
 
 
@@ -91,6 +107,21 @@ def run_dir_from_hydra() -> Path:
     if not HydraConfig.initialized():
         raise RuntimeError("No Hydra run dir: pass run_dir= when calling run() outside `python -m train`.")
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def exit_2_on_config_errors(main: Callable[[], object]) -> None:
+    """Runs a @hydra.main function; a config Hydra cannot compose (unknown key, group option or
+    value, wrong type) exits with 2 like every other user error, not Hydra's 1. Hydra has
+    printed its message by then; its SystemExit carries the error as __context__."""
+    from hydra.errors import CompactHydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == 1 and isinstance(e.__context__, (CompactHydraException, OmegaConfBaseException)):
+            raise SystemExit(2) from None
+        raise
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from datetime import timedelta
 
@@ -25,7 +26,8 @@ def agree_on_run_dir(args: list[str], root: str = "outputs") -> list[str]:
     # Without a GPU, accelerate runs several processes only when asked for the CPU (gloo).
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=collective_timeout())
     if any(a.startswith(("-m", "--multirun")) for a in args):
-        raise SystemExit("Error: Hydra multirun (-m) does not combine with several processes; launch each run on its own.")
+        print("Error: Hydra multirun (-m) does not combine with several processes; launch each run on its own.", file=sys.stderr)
+        raise SystemExit(2)
     if not any(a.startswith("hydra.run.dir=") for a in args):
         stamp = [time.strftime(f"{root}/%Y-%m-%d/%H-%M-%S") if state.is_main_process else None]
         broadcast_object_list(stamp)

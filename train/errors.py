@@ -5,6 +5,10 @@ class UserError(Exception):
     """A problem with the input (config, data, model path) that the message explains."""
 
 
+class ConfigError(UserError):
+    """A setting of the right type but outside its valid range; the message names the key."""
+
+
 class DataError(UserError):
     pass
 

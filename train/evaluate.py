@@ -16,8 +16,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from train.builders import build_data, build_model, run_dir_from_hydra, setup_logging, user_errors
+from train.builders import build_data, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.config import register_configs
+from train.config_checks import check_evaluate_config
+from train.data.checks import check_scorable
 from train.errors import DataError
 
 register_configs()
@@ -33,6 +35,7 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
 
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+    check_evaluate_config(cfg)
     split = cfg.split
     if split not in SPLIT_NAMES:
         raise DataError(f"split={split!r}: use one of {', '.join(SPLIT_NAMES)}.")
@@ -48,6 +51,7 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         raise DataError(
             f"data={cfg.data.name} has no {split} split here. Try split=dev, or give the file with data.path=<file>."
         )
+    check_scorable(splits[split], str(data_cfg.get(f"{split}_path") or f"data={cfg.data.name} ({split} split)"))
 
     if cfg.checkpoint:
         model = load_saved_model(cfg.checkpoint)
@@ -72,4 +76,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    exit_2_on_config_errors(main)

@@ -14,6 +14,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses as st_losses
 from torch import nn
 
+from train.errors import ConfigError
+
 # What each loss trains on:
 #   scored_pairs   sentence1, sentence2, score in [0, 1]           (STS)
 #   triplets       anchor, positive[, negative]                     (NLI, pairs files)
@@ -84,7 +86,10 @@ def build_loss(
         dim = model.get_embedding_dimension()
         too_big = [d for d in matryoshka_dims if d > dim]
         if too_big:
-            raise ValueError(f"loss.matryoshka_dims {too_big} exceed the model's embedding dimension {dim}.")
+            raise ConfigError(
+                f"loss.matryoshka_dims={list(matryoshka_dims)}: {', '.join(map(str, too_big))} exceed the model's "
+                f"embedding size {dim}. Use sizes ≤ {dim}, e.g. loss.matryoshka_dims=[{','.join(str(d) for d in (dim, dim // 2, dim // 4))}]."
+            )
         loss = st_losses.MatryoshkaLoss(model, loss, matryoshka_dims=list(matryoshka_dims))
         spec = LossSpec(spec.data, False, spec.build)
     return loss, spec

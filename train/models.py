@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-from train.errors import ModelLoadError
+from train.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,31 @@ def load_backbone(
     )
 
 
+# Models whose position ids start after the padding index (RoBERTa's layout): of their
+# max_position_embeddings, pad_token_id + 1 are never used for tokens.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer", "mpnet", "ernie_m"}
+
+
+def position_limit(config) -> int | None:
+    """The longest input (in tokens, special tokens included) the backbone can embed, or None."""
+    config = getattr(config, "text_config", None) or config
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(config, "model_type", "") in _OFFSET_POSITIONS and getattr(config, "pad_token_id", None) is not None:
+        limit -= config.pad_token_id + 1
+    return limit
+
+
+def check_max_seq_length(backbone: Transformer, name: str, max_seq_length: int) -> None:
+    limit = position_limit(backbone.auto_model.config)
+    if limit is not None and max_seq_length > limit:
+        raise ConfigError(
+            f"model.max_seq_length={max_seq_length} is above what {name} can embed ({limit} tokens, its "
+            f"position embeddings): longer inputs would crash or be read wrongly. Set model.max_seq_length ≤ {limit}."
+        )
+
+
 def build_sentence_transformer(
     name: str,
     max_seq_length: int = 128,
@@ -122,6 +147,7 @@ def build_sentence_transformer(
 ) -> SentenceTransformer:
     """Transformer -> Pooling(mode) [-> Normalize], the bi-encoder the loop trains."""
     backbone = load_backbone(name, max_seq_length, offline_package, attn_implementation)
+    check_max_seq_length(backbone, name, max_seq_length)
     modules = [backbone, Pooling(backbone.get_embedding_dimension(), pooling_mode=pooling_mode)]
     if normalize:
         modules.append(Normalize())

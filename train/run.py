@@ -17,7 +17,8 @@ from accelerate import PartialState
 from omegaconf import DictConfig, OmegaConf
 
 from train import checkpoint
-from train.builders import build_data, build_model, build_sts_eval_data, run_dir_from_hydra, setup_logging
+from train.builders import build_data, build_loss_from, build_model, build_sts_eval_data, run_dir_from_hydra, setup_logging
+from train.config_checks import check_train_config
 from train.config import LossConfig, TrainerConfig, to_plain
 from train.data.batching import (
     BucketBatchSampler,
@@ -36,7 +37,8 @@ from train.evaluation import (
     format_table,
     retrieval_evaluator,
 )
-from train.losses import LossSpec, build_loss, loss_spec
+from train.data.checks import check_batch_fits, check_scorable, report_overlap
+from train.losses import LossSpec
 from train.loop import clear_run_outputs, resolve_resume, train
 
 log = logging.getLogger("train")
@@ -101,7 +103,34 @@ def training_inputs(
         sampler = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=num_processes)
     else:
         sampler = BucketBatchSampler(train_ds["length"], settings.batch_size, settings.seed, settings.bucket_windows)
+    check_batch_fits(len(rows), settings.batch_size, num_processes, len(sampler) // num_processes)
     return rows, collate, sampler
+
+
+def _eval_set_name(data: DictConfig, split: str) -> str:
+    path = data.get(f"{split}_path")
+    return str(path) if path and not data.sts_dev else f"data={data.sts_dev or data.name} ({split} split)"
+
+
+def load_stage_data(data: DictConfig, shape: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """The run's splits, its STS evaluation sets and its retrieval dev set, checked."""
+    splits = build_data(data, ("train", "dev", "test"), shape)
+    if "train" not in splits:
+        raise DataError(f"data={data.name}: no train split to train on (set data.train_path).")
+    sts_eval = build_sts_eval_data(data, splits)
+    for split, ds in sts_eval.items():
+        check_scorable(ds, _eval_set_name(data, split))
+    retrieval_dev = splits.get("dev") if splits.get("dev") is not None and "anchor" in splits["dev"].column_names else None
+    log.info(
+        "Data %s (%s): %s%s",
+        data.name,
+        shape.replace("_", " "),
+        ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+        f"; STS eval on {data.sts_dev}" if data.sts_dev else "",
+    )
+    evaluation = [(s, ds) for s, ds in splits.items() if s != "train"] + [(f"{data.sts_dev} {s}", ds) for s, ds in sts_eval.items() if data.sts_dev]
+    report_overlap(splits["train"], evaluation)
+    return splits, sts_eval, retrieval_dev
 
 
 def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -112,33 +141,10 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resume_from = resolve_resume(settings.resume, run_dir)
     check_run_dir(run_dir, resume_from is not None, settings.overwrite)
 
-    spec = loss_spec(loss_cfg.name.value)
-    splits = build_data(cfg.data, ("train", "dev", "test"), spec.data)
-    if "train" not in splits:
-        raise DataError(f"data={cfg.data.name}: no train split to train on (set data.train_path).")
-    sts_eval = build_sts_eval_data(cfg.data, splits)
-    retrieval_dev = splits.get("dev") if splits.get("dev") is not None and "anchor" in splits["dev"].column_names else None
-    log.info(
-        "Data %s (%s): %s%s",
-        cfg.data.name,
-        spec.data.replace("_", " "),
-        ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
-        f"; STS eval on {cfg.data.sts_dev}" if cfg.data.sts_dev else "",
-    )
-
     model = build_model(cfg.model, cfg.pooling)
+    loss, spec = build_loss_from(loss_cfg, model, state.num_processes)
+    splits, sts_eval, retrieval_dev = load_stage_data(cfg.data, spec.data)
     log.info("Model:\n%s", model)
-    loss, spec = build_loss(
-        loss_cfg.name.value,
-        model,
-        scale=loss_cfg.scale,
-        gather_across_devices=state.num_processes > 1,
-        mini_batch_size=loss_cfg.mini_batch_size,
-        margin=loss_cfg.margin,
-        num_labels=loss_cfg.num_labels,
-        matryoshka_dims=list(loss_cfg.matryoshka_dims),
-    )
-
     rows, collate, sampler = training_inputs(splits["train"], model, spec, settings, state.num_processes)
 
     evaluate, main_metric = make_evaluate(sts_eval, retrieval_dev, settings.eval_batch_size, list(loss_cfg.matryoshka_dims))
@@ -155,26 +161,15 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from_embeddings=spec.from_embeddings,
         main_metric=main_metric,
     )
-
-    report: dict[str, Any] = {}
-    progress = result.progress
-    if evaluate is not None:
-        dev = progress.last_eval if progress.last_eval is not None and progress.last_eval_step == progress.step else evaluate(model)
-        sts_dev = {k: v for k, v in dev.items() if not k.startswith("retrieval_")}
-        if sts_dev:
-            report["dev"] = sts_dev
-        if retrieval_dev is not None:
-            report["retrieval_dev"] = {k.removeprefix("retrieval_"): v for k, v in dev.items() if k.startswith("retrieval_")}
-    if "test" in sts_eval:
-        report["test"] = evaluate_sts_dims(model, sts_eval["test"], settings.eval_batch_size, list(loss_cfg.matryoshka_dims))
+    report = final_figures(model, result.progress, evaluate, sts_eval, retrieval_dev, settings.eval_batch_size, list(loss_cfg.matryoshka_dims))
     out = {
         **report,
         "model": cfg.model.name,
         "data": cfg.data.name,
         **({"sts_eval_data": cfg.data.sts_dev} if cfg.data.sts_dev else {}),
         "loss": loss_cfg.name.value,
-        "steps": progress.step,
-        "best": {"step": progress.best_step, main_metric: progress.best_metric} if progress.best_step else None,
+        "steps": result.progress.step,
+        "best": {"step": result.progress.best_step, main_metric: result.progress.best_metric} if result.progress.best_step else None,
         "train_seconds": round(result.seconds, 2),
         "train_pairs_per_second": round(result.pairs / result.seconds, 2) if result.seconds else None,
         "padding_ratio": round(result.padded_tokens / result.real_tokens, 3) if result.real_tokens else None,
@@ -183,14 +178,32 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     if state.is_main_process:
         checkpoint.write_json_atomic(run_dir / "eval.json", out)
-        table = format_table({k: v for k, v in report.items() if k in ("dev", "test")})
-        if report.get("dev") or report.get("test"):
-            print(table)
-        if "retrieval_dev" in report:
-            print("retrieval (dev): " + ", ".join(f"{k}={v:.4f}" for k, v in report["retrieval_dev"].items() if k != "n_queries"))
+        print_report(report)
     state.wait_for_everyone()
     log.info("Run dir: %s", run_dir)
     return out
+
+
+def final_figures(model, progress, evaluate, sts_eval, retrieval_dev, batch_size: int, dims: list[int]) -> dict[str, Any]:
+    """dev (the last evaluation, if it was at the last step), retrieval_dev and test figures of the final model."""
+    report: dict[str, Any] = {}
+    if evaluate is not None:
+        dev = progress.last_eval if progress.last_eval is not None and progress.last_eval_step == progress.step else evaluate(model)
+        sts_dev = {k: v for k, v in dev.items() if not k.startswith("retrieval_")}
+        if sts_dev:
+            report["dev"] = sts_dev
+        if retrieval_dev is not None:
+            report["retrieval_dev"] = {k.removeprefix("retrieval_"): v for k, v in dev.items() if k.startswith("retrieval_")}
+    if "test" in sts_eval:
+        report["test"] = evaluate_sts_dims(model, sts_eval["test"], batch_size, dims)
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    if report.get("dev") or report.get("test"):
+        print(format_table({k: v for k, v in report.items() if k in ("dev", "test")}))
+    if "retrieval_dev" in report:
+        print("retrieval (dev): " + ", ".join(f"{k}={v:.4f}" for k, v in report["retrieval_dev"].items() if k != "n_queries"))
 
 
 def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
@@ -213,7 +226,10 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Trains as configured (all stages, if the experiment has them); returns eval.json's content."""
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+    check_train_config(cfg)
     stages = stage_configs(cfg)
+    for _, stage_cfg in stages:
+        check_train_config(stage_cfg)
     if len(stages) == 1 and not stages[0][0]:
         return train_stage(cfg, run_dir)
 

@@ -36,6 +36,9 @@ from train.errors import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+# Datasets this repository ships (data/<folder>/, with their licences): found even when
+# data.dir points elsewhere or the command runs from another directory.
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Preset:
     archive_url: str | None = None
     archive_member_dir: str = ""
     source: str = ""
+    bundled: bool = False  # shipped under BUNDLED_DIR/<folder>
 
 
 def _read_korsts(path: Path, scores: ScoreRange, on_bad_row: str) -> datasets.Dataset:
@@ -72,6 +76,7 @@ PRESETS: dict[str, Preset] = {
         read=_read_korsts,
         urls={f"sts-{s}.tsv": f"{_KORNLU}/KorSTS/sts-{s}.tsv" for s in ("train", "dev", "test")},
         source="kakaobrain/KorNLUDatasets (KorSTS), CC BY-SA 4.0",
+        bundled=True,
     ),
     "stsb": Preset(
         folder="stsb",
@@ -149,6 +154,10 @@ def preset_files(name: str, data_dir: str | Path, splits: tuple[str, ...]) -> di
     folder = Path(data_dir) / preset.folder
     wanted = {s: [folder / f for f in preset.files[s]] for s in splits if s in preset.files}
     missing = [p.name for paths in wanted.values() for p in paths if not p.exists()]
+    shipped = BUNDLED_DIR / preset.folder
+    if missing and preset.bundled and folder.resolve() != shipped and all((shipped / f).exists() for f in missing):
+        log.info("%s: %s not in %s; using the copy shipped in %s", name, ", ".join(missing), folder, shipped)
+        return {s: [p if p.exists() else shipped / p.name for p in paths] for s, paths in wanted.items()}
     if missing:
         log.info("%s: fetching %s into %s (%s)", name, ", ".join(missing), folder, preset.source)
         try:

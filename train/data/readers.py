@@ -75,7 +75,24 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
         ) from None
 
 
-def _records_tsv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+class _BadRecord:
+    """A record the file format already shows to be broken (a field count that does not match
+    the header): reported or skipped like any other bad row."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _field_count_problem(found: int, expected: int, sep: str) -> str:
+    hint = (
+        " (an unquoted comma inside a field, such as the decimal comma in 4,5? Quote the field or write 4.5)"
+        if sep == "comma" and found > expected
+        else " (a tab inside a sentence?)" if found > expected else ""
+    )
+    return f"{found} {sep}-separated fields, but the header has {expected}{hint}"
+
+
+def _records_tsv(path: Path) -> Iterator[tuple[str, dict[str, Any] | _BadRecord]]:
     # Plain tab splitting, no CSV quoting: NLP TSVs carry quote characters inside sentences.
     lines = _read_lines(path)
     try:
@@ -85,21 +102,38 @@ def _records_tsv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     header = header_line.split("\t")
     for number, line in lines:
         fields = line.split("\t")
-        yield f"line {number}", dict(zip(header, fields))
+        if len(fields) != len(header):
+            yield f"line {number}", _BadRecord(_field_count_problem(len(fields), len(header), "tab"))
+        else:
+            yield f"line {number}", dict(zip(header, fields))
 
 
-def _records_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _records_csv(path: Path) -> Iterator[tuple[str, dict[str, Any] | _BadRecord]]:
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             for row in reader:
                 if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
                     continue
-                yield f"line {reader.line_num}", row
+                expected = len(reader.fieldnames or ())
+                if None in row:  # csv puts fields beyond the header under the key None
+                    found = expected + len(row[None])
+                    yield f"line {reader.line_num}", _BadRecord(_field_count_problem(found, expected, "comma"))
+                elif any(v is None for v in row.values()):  # fewer fields than the header
+                    found = sum(v is not None for v in row.values())
+                    yield f"line {reader.line_num}", _BadRecord(_field_count_problem(found, expected, "comma"))
+                else:
+                    yield f"line {reader.line_num}", row
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}). Convert the file to UTF-8.") from None
     except csv.Error as e:
         raise DataError(f"{path}: not a readable CSV file ({e}).") from None
+
+
+def _header(path: Path, sep: str) -> list[str]:
+    for _, line in _read_lines(path):
+        return next(csv.reader([line])) if sep == "," else line.split(sep)
+    return []
 
 
 def _records_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -150,6 +184,39 @@ _READERS = {
     "jsonl": _records_jsonl,
     "parquet": _records_parquet,
 }
+
+
+def _has_path(record: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(record, dict) or part not in record:
+            return False
+        record = record[part]
+    return True
+
+
+def read_records(path: Path, fmt: str, wanted: dict[str, str]) -> list[tuple[str, Any]]:
+    """All records of a file, after checking that it has each column in `wanted`
+    ({config key: column name or dot path}); a column the file lacks is one error that lists
+    the columns it has, not a bad row per line."""
+    if fmt in ("csv", "tsv"):
+        header = _header(path, "," if fmt == "csv" else "\t")
+        records = list(_READERS[fmt](path))
+        present = lambda column: column in header  # noqa: E731
+        columns = header
+    else:
+        records = list(_READERS[fmt](path))
+        dicts = [r for _, r in records if isinstance(r, dict)]
+        present = lambda column: any(_has_path(r, column) for r in dicts)  # noqa: E731
+        columns = list(dict.fromkeys(k for r in dicts for k in r))
+    if not records:
+        return records
+    absent = [f"{key}={column!r}" for key, column in wanted.items() if column and not present(column)]
+    if absent:
+        raise DataError(
+            f"{path}: no column {', '.join(absent)}. The file's columns are: {', '.join(map(str, columns)) or 'none'}. "
+            "Set data.columns.<name> to one of them."
+        )
+    return records
 
 
 def _lookup(record: Any, dotted: str) -> Any:
@@ -209,6 +276,8 @@ def canonical_rows(
     for where, record in records:
         total += 1
         try:
+            if isinstance(record, _BadRecord):
+                raise _BadRow(record.reason)
             if not isinstance(record, (dict, list)):
                 raise _BadRow(f"expected an object, got {type(record).__name__}")
             row = get_row(record)
@@ -271,7 +340,9 @@ def read_sts_file(
     path = Path(path)
     _check_file(path)
     fmt = infer_format(path, fmt)
-    return canonical_pairs(_READERS[fmt](path), str(path), pair_getter(columns, scores), on_bad_row)
+    wanted = {f"data.columns.{k}": getattr(columns, k) for k in ("sentence1", "sentence2", "score")}
+    records = read_records(path, fmt, wanted)
+    return canonical_pairs(iter(records), str(path), pair_getter(columns, scores), on_bad_row)
 
 
 def read_stsb_official(path: str | Path, scores: ScoreRange = ScoreRange(), on_bad_row: str = "error") -> datasets.Dataset:
@@ -334,7 +405,9 @@ def read_nli_file(
             _nli_label(_lookup(record, columns.score), columns.score),
         )
 
-    return canonical_rows(_READERS[fmt](path), str(path), get_row, ("sentence1", "sentence2", "label"), on_bad_row)
+    wanted = {"data.columns.sentence1": columns.sentence1, "data.columns.sentence2": columns.sentence2, "data.columns.label": columns.score}
+    records = read_records(path, fmt, wanted)
+    return canonical_rows(iter(records), str(path), get_row, ("sentence1", "sentence2", "label"), on_bad_row)
 
 
 def read_text_lines(path: str | Path) -> datasets.Dataset:
@@ -365,4 +438,6 @@ def read_pairs_file(
     def get_row(record: dict[str, Any]) -> tuple[str, ...]:
         return tuple(_sentence(record, column) for column in fields)
 
-    return canonical_rows(_READERS[fmt](path), str(path), get_row, names, on_bad_row)
+    wanted = {"data.columns.sentence1": anchor, "data.columns.sentence2": positive, "data.columns.negative": negative}
+    records = read_records(path, fmt, {k: v for k, v in wanted.items() if v})
+    return canonical_rows(iter(records), str(path), get_row, names, on_bad_row)

@@ -1,0 +1,96 @@
+"""Range checks on a composed config, run before any data or model is loaded.
+
+The schema (train/config.py) catches misspelt keys and wrong types at compose time; these
+catch values of the right type that cannot work (`trainer.batch_size=0`, `log_every=0`, a
+warm-up ratio of 2), and report all of them in one message that names each key and its range.
+Checks that need the model (`model.max_seq_length` against its position limit,
+`loss.matryoshka_dims` against its embedding size) are in train/models.py and train/losses.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from train.errors import ConfigError
+
+# key -> (test, the valid range in words)
+_AT_LEAST_1 = (lambda v: v >= 1, "an integer ≥ 1")
+_AT_LEAST_0 = (lambda v: v >= 0, "an integer ≥ 0 (0 = off/all)")
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a number > 0")
+_NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a number ≥ 0")
+
+TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "trainer.epochs": (lambda v: v >= 0, "an integer ≥ 1 (or 0 with trainer.max_steps > 0)"),
+    "trainer.max_steps": (lambda v: v >= 0, "an integer ≥ 0 (0 = use trainer.epochs)"),
+    "trainer.batch_size": _AT_LEAST_1,
+    "trainer.lr": _POSITIVE,
+    "trainer.warmup_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "trainer.weight_decay": _NON_NEGATIVE,
+    "trainer.max_grad_norm": (lambda v: v >= 0, "a number ≥ 0 (0 = no clipping)"),
+    "trainer.grad_accum": _AT_LEAST_1,
+    "trainer.eval_every": (lambda v: v >= 0, "an integer ≥ 0 (0 = every epoch)"),
+    "trainer.save_every": (lambda v: v >= 0, "an integer ≥ 0 (0 = every epoch)"),
+    "trainer.log_every": _AT_LEAST_1,
+    "trainer.keep_last": (lambda v: v >= 0, "an integer ≥ 0 (0 = keep all)"),
+    "trainer.eval_batch_size": _AT_LEAST_1,
+    "trainer.bucket_windows": (lambda v: v >= 0, "an integer ≥ 0 (0 = random batches)"),
+    "trainer.forward_chunk_rows": (lambda v: v >= 0, "an integer ≥ 0 (0 = one forward pass)"),
+    "trainer.num_workers": (lambda v: v >= 0, "an integer ≥ 0"),
+    "model.max_seq_length": _AT_LEAST_1,
+    "loss.scale": _POSITIVE,
+    "loss.mini_batch_size": _AT_LEAST_1,
+    "loss.margin": _NON_NEGATIVE,
+    "loss.num_labels": (lambda v: v >= 2, "an integer ≥ 2"),
+    "data.max_train_samples": _AT_LEAST_0,
+    "data.max_eval_samples": _AT_LEAST_0,
+}
+
+EVALUATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": _AT_LEAST_1,
+    "model.max_seq_length": _AT_LEAST_1,
+    "data.max_eval_samples": _AT_LEAST_0,
+}
+
+
+def _problems(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> list[str]:
+    problems = []
+    for key, (ok, valid) in rules.items():
+        section, _, name = key.rpartition(".")
+        node = cfg.get(section) if section else cfg
+        if node is None or name not in node:
+            continue
+        value = node[name]
+        if not ok(value):
+            problems.append(f"{key}={value} (must be {valid})")
+    return problems
+
+
+def _data_problems(cfg: DictConfig) -> list[str]:
+    data = cfg.data
+    if not data.score_max > data.score_min:
+        return [f"data.score_min={data.score_min}, data.score_max={data.score_max} (score_max must be greater)"]
+    return []
+
+
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("Invalid settings: " + "; ".join(problems) + ". Nothing was loaded or written.")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    problems = _problems(cfg, TRAIN_RULES) + _data_problems(cfg)
+    trainer = cfg.trainer
+    if trainer.epochs == 0 and trainer.max_steps == 0:
+        problems.append("trainer.epochs=0 with trainer.max_steps=0 (nothing to train: set one of them ≥ 1)")
+    dims = list(cfg.loss.matryoshka_dims)
+    if any(d < 1 for d in dims) or len(set(dims)) != len(dims):
+        problems.append(f"loss.matryoshka_dims={dims} (must be distinct integers ≥ 1)")
+    _raise(problems)
+
+
+def check_evaluate_config(cfg: DictConfig) -> None:
+    _raise(_problems(cfg, EVALUATE_RULES) + _data_problems(cfg))
