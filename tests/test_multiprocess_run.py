@@ -12,7 +12,9 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 from train.evaluate import evaluate_run
+from train.run import run as run_in_process
 from tests.conftest import FIXTURES, ROOT, compose_config
+from tests.test_train_run import assert_same_updates, weight_updates
 
 
 def launch(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -35,13 +37,22 @@ def tiny_nli(model_dir) -> list[str]:
     ]
 
 
-def test_two_processes_one_run_dir_and_the_same_figures_as_one_process(tiny_model_dir, tmp_path):
-    done = launch([*tiny_nli(tiny_model_dir), "data=sts_file", f"data.train_path={FIXTURES / 'train_small.jsonl'}",
-                   f"data.dev_path={FIXTURES / 'pairs.jsonl'}", "loss=cosent", f"hydra.run.dir={tmp_path / 'run'}"])
+def test_two_processes_one_run_dir_and_the_same_weights_as_one_process(tiny_model_no_dropout_dir, tmp_path):
+    # MNRL with negatives gathered across processes: 2 processes x 4 rows train on the same
+    # global batches as 1 process x 8 rows (the duplicate-free sampler cuts groups of 8 into two
+    # consecutive batches, one a rank), so without dropout both must move the weights alike.
+    # What may differ is float noise: each rank pads its own 4 rows, and gloo sums the gradients.
+    common = [*tiny_nli(tiny_model_no_dropout_dir), "trainer.max_steps=4", "trainer.mixed_precision=no", "trainer.lr=1e-3"]
+    done = launch([*common, f"hydra.run.dir={tmp_path / 'run'}"])
     assert done.returncode == 0, done.stderr[-4000:]
+    one = run_in_process(compose_config([*common, "trainer.batch_size=8"]), run_dir=tmp_path / "one")
     run = tmp_path / "run"
     report = json.loads((run / "eval.json").read_text())
-    assert report["num_processes"] == 2
+    assert report["num_processes"] == 2 and one["num_processes"] == 1 and report["steps"] == one["steps"] == 4
+    assert_same_updates(weight_updates(tiny_model_no_dropout_dir, run), weight_updates(tiny_model_no_dropout_dir, tmp_path / "one"), rtol=1e-3)
+    for key in ("mrr@10", "ndcg@10", "recall@1"):
+        assert report["retrieval_dev"][key] == pytest.approx(one["retrieval_dev"][key], abs=1e-6)
+
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
         "__main__.log", "best", "checkpoints", "eval.json", "final", "metrics.jsonl"
     ]
@@ -49,7 +60,16 @@ def test_two_processes_one_run_dir_and_the_same_figures_as_one_process(tiny_mode
         "random_states_0.pkl", "random_states_1.pkl"
     ]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6], "only the main process writes metrics"
+    assert steps == [1, 2, 3, 4], "only the main process writes metrics"
+
+
+def test_two_processes_sts_run_evaluates_each_pair_once(tiny_model_dir, tmp_path):
+    done = launch([*tiny_nli(tiny_model_dir), "data=sts_file", f"data.train_path={FIXTURES / 'train_small.jsonl'}",
+                   f"data.dev_path={FIXTURES / 'pairs.jsonl'}", "loss=cosent", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert done.returncode == 0, done.stderr[-4000:]
+    run = tmp_path / "run"
+    report = json.loads((run / "eval.json").read_text())
+    assert report["num_processes"] == 2
     again = evaluate_run(
         compose_config([f"checkpoint={run / 'final'}", "data=sts_file", f"data.path={FIXTURES / 'pairs.jsonl'}", "split=dev"], "evaluate"),
         run_dir=tmp_path / "eval",
@@ -57,6 +77,15 @@ def test_two_processes_one_run_dir_and_the_same_figures_as_one_process(tiny_mode
     for key in ("spearman_cosine", "pearson_cosine", "spearman_euclidean"):
         assert again["dev"][key] == pytest.approx(report["dev"][key], abs=1e-6)
     assert again["dev"]["n_pairs"] == report["dev"]["n_pairs"] == 3
+
+
+def test_two_processes_refuse_a_global_batch_larger_than_the_data(tiny_model_dir, tmp_path):
+    done = launch([*tiny_nli(tiny_model_dir), "data.max_train_samples=12", "trainer.batch_size=8", f"hydra.run.dir={tmp_path}"])
+    assert done.returncode != 0
+    assert "trainer.batch_size=8 × 2 processes = 16 rows a step, but the training set has 12 rows" in done.stderr, done.stderr[-3000:]
+    # The launcher reports the failed process with its own traceback; none comes from this project.
+    assert "exitcode  : 2" in done.stderr and f'File "{ROOT / "train"}' not in done.stderr
+    assert not (tmp_path / "final").exists() and not (tmp_path / "eval.json").exists()
 
 
 def test_two_processes_contrastive_with_hard_negatives(tiny_model_dir, tmp_path):

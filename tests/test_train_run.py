@@ -82,10 +82,11 @@ def test_refuses_to_overwrite_a_finished_run(finished_run, tmp_path):
     target = tmp_path / "copy"
     shutil.copytree(run_dir, target)
     cfg.trainer.resume = None
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
     with pytest.raises(RunDirError, match="trainer.overwrite=true"):
         run(cfg, run_dir=target)
-    before = (target / "eval.json").read_text()
-    assert (target / "eval.json").read_text() == before
+    after = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert after == before, "a refused run must leave every file of the finished run as it was"
     cfg.trainer.overwrite = True
     cfg.trainer.max_steps = 2
     run(cfg, run_dir=target)
@@ -97,10 +98,36 @@ def test_resume_latest_without_checkpoints_says_how(tiny_cfg, tmp_path):
         run(tiny_cfg("trainer.resume=latest"), run_dir=tmp_path)
 
 
-def test_grad_accum_and_epochs(tiny_cfg, tmp_path):
-    result = run(tiny_cfg("trainer.max_steps=0", "trainer.epochs=2", "trainer.grad_accum=2", "trainer.batch_size=16"), run_dir=tmp_path)
-    # 64 rows / 16 = 4 batches an epoch -> 2 updates an epoch with grad_accum=2 -> 4 steps.
-    assert result["steps"] == 4
+def weight_updates(start_dir, run_dir) -> dict[str, torch.Tensor]:
+    """final/ weights minus the starting weights, by parameter name."""
+    before = load_file(str(start_dir / "model.safetensors"))
+    after = load_file(str(run_dir / "final" / "model.safetensors"))
+    return {k: after[k] - before[k] for k in after if k in before}
+
+
+def assert_same_updates(a: dict, b: dict, rtol: float) -> None:
+    """The two runs moved the weights the same way: the difference of their updates is small
+    against the updates themselves (absolute tolerances would not tell a bug from noise)."""
+    diff = torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a))
+    size = torch.sqrt(sum((a[k] ** 2).sum() for k in a))
+    assert size > 0 and diff / size < rtol, f"updates differ by {float(diff / size):.2e} of their size"
+
+
+def test_grad_accum_reaches_the_weights_of_the_whole_batch(tiny_model_no_dropout_dir, tmp_path):
+    # CosineSimilarityLoss is a mean over pairs with no in-batch interaction, so two accumulated
+    # halves of a batch give the gradient of the whole batch. Random batches (bucket_windows=0):
+    # batch k of 16 rows is batches 2k and 2k+1 of 8 rows.
+    common = ["loss=cosine", "trainer.bucket_windows=0", "trainer.mixed_precision=no", "trainer.max_steps=0",
+              "trainer.epochs=2", "trainer.lr=1e-3", "data.max_train_samples=64", "trainer.log_every=1"]
+    whole = run(compose_config(tiny_overrides(tiny_model_no_dropout_dir, *common, "trainer.batch_size=16")), run_dir=tmp_path / "whole")
+    halves = run(compose_config(tiny_overrides(tiny_model_no_dropout_dir, *common, "trainer.batch_size=8", "trainer.grad_accum=2")),
+                 run_dir=tmp_path / "halves")
+    # 64 rows / 16 = 4 updates an epoch either way -> 8 steps.
+    assert whole["steps"] == halves["steps"] == 8
+    assert_same_updates(weight_updates(tiny_model_no_dropout_dir, tmp_path / "whole"),
+                        weight_updates(tiny_model_no_dropout_dir, tmp_path / "halves"), rtol=1e-4)
+    losses = lambda d: [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert losses(tmp_path / "halves") == pytest.approx(losses(tmp_path / "whole"), rel=1e-4)
 
 
 def test_train_rows_in_dev_and_duplicate_rows_are_counted_in_the_log(tiny_cfg, tmp_path, caplog):

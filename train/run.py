@@ -101,6 +101,9 @@ def training_inputs(
         # In-batch negatives: a text twice in a (global) batch would be its own negative.
         texts = list(zip(*(train_split[c] for c in columns)))
         sampler = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=num_processes)
+        if len(sampler) and sampler.dropped:
+            log.info("%d of %d rows fit no duplicate-free global batch of %d in epoch 1 and wait for a later epoch",
+                     sampler.dropped, len(rows), settings.batch_size * num_processes)
     else:
         sampler = BucketBatchSampler(train_ds["length"], settings.batch_size, settings.seed, settings.bucket_windows)
     check_batch_fits(len(rows), settings.batch_size, num_processes, len(sampler) // num_processes)

@@ -99,8 +99,8 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     batch being filled waits at the front of the queue for the next one, so every example is
     used once an epoch in one pass over the data. With `group > 1` (several processes sharing
     their negatives), groups of `group * batch_size` are duplicate-free and cut into `group`
-    consecutive batches, which accelerate hands to the ranks in turn; a last incomplete group
-    is dropped so that every rank gets the same number of full batches.
+    consecutive batches, which accelerate hands to the ranks in turn; groups that cannot be
+    filled are dropped (`dropped` counts their rows) so that every rank gets only full batches.
     """
 
     def __init__(self, texts: Sequence[Sequence[Any]], batch_size: int, seed: int = 0, group: int = 1) -> None:
@@ -109,6 +109,7 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.group = group
         self.epoch = 0
+        self.dropped = 0
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def use_epoch(self, epoch: int) -> None:
@@ -134,8 +135,12 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
                     skipped.append(i)
             pending.extendleft(reversed(skipped))
             groups.append(batch)
-        if self.group > 1 and groups and len(groups[-1]) < size:
-            groups.pop()
+        if self.group > 1:
+            # accelerate hands batch i to rank i % group and skips a round whose last batch is
+            # short, so a short group would silently cost a step: keep full groups only. A group
+            # is short when every row left clashes with it (end of epoch, or few distinct anchors).
+            self.dropped = sum(len(g) for g in groups if len(g) < size)
+            groups = [g for g in groups if len(g) == size]
         out = [g[r * self.batch_size : (r + 1) * self.batch_size] for g in groups for r in range(self.group)]
         out = [b for b in out if b]
         self._cache = (epoch, out)
