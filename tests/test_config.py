@@ -101,3 +101,89 @@ def test_env_var_sets_data_dir(monkeypatch, tmp_path):
     assert compose_config().data.dir == str(tmp_path)
     monkeypatch.delenv("EMBED_DATA_DIR")
     assert compose_config().data.dir == "data"
+
+
+# What each option must build: a test per option of the group, so a new file needs an entry here.
+LOSS_CLASSES = {
+    "cosent": ("CoSENTLoss", "scored_pairs"),
+    "angle": ("AnglELoss", "scored_pairs"),
+    "cosine": ("CosineSimilarityLoss", "scored_pairs"),
+    "mnrl": ("MultipleNegativesRankingLoss", "triplets"),
+    "simcse": ("MultipleNegativesRankingLoss", "texts"),
+    "cached_mnrl": ("CachedMultipleNegativesRankingLoss", "triplets"),
+    "triplet": ("TripletLoss", "triplets"),
+    "softmax": ("SoftmaxLoss", "labeled_pairs"),
+}
+POOLING_MODES = {
+    "cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens",
+    "weightedmean": "weightedmean", "lasttoken": "lasttoken",
+}
+
+
+def test_every_loss_and_pooling_option_has_an_expectation():
+    assert {o for g, o in group_options() if g == "loss"} == set(LOSS_CLASSES)
+    assert {o for g, o in group_options() if g == "pooling"} == set(POOLING_MODES)
+
+
+@pytest.mark.parametrize("option", sorted(LOSS_CLASSES))
+def test_loss_option_builds_its_loss(option, tiny_model_dir):
+    from train.builders import build_loss_from, build_model
+
+    cfg = compose_config([f"loss={option}", f"model.name={tiny_model_dir}", "loss.scale=7", "loss.margin=0.25"])
+    loss, spec = build_loss_from(cfg.loss, build_model(cfg.model, cfg.pooling))
+    name, shape = LOSS_CLASSES[option]
+    assert type(loss).__name__ == name and spec.data == shape
+    if hasattr(loss, "scale"):
+        assert loss.scale == 7
+    if option == "triplet":
+        assert loss.triplet_margin == 0.25
+
+
+@pytest.mark.parametrize("option", sorted(POOLING_MODES))
+def test_pooling_option_reaches_the_model(option, tiny_model_dir):
+    from train.builders import build_model
+
+    cfg = compose_config([f"pooling={option}", f"model.name={tiny_model_dir}", "model.max_seq_length=48"])
+    model = build_model(cfg.model, cfg.pooling)
+    assert model[1].pooling_mode == POOLING_MODES[option]
+    assert model.max_seq_length == 48
+
+
+def test_data_options_give_their_shapes(shared_data, tmp_path):
+    from train.builders import build_data
+    from tests.conftest import FIXTURES
+
+    def columns(overrides, shape, splits=("train",)):
+        cfg = compose_config([*overrides, f"data.dir={shared_data}", "data.max_train_samples=5", "data.max_eval_samples=5"])
+        out = build_data(cfg.data, splits, shape)
+        return {s: ds.column_names for s, ds in out.items()}
+
+    sts = ["sentence1", "sentence2", "score"]
+    assert columns(["data=korsts"], "scored_pairs", ("train", "dev", "test")) == {"train": sts, "dev": sts, "test": sts}
+    assert columns(["data=stsb"], "scored_pairs", ("train", "dev")) == {"train": sts, "dev": sts}
+    assert columns(["data=kor_xnli"], "triplets", ("train", "dev")) == {"train": ["anchor", "positive", "negative"], "dev": ["anchor", "positive"]}
+    assert columns(["data=sts_file", f"data.train_path={FIXTURES / 'pairs.jsonl'}", "data.score_max=1"], "scored_pairs") == {"train": sts}
+    assert columns(["data=nli_file", f"data.train_path={FIXTURES / 'nli_small.tsv'}"], "labeled_pairs") == {"train": ["sentence1", "sentence2", "label"]}
+    assert columns(["data=pairs_file", f"data.train_path={FIXTURES / 'train_small.jsonl'}", "data.columns.sentence1=sentence1",
+                    "data.columns.sentence2=sentence2"], "triplets") == {"train": ["anchor", "positive"]}
+    assert columns(["data=text_file", f"data.path={FIXTURES / 'train_small.txt'}"], "texts") == {"train": ["anchor", "positive"]}
+    # kornli: the full KorNLI train files are not in the shared data; the same layout, from fixtures.
+    kornli = tmp_path / "kornli"
+    kornli.mkdir()
+    for name in ("snli_1.0_train.ko.tsv", "multinli.train.ko.tsv", "xnli.dev.ko.tsv", "xnli.test.ko.tsv"):
+        (kornli / name).write_bytes((FIXTURES / "nli_train_small.tsv").read_bytes())
+    cfg = compose_config(["data=kornli", f"data.dir={tmp_path}"])
+    splits = build_data(cfg.data, ("train", "dev"), "triplets")
+    assert len(splits["train"]) == 2 * 60 and splits["dev"].column_names == ["anchor", "positive"]
+    with pytest.raises(Exception, match="data.hub_id"):
+        build_data(compose_config(["data=hub"]).data, ("train",))
+
+
+def test_experiments_and_debug_set_what_they_say():
+    cfg = compose_config(["experiment=korsts_roberta"])
+    assert (cfg.model.name, cfg.data.name, cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.lr) == ("klue/roberta-base", "korsts", 4, 32, 5e-5)
+    cfg = compose_config(["experiment=nli_then_sts"])
+    assert [s.name for s in cfg.stages] == ["nli", "sts"] and "loss=mnrl" in cfg.stages[0].overrides
+    assert cfg.model.name == "sentence-transformers/all-MiniLM-L6-v2"
+    cfg = compose_config(["debug=default"])
+    assert (cfg.trainer.max_steps, cfg.data.max_train_samples, cfg.trainer.eval_every) == (6, 64, 3)

@@ -3,9 +3,14 @@
 Each run happens in a fresh subprocess (so peak memory is its own), A and B alternating over
 `--repeats`. Both start from the same backbone with a fresh pooling layer, the same data, loss,
 batch size, learning rate and warm-up; both are scored with the same (fp32) dev evaluator.
-Precision: each side's default unless told (`--precision` for ours, default `auto` as in
-trainer.mixed_precision; `--st-precision` for SentenceTransformerTrainer, default fp32 as in
-its TrainingArguments; `--st-precision same` gives it what ours resolved to).
+Precision: ours runs at `--precision` (default `auto`, as trainer.mixed_precision);
+SentenceTransformerTrainer at its own default (fp32, `--st-precision`) and, when that differs
+from what ours resolved to, a second time at ours' precision, so that the headline gives both
+the default-precision and the equal-precision ratio.
+
+Timed span, the same on both sides: from a loaded model and the raw training split to the
+trained model in memory. It holds tokenization, the optimizer, the accelerator and data loader
+setup and the training loop (ours also writes its final/ model dir); no evaluation.
 
     python -m train.bench --model minilm --data stsb                 # one epoch of STS-B train
     python -m train.bench --model minilm --data korsts --repeats 2
@@ -109,13 +114,12 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     loss, spec = build_loss("cosent", model)
     started = time.perf_counter()
     rows, collate, sampler = training_inputs(splits["train"], model, spec, settings)
-    tokenize_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
             model, loss, rows, collate, sampler, None, Path(run_dir), settings,
             accelerator=Accelerator(mixed_precision=precision, cpu=args.device == "cpu"),
         )
-    seconds = result.seconds + tokenize_seconds
+        seconds = time.perf_counter() - started
     counts = {"pairs": result.pairs, "real_tokens": result.real_tokens, "padded_tokens": result.padded_tokens}
     return {
         "seconds": seconds,
@@ -147,7 +151,7 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
 
     model, splits = _common(args)
     counts = {"pairs": 0, "real_tokens": 0, "padded_tokens": 0}
-    precision = _precision(args.precision if args.st_precision == "same" else args.st_precision, args.device)
+    precision = _precision(args.st_precision, args.device)
 
     with tempfile.TemporaryDirectory() as out:
         training_args = SentenceTransformerTrainingArguments(
@@ -170,8 +174,8 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
         )
         loss = CoSENTLoss(model)
         _count_batches(loss, counts)
-        trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=splits["train"], loss=loss)
         started = time.perf_counter()
+        trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=splits["train"], loss=loss)
         trainer.train()
         seconds = time.perf_counter() - started
     return {
@@ -206,6 +210,8 @@ def _child(kind: str, args: argparse.Namespace, queue) -> None:
             queue.put(run_ours(args))
         elif kind == "st_trainer":
             queue.put(run_st_trainer(args))
+        elif kind == "st_trainer_same":
+            queue.put(run_st_trainer(argparse.Namespace(**{**vars(args), "st_precision": _precision(args.precision, args.device)})))
         else:
             queue.put(run_encode(args, kind.removeprefix("encode_")))
     except BaseException as e:  # report, don't hang the parent
@@ -242,6 +248,33 @@ def summarize(runs: list[dict[str, Any]], unit: str) -> dict[str, float]:
     return out
 
 
+def ratios_against(summary: dict[str, dict], ours: str, theirs: str, unit: str) -> dict[str, float]:
+    out = {
+        f"{unit}_per_s": summary[ours][f"{unit}_per_s"] / summary[theirs][f"{unit}_per_s"],
+        "peak_rss": summary[ours]["peak_rss_mb_max"] / summary[theirs]["peak_rss_mb_max"],
+    }
+    if "dev_spearman_mean" in summary[ours]:
+        out["dev_spearman_diff"] = summary[ours]["dev_spearman_mean"] - summary[theirs]["dev_spearman_mean"]
+    return out
+
+
+def print_summary(runs: dict[str, list], summary: dict[str, dict], ratios: dict[str, dict], unit: str) -> None:
+    kinds = list(runs)
+    label = {k: k + (f" ({runs[k][0]['precision']})" if "precision" in runs[k][0] else "") for k in kinds}
+    width = max(len(v) for v in label.values()) + 2
+    print()
+    print(f"{'':<{width}}" + "".join(f"{k:>20}" for k in summary[kinds[0]]))
+    for kind in kinds:
+        print(f"{label[kind]:<{width}}" + "".join(f"{v:>20.4f}" for v in summary[kind].values()))
+    for theirs, r in ratios.items():
+        print(f"ratios (ours / {label[theirs]}): " + ", ".join(f"{k}={v:.3f}" for k, v in r.items()))
+    if unit == "pairs":
+        ours = summary[kinds[0]]
+        parts = [f"{r[f'{unit}_per_s']:.2f}x SentenceTransformerTrainer at {'its default' if t == 'st_trainer' else 'equal'} precision "
+                 f"({runs[t][0]['precision']})" for t, r in ratios.items()]
+        print(f"headline: ours ({runs[kinds[0]][0]['precision']}) {ours['pairs_per_s']:.1f} pairs/s = " + ", ".join(parts))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="minilm", help="minilm, a Hub id or a local path")
@@ -257,8 +290,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "no", "bf16", "fp16"], help="ours (trainer.mixed_precision)")
-    p.add_argument("--st-precision", default="no", choices=["same", "auto", "no", "bf16", "fp16"],
-                   help="SentenceTransformerTrainer's; default fp32, its own default")
+    p.add_argument("--st-precision", default="no", choices=["auto", "no", "bf16", "fp16"],
+                   help="SentenceTransformerTrainer's own precision; default fp32, its TrainingArguments default")
+    p.add_argument("--no-equal-precision", action="store_true",
+                   help="skip the extra SentenceTransformerTrainer run at ours' precision")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--peak-tflops", type=float, default=0.0,
                    help="the device's peak TFLOP/s for MFU (default: known GPUs' dense bf16/fp16 peak)")
@@ -269,6 +304,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     kinds = ("encode_ours", "encode_st") if args.encode else ("ours", "st_trainer")
+    ours_precision = _precision(args.precision, args.device)
+    if not args.encode and not args.no_equal_precision and ours_precision != _precision(args.st_precision, args.device):
+        kinds = (*kinds, "st_trainer_same")
     unit = "sentences" if args.encode else "pairs"
     runs: dict[str, list] = {k: [] for k in kinds}
     for repeat in range(args.repeats):
@@ -280,20 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs[kind].append(result)
             print(f"[{repeat + 1}/{args.repeats}] {kind}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in result.items()), flush=True)
     summary = {k: summarize(v, unit) for k, v in runs.items()}
-    a, b = kinds
-    ratios = {
-        f"{unit}_per_s": summary[a][f"{unit}_per_s"] / summary[b][f"{unit}_per_s"],
-        "peak_rss": summary[a]["peak_rss_mb_max"] / summary[b]["peak_rss_mb_max"],
-    }
-    if not args.encode:
-        ratios["dev_spearman_diff"] = summary[a]["dev_spearman_mean"] - summary[b]["dev_spearman_mean"]
-    print()
-    label = {k: k + (f" ({runs[k][0]['precision']})" if "precision" in runs[k][0] else "") for k in kinds}
-    width = max(len(v) for v in label.values()) + 2
-    print(f"{'':<{width}}" + "".join(f"{k:>20}" for k in summary[a]))
-    for kind in kinds:
-        print(f"{label[kind]:<{width}}" + "".join(f"{v:>20.4f}" for v in summary[kind].values()))
-    print("ratios (ours / sentence-transformers): " + ", ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
+    ratios = {theirs: ratios_against(summary, kinds[0], theirs, unit) for theirs in kinds[1:]}
+    print_summary(runs, summary, ratios, unit)
     report = {
         "args": vars(args),
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
