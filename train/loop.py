@@ -7,6 +7,7 @@ Nothing here reads files of a dataset format or the Hydra config.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from sentence_transformers import SentenceTransformer
 from torch import nn
 from torch.utils.data import DataLoader
@@ -35,6 +36,7 @@ from train import checkpoint
 from train.checkpoint import atomic_dir, latest_checkpoint, prune
 from train.config import TrainerConfig
 from train.data.batching import embed_batch
+from train.sharding import check_deepspeed_settings, deepspeed_batch_size, freeze_unused_pooler, fsdp_on_cpu, fsdp_plugin, savable_model
 from train.errors import Preempted, UserError
 from train.evaluation import MAIN_METRIC
 from train.precision import resolve_precision
@@ -84,7 +86,9 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
 
 
-def save_checkpoint(accelerator: Accelerator, model: nn.Module, progress: Progress, target: Path) -> None:
+def save_checkpoint(
+    accelerator: Accelerator, model: nn.Module, progress: Progress, target: Path, plain: nn.Module | None = None
+) -> None:
     """Model dir (loadable by SentenceTransformer) + accelerate state + progress, atomically."""
     main = accelerator.is_main_process
     tmp = checkpoint.temp_dir_for(target)
@@ -94,8 +98,9 @@ def save_checkpoint(accelerator: Accelerator, model: nn.Module, progress: Progre
     accelerator.wait_for_everyone()
     # Every rank calls save_state: each writes its own RNG state into the shared dir.
     accelerator.save_state(str(tmp / ACCELERATE_STATE))
+    to_save = savable_model(accelerator, model, plain)
     if main:
-        accelerator.unwrap_model(model).save(str(tmp), create_model_card=False)
+        to_save.save(str(tmp), create_model_card=False)
         (tmp / STATE_FILE).write_text(json.dumps(progress.__dict__, indent=1))
     accelerator.wait_for_everyone()
     if main:
@@ -103,11 +108,12 @@ def save_checkpoint(accelerator: Accelerator, model: nn.Module, progress: Progre
     accelerator.wait_for_everyone()
 
 
-def save_model(accelerator: Accelerator, model: nn.Module, target: Path, manifest: dict) -> None:
+def save_model(accelerator: Accelerator, model: nn.Module, target: Path, manifest: dict, plain: nn.Module | None = None) -> None:
     accelerator.wait_for_everyone()
+    to_save = savable_model(accelerator, model, plain)
     if accelerator.is_main_process:
         with atomic_dir(target, manifest) as tmp:
-            accelerator.unwrap_model(model).save(str(tmp), create_model_card=False)
+            to_save.save(str(tmp), create_model_card=False)
     accelerator.wait_for_everyone()
 
 
@@ -249,11 +255,13 @@ def train(
         # The accelerator's settings are a process-wide singleton; a Hydra sweep (one process)
         # or a multi-stage run may change mixed precision between runs. The process group stays.
         AcceleratorState._reset_state()
+        fsdp_on_cpu()
         accelerator = Accelerator(
             mixed_precision=resolve_precision(settings.mixed_precision.value, PartialState().device),
             gradient_accumulation_steps=settings.grad_accum,
             # The backbone's pooler (BERT) gets no gradient from a sentence-embedding loss.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            fsdp_plugin=fsdp_plugin(),
         )
     set_seed(settings.seed)
     run_dir = Path(run_dir)
@@ -271,11 +279,18 @@ def train(
     )
     loss_params = [p for name, p in loss_fn.named_parameters() if not name.startswith("model.")]
     loss_fn.to(accelerator.device)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp:
+        freeze_unused_pooler(model)
     trainable = nn.ModuleList([model, *([loss_fn] if loss_params else [])])
     # Fused AdamW: one kernel for all parameters; on this 2-core CPU it cut the step from 40 to 9 ms.
     optimizer = build_optimizer(
         model, settings.lr, settings.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"), extra=loss_params
     )
+    plain = copy.deepcopy(model) if fsdp and main else None  # what final/, best/ and checkpoints save
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        check_deepspeed_settings(settings.on_nan.value)
+        deepspeed_batch_size(accelerator, settings.batch_size)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # prepare() makes the model's forward autocast; undo that (in place) so that evaluation and
     # saved models stay fp32, and autocast only the training forward pass (compute_loss).
@@ -289,11 +304,13 @@ def train(
     total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * updates_per_epoch
     n_epochs = math.ceil(total_steps / updates_per_epoch)
     warmup = int(settings.warmup_ratio * total_steps)
-    # A prepared scheduler steps once per process per update, hence the scaling.
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, warmup * accelerator.num_processes, total_steps * accelerator.num_processes
-    )
+    # A prepared scheduler steps once per process per update, hence the scaling; under DeepSpeed
+    # prepare() leaves it as it is, and it steps once per update.
+    per_update = 1 if accelerator.distributed_type == DistributedType.DEEPSPEED else accelerator.num_processes
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup * per_update, total_steps * per_update)
     scheduler = accelerator.prepare(scheduler)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.register_for_checkpointing(scheduler)  # not prepared, so save_state would skip it
 
     progress = Progress()
     if resume_from is not None:
@@ -326,7 +343,7 @@ def train(
         score = metrics[main_metric]
         if progress.best_metric is None or score > progress.best_metric:
             progress.best_metric, progress.best_step = score, progress.step
-            save_model(accelerator, model, best_dir, {"step": progress.step, main_metric: score, "kind": "best"})
+            save_model(accelerator, model, best_dir, {"step": progress.step, main_metric: score, "kind": "best"}, plain)
         eval_seconds += time.perf_counter() - eval_started
         return metrics
 
@@ -359,7 +376,8 @@ def train(
                             [*model.parameters(), *loss_params],
                             settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf"),
                         )
-                        finite = _all_agree(finite and bool(torch.isfinite(norm)), accelerator)
+                        # DeepSpeed: a float (or None), of the step accelerator.backward has already taken.
+                        finite = _all_agree(finite and (norm is None or math.isfinite(float(norm))), accelerator)
                         if not finite:
                             if settings.on_nan.value == "stop":
                                 raise UserError(_nan_message(progress.step + 1, loss, run_dir))
@@ -407,13 +425,13 @@ def train(
                 if not last and (
                     (settings.save_every > 0 and step % settings.save_every == 0) or (settings.save_every <= 0 and epoch_end)
                 ):
-                    save_checkpoint(accelerator, model, progress, run_dir / "checkpoints" / f"step-{step}")
+                    save_checkpoint(accelerator, model, progress, run_dir / "checkpoints" / f"step-{step}", plain)
                     if main:
                         prune(run_dir / "checkpoints", settings.keep_last)
                 if not last and not _all_agree(stop.received is None, accelerator):
                     target = run_dir / "checkpoints" / f"step-{step}"
                     if not checkpoint.is_complete(target):
-                        save_checkpoint(accelerator, model, progress, target)
+                        save_checkpoint(accelerator, model, progress, target, plain)
                     bar.close()
                     raise Preempted(
                         f"Stopped by a signal after step {step}; checkpoint {target}. Resume with the same "
@@ -426,7 +444,7 @@ def train(
     seconds = time.perf_counter() - started - eval_seconds  # training only: evaluation is not throughput
 
     final_dir = run_dir / "final"
-    save_model(accelerator, model, final_dir, {"step": progress.step, "kind": "final"})
+    save_model(accelerator, model, final_dir, {"step": progress.step, "kind": "final"}, plain)
     return LoopResult(
         progress=progress,
         final_dir=final_dir,
