@@ -137,3 +137,18 @@ def test_deepspeed_zero2_on_cpu_processes_resumes_to_the_same_model(tiny_model_d
                      "--num_processes", "2", DS_ACCELERATOR="cpu")
     a, b = weights(full), weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("config", ["fsdp.yaml", "deepspeed_zero2.yaml"])
+def test_divergence_stops_with_the_last_good_checkpoint(tiny_model_dir, tmp_path, config):
+    # lr 1e30: the first update blows the weights up, and a later loss is not finite.
+    extra_env = {}
+    if config.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+        extra_env["DS_ACCELERATOR"] = "cpu"
+    args = run_args(tiny_model_dir, tmp_path, "trainer.lr=1e30", "trainer.warmup_ratio=0", "trainer.save_every=1")
+    done = subprocess.run(command(config, args, "--num_processes", "2"), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env(**extra_env))
+    assert done.returncode != 0
+    assert "Training diverged at step" in done.stderr and "Last good checkpoint:" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "final").exists() and not (tmp_path / "eval.json").exists()
