@@ -102,7 +102,7 @@ def training_inputs(
         texts = list(zip(*(train_split[c] for c in columns)))
         sampler = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=num_processes)
         if len(sampler) and sampler.dropped:
-            log.info("%d of %d rows fit no duplicate-free global batch of %d in epoch 1 and wait for a later epoch",
+            log.info("%d of %d rows fit no duplicate-free global batch of %d in epoch 1 and are left out of it (each epoch shuffles anew)",
                      sampler.dropped, len(rows), settings.batch_size * num_processes)
     else:
         sampler = BucketBatchSampler(train_ds["length"], settings.batch_size, settings.seed, settings.bucket_windows)
