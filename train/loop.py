@@ -353,94 +353,96 @@ def train(
     started = time.perf_counter()
     model.train()
     done = progress.step >= total_steps
-    with StopOnSignal() as stop:
-        for epoch in range(progress.epoch, n_epochs):
-            if done:
-                break
-            sampler.use_epoch(epoch)
-            skip = progress.batches_in_epoch if epoch == progress.epoch else 0
-            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-            progress.epoch, progress.batches_in_epoch = epoch, skip
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    try:
-                        loss = compute_loss(model, loss_fn, batch, from_embeddings, accelerator.autocast)
-                        accelerator.backward(loss)
-                    except torch.OutOfMemoryError:
-                        raise UserError(_oom_message(settings)) from None
-                    finite = bool(torch.isfinite(loss.detach()))
-                    if accelerator.sync_gradients:
-                        if manual_sync:
-                            _all_reduce_grads(manual_sync, accelerator)
-                        norm = accelerator.clip_grad_norm_(
-                            [*model.parameters(), *loss_params],
-                            settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf"),
-                        )
-                        # DeepSpeed: a float (or None), of the step accelerator.backward has already taken.
-                        finite = _all_agree(finite and (norm is None or math.isfinite(float(norm))), accelerator)
-                        if not finite:
-                            if settings.on_nan.value == "stop":
-                                raise UserError(_nan_message(progress.step + 1, loss, run_dir))
-                            log.warning("step %d: loss or gradient is not finite; step skipped (trainer.on_nan=skip)", progress.step + 1)
-                        else:
-                            optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                progress.batches_in_epoch += 1
-                if finite:
-                    running_loss += loss.detach().float().item()
-                    running_n += 1
-                pairs += len(batch["labels"]) if batch["labels"] is not None else _batch_rows(batch)
-                real, padded = _token_counts(batch)
-                real_tokens += real
-                padded_tokens += padded
-                if not accelerator.sync_gradients:
-                    continue
-
-                progress.step += 1
-                step = progress.step
-                lr = scheduler.get_last_lr()[0]
-                bar.update(1)
-                bar.set_postfix(loss=f"{running_loss / max(running_n, 1):.4f}", lr=f"{lr:.2e}")
-                last = step >= total_steps
-                epoch_end = progress.batches_in_epoch >= len(loader)
-                entry: dict[str, Any] = {}
-                if step % settings.log_every == 0 or last:
-                    # The mean over processes: each rank's loss covers only its own share of the batch.
-                    mean_loss = accelerator.reduce(torch.tensor(running_loss / max(running_n, 1), device=accelerator.device), "mean").item()
-                    entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4),
-                                 loss=mean_loss, lr=lr)
-                    running_loss, running_n = 0.0, 0
-                if evaluate is not None and (
-                    last or (settings.eval_every > 0 and step % settings.eval_every == 0)
-                    or (settings.eval_every <= 0 and epoch_end)
-                ):
-                    metrics = run_eval()
-                    entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4))
-                    entry.update({f"dev_{k}": v for k, v in metrics.items() if k != "n_pairs"})
-                if entry:
-                    record(entry)
-                if epoch_end:
-                    progress.epoch, progress.batches_in_epoch = epoch + 1, 0
-                if not last and (
-                    (settings.save_every > 0 and step % settings.save_every == 0) or (settings.save_every <= 0 and epoch_end)
-                ):
-                    save_checkpoint(accelerator, model, progress, run_dir / "checkpoints" / f"step-{step}", plain)
-                    if main:
-                        prune(run_dir / "checkpoints", settings.keep_last)
-                if not last and not _all_agree(stop.received is None, accelerator):
-                    target = run_dir / "checkpoints" / f"step-{step}"
-                    if not checkpoint.is_complete(target):
-                        save_checkpoint(accelerator, model, progress, target, plain)
-                    bar.close()
-                    raise Preempted(
-                        f"Stopped by a signal after step {step}; checkpoint {target}. Resume with the same "
-                        f"command plus: hydra.run.dir={run_dir} trainer.resume=latest"
-                    )
-                if last:
-                    done = True
+    # Closed on every way out (an error, a signal), so no half bar is left on the terminal.
+    try:
+        with StopOnSignal() as stop:
+            for epoch in range(progress.epoch, n_epochs):
+                if done:
                     break
-    bar.close()
+                sampler.use_epoch(epoch)
+                skip = progress.batches_in_epoch if epoch == progress.epoch else 0
+                batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+                progress.epoch, progress.batches_in_epoch = epoch, skip
+                for batch in batches:
+                    with accelerator.accumulate(model):
+                        try:
+                            loss = compute_loss(model, loss_fn, batch, from_embeddings, accelerator.autocast)
+                            accelerator.backward(loss)
+                        except torch.OutOfMemoryError:
+                            raise UserError(_oom_message(settings)) from None
+                        finite = bool(torch.isfinite(loss.detach()))
+                        if accelerator.sync_gradients:
+                            if manual_sync:
+                                _all_reduce_grads(manual_sync, accelerator)
+                            norm = accelerator.clip_grad_norm_(
+                                [*model.parameters(), *loss_params],
+                                settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf"),
+                            )
+                            # DeepSpeed: a float (or None), of the step accelerator.backward has already taken.
+                            finite = _all_agree(finite and (norm is None or math.isfinite(float(norm))), accelerator)
+                            if not finite:
+                                if settings.on_nan.value == "stop":
+                                    raise UserError(_nan_message(progress.step + 1, loss, run_dir))
+                                log.warning("step %d: loss or gradient is not finite; step skipped (trainer.on_nan=skip)", progress.step + 1)
+                            else:
+                                optimizer.step()
+                            scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
+                    progress.batches_in_epoch += 1
+                    if finite:
+                        running_loss += loss.detach().float().item()
+                        running_n += 1
+                    pairs += len(batch["labels"]) if batch["labels"] is not None else _batch_rows(batch)
+                    real, padded = _token_counts(batch)
+                    real_tokens += real
+                    padded_tokens += padded
+                    if not accelerator.sync_gradients:
+                        continue
+
+                    progress.step += 1
+                    step = progress.step
+                    lr = scheduler.get_last_lr()[0]
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{running_loss / max(running_n, 1):.4f}", lr=f"{lr:.2e}")
+                    last = step >= total_steps
+                    epoch_end = progress.batches_in_epoch >= len(loader)
+                    entry: dict[str, Any] = {}
+                    if step % settings.log_every == 0 or last:
+                        # The mean over processes: each rank's loss covers only its own share of the batch.
+                        mean_loss = accelerator.reduce(torch.tensor(running_loss / max(running_n, 1), device=accelerator.device), "mean").item()
+                        entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4),
+                                     loss=mean_loss, lr=lr)
+                        running_loss, running_n = 0.0, 0
+                    if evaluate is not None and (
+                        last or (settings.eval_every > 0 and step % settings.eval_every == 0)
+                        or (settings.eval_every <= 0 and epoch_end)
+                    ):
+                        metrics = run_eval()
+                        entry.update(step=step, epoch=round(epoch + progress.batches_in_epoch / len(loader), 4))
+                        entry.update({f"dev_{k}": v for k, v in metrics.items() if k != "n_pairs"})
+                    if entry:
+                        record(entry)
+                    if epoch_end:
+                        progress.epoch, progress.batches_in_epoch = epoch + 1, 0
+                    if not last and (
+                        (settings.save_every > 0 and step % settings.save_every == 0) or (settings.save_every <= 0 and epoch_end)
+                    ):
+                        save_checkpoint(accelerator, model, progress, run_dir / "checkpoints" / f"step-{step}", plain)
+                        if main:
+                            prune(run_dir / "checkpoints", settings.keep_last)
+                    if not last and not _all_agree(stop.received is None, accelerator):
+                        target = run_dir / "checkpoints" / f"step-{step}"
+                        if not checkpoint.is_complete(target):
+                            save_checkpoint(accelerator, model, progress, target, plain)
+                        raise Preempted(
+                            f"Stopped by a signal after step {step}; checkpoint {target}. Resume with the same "
+                            f"command plus: hydra.run.dir={run_dir} trainer.resume=latest"
+                        )
+                    if last:
+                        done = True
+                        break
+    finally:
+        bar.close()
     seconds = time.perf_counter() - started - eval_seconds  # training only: evaluation is not throughput
 
     final_dir = run_dir / "final"
