@@ -24,6 +24,15 @@ def compose_config(overrides: list[str] = (), config_name: str = "train") -> Dic
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+def free_port() -> int:
+    """A free TCP port on loopback, for a process group's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def minilm_dir() -> Path | None:
     from train.models import package_model_dir
 

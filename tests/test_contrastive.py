@@ -4,7 +4,6 @@ duplicates, NLI -> triplets."""
 from __future__ import annotations
 
 import os
-import socket
 from collections import Counter
 
 import datasets
@@ -18,7 +17,7 @@ from train.data.readers import read_nli_file
 from train.data.shapes import nli_to_triplets, texts_to_pairs
 from train.losses import build_loss
 from train.models import build_sentence_transformer
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, free_port
 
 ANCHORS = [f"anchor sentence number {i}" for i in range(8)]
 POSITIVES = [f"a positive for item {i} here" for i in range(8)]
@@ -60,12 +59,6 @@ def _worker(rank, world, port, model_dir, negatives, out):
             torch.save({"loss": loss, "grads": grads}, out)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("negatives", [False, True], ids=["pairs", "hard-negatives"])

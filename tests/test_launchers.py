@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, free_port, tiny_overrides
 
 
 def command(config: str, args: list[str], *launch_args: str) -> list[str]:
@@ -99,12 +98,6 @@ def test_fsdp_sigkill_then_resume_gives_the_same_model(tiny_model_dir, tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_multi_node_config_as_two_machines_on_loopback(tiny_model_dir, ddp_run, tmp_path):

@@ -280,6 +280,7 @@ def train(
     loss_params = [p for name, p in loss_fn.named_parameters() if not name.startswith("model.")]
     loss_fn.to(accelerator.device)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     if fsdp:
         freeze_unused_pooler(model)
     trainable = nn.ModuleList([model, *([loss_fn] if loss_params else [])])
@@ -288,7 +289,7 @@ def train(
         model, settings.lr, settings.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"), extra=loss_params
     )
     plain = copy.deepcopy(model) if fsdp and main else None  # what final/, best/ and checkpoints save
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+    if deepspeed:
         check_deepspeed_settings(settings.on_nan.value)
         deepspeed_batch_size(accelerator, settings.batch_size)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -306,10 +307,10 @@ def train(
     warmup = int(settings.warmup_ratio * total_steps)
     # A prepared scheduler steps once per process per update, hence the scaling; under DeepSpeed
     # prepare() leaves it as it is, and it steps once per update.
-    per_update = 1 if accelerator.distributed_type == DistributedType.DEEPSPEED else accelerator.num_processes
+    per_update = 1 if deepspeed else accelerator.num_processes
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup * per_update, total_steps * per_update)
     scheduler = accelerator.prepare(scheduler)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+    if deepspeed:
         accelerator.register_for_checkpointing(scheduler)  # not prepared, so save_state would skip it
 
     progress = Progress()

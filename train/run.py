@@ -229,9 +229,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Trains as configured (all stages, if the experiment has them); returns eval.json's content."""
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
-    check_train_config(cfg)
     stages = stage_configs(cfg)
-    for _, stage_cfg in stages:
+    for _, stage_cfg in stages:  # a single run is its own one stage
         check_train_config(stage_cfg)
     if len(stages) == 1 and not stages[0][0]:
         return train_stage(cfg, run_dir)

@@ -33,14 +33,13 @@ def _pair_keys(ds: datasets.Dataset) -> list[tuple[str, str]] | None:
     return None
 
 
-def report_overlap(train: datasets.Dataset, evaluation: Iterable[tuple[str, datasets.Dataset]]) -> dict[str, int]:
-    """Logs (and returns) how many training pairs also occur in each evaluation split, and how
-    many training rows repeat an earlier row exactly."""
-    counts: dict[str, int] = {}
+def report_overlap(train: datasets.Dataset, evaluation: Iterable[tuple[str, datasets.Dataset]]) -> None:
+    """Logs how many training pairs also occur in each evaluation split, and how many training
+    rows repeat an earlier row exactly."""
     rows = list(zip(*(train[c] for c in train.column_names)))
-    counts["train_duplicates"] = len(rows) - len(set(rows))
-    if counts["train_duplicates"]:
-        log.info("train: %d of %d rows repeat an earlier row exactly", counts["train_duplicates"], len(rows))
+    duplicates = len(rows) - len(set(rows))
+    if duplicates:
+        log.info("train: %d of %d rows repeat an earlier row exactly", duplicates, len(rows))
     train_keys = _pair_keys(train)
     for name, ds in evaluation:
         keys = _pair_keys(ds)
@@ -48,14 +47,12 @@ def report_overlap(train: datasets.Dataset, evaluation: Iterable[tuple[str, data
             continue
         shared = set(train_keys) & set(keys)
         leaked = sum(k in shared for k in train_keys)
-        counts[f"train_in_{name}"] = leaked
         if leaked:
             example = " / ".join(next(iter(shared)))
             log.warning(
                 "%d train rows (%d distinct pairs) also occur in %s, e.g. %r: the %s figures overstate how well "
                 "the model does on unseen pairs.", leaked, len(shared), name, example, name,
             )
-    return counts
 
 
 def check_batch_fits(rows: int, batch_size: int, num_processes: int, batches: int) -> None:

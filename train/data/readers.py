@@ -10,7 +10,7 @@ import csv
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,21 +194,23 @@ def _has_path(record: Any, dotted: str) -> bool:
     return True
 
 
-def read_records(path: Path, fmt: str, wanted: dict[str, str]) -> list[tuple[str, Any]]:
-    """All records of a file, after checking that it has each column in `wanted`
+def read_records(path: Path, fmt: str, wanted: dict[str, str]) -> Iterable[tuple[str, Any]]:
+    """The records of a file, after checking that it has each column in `wanted`
     ({config key: column name or dot path}); a column the file lacks is one error that lists
-    the columns it has, not a bad row per line."""
+    the columns it has, not a bad row per line. CSV/TSV are checked against their header and
+    stream; JSON/JSONL/parquet records are read whole (a column only needs to occur in one)."""
     if fmt in ("csv", "tsv"):
-        header = _header(path, "," if fmt == "csv" else "\t")
-        records = list(_READERS[fmt](path))
-        present = lambda column: column in header  # noqa: E731
-        columns = header
+        columns = _header(path, "," if fmt == "csv" else "\t")
+        records: Iterable[tuple[str, Any]] = _READERS[fmt](path)
+        present = columns.__contains__
+        empty = not columns
     else:
         records = list(_READERS[fmt](path))
         dicts = [r for _, r in records if isinstance(r, dict)]
         present = lambda column: any(_has_path(r, column) for r in dicts)  # noqa: E731
         columns = list(dict.fromkeys(k for r in dicts for k in r))
-    if not records:
+        empty = not records
+    if empty:  # canonical_rows says the file holds no rows
         return records
     absent = [f"{key}={column!r}" for key, column in wanted.items() if column and not present(column)]
     if absent:
@@ -258,7 +260,7 @@ def _score(value: Any, column: str, scores: ScoreRange) -> float:
 
 
 def canonical_rows(
-    records: Iterator[tuple[str, Any]],
+    records: Iterable[tuple[str, Any]],
     source: str,
     get_row: Callable[[Any], tuple],
     names: tuple[str, ...],
@@ -302,7 +304,7 @@ def canonical_rows(
 
 
 def canonical_pairs(
-    records: Iterator[tuple[str, Any]], source: str, get_row: Callable[[Any], tuple], on_bad_row: str = "error"
+    records: Iterable[tuple[str, Any]], source: str, get_row: Callable[[Any], tuple], on_bad_row: str = "error"
 ) -> datasets.Dataset:
     """Scored pairs: Dataset(sentence1, sentence2, score as float32 in [0, 1])."""
     ds = canonical_rows(records, source, get_row, ("sentence1", "sentence2", "score"), on_bad_row)
@@ -342,7 +344,7 @@ def read_sts_file(
     fmt = infer_format(path, fmt)
     wanted = {f"data.columns.{k}": getattr(columns, k) for k in ("sentence1", "sentence2", "score")}
     records = read_records(path, fmt, wanted)
-    return canonical_pairs(iter(records), str(path), pair_getter(columns, scores), on_bad_row)
+    return canonical_pairs(records, str(path), pair_getter(columns, scores), on_bad_row)
 
 
 def read_stsb_official(path: str | Path, scores: ScoreRange = ScoreRange(), on_bad_row: str = "error") -> datasets.Dataset:
@@ -407,7 +409,7 @@ def read_nli_file(
 
     wanted = {"data.columns.sentence1": columns.sentence1, "data.columns.sentence2": columns.sentence2, "data.columns.label": columns.score}
     records = read_records(path, fmt, wanted)
-    return canonical_rows(iter(records), str(path), get_row, ("sentence1", "sentence2", "label"), on_bad_row)
+    return canonical_rows(records, str(path), get_row, ("sentence1", "sentence2", "label"), on_bad_row)
 
 
 def read_text_lines(path: str | Path) -> datasets.Dataset:
@@ -440,4 +442,4 @@ def read_pairs_file(
 
     wanted = {"data.columns.sentence1": anchor, "data.columns.sentence2": positive, "data.columns.negative": negative}
     records = read_records(path, fmt, {k: v for k, v in wanted.items() if v})
-    return canonical_rows(iter(records), str(path), get_row, names, on_bad_row)
+    return canonical_rows(records, str(path), get_row, names, on_bad_row)
