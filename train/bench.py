@@ -92,7 +92,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from train.config import MixedPrecision, TrainerConfig
     from train.losses import build_loss
     from train.loop import train
-    from train.run import training_inputs
+    from train.tasks.bi_encoder import BiEncoderStep, training_inputs
 
     model, splits = _common(args)
     precision = _precision(args.precision, args.device)
@@ -116,7 +116,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     rows, collate, sampler = training_inputs(splits["train"], model, spec, settings)
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
-            model, loss, rows, collate, sampler, None, Path(run_dir), settings,
+            model, loss, rows, collate, sampler, BiEncoderStep(spec.from_embeddings), None, Path(run_dir), settings,
             accelerator=Accelerator(mixed_precision=precision, cpu=args.device == "cpu"),
         )
         seconds = time.perf_counter() - started

@@ -16,44 +16,63 @@ from sentence_transformers import SentenceTransformer
 
 from train.config import DataConfig, LossConfig, ModelConfig, PoolingConfig, to_plain
 from train.data.presets import load_splits, load_sts_splits
-from train.data.readers import Columns, ScoreRange
+from train.data.readers import CandidateColumns, Columns, ScoreRange
 from train.errors import Preempted, UserError
 from train.losses import LossSpec, build_loss
-from train.models import build_sentence_transformer
 
 log = logging.getLogger("train")
 
 
-def build_model(model: DictConfig | ModelConfig, pooling: DictConfig | PoolingConfig) -> SentenceTransformer:
+def build_model(
+    model: DictConfig | ModelConfig, pooling: DictConfig | PoolingConfig, task: str = "bi_encoder", num_labels: int = 1
+) -> SentenceTransformer:
+    """The task's model: a SentenceTransformer (bi-encoder) or a CrossEncoder with `num_labels` outputs."""
+    from train.tasks import get_task
+
     m: ModelConfig = to_plain(model) if isinstance(model, DictConfig) else model
     p: PoolingConfig = to_plain(pooling) if isinstance(pooling, DictConfig) else pooling
-    return build_sentence_transformer(
+    return get_task(task).build_model(
         name=m.name,
         max_seq_length=m.max_seq_length,
         pooling_mode=p.mode.value,
         normalize=m.normalize,
         offline_package=m.offline_package,
         attn_implementation=m.attn_implementation,
+        num_labels=num_labels,
     )
 
 
-def build_loss_from(loss: DictConfig | LossConfig, model: SentenceTransformer, num_processes: int = 1) -> tuple[object, LossSpec]:
-    """The loss module of `loss` for `model`, and its spec (data shape; whether the loop embeds for it)."""
+def loss_options(loss: DictConfig | LossConfig, num_processes: int = 1) -> dict:
     c: LossConfig = to_plain(loss) if isinstance(loss, DictConfig) else loss
-    return build_loss(
-        c.name.value,
-        model,
+    return dict(
         scale=c.scale,
         gather_across_devices=num_processes > 1,
         mini_batch_size=c.mini_batch_size,
         margin=c.margin,
         num_labels=c.num_labels,
         matryoshka_dims=list(c.matryoshka_dims),
+        num_negatives=c.num_negatives,
     )
 
 
+def build_loss_from(
+    loss: DictConfig | LossConfig, model: SentenceTransformer, num_processes: int = 1, task: str = "bi_encoder"
+) -> tuple[object, LossSpec]:
+    """The loss module of `loss` for `model`, and its spec (data shape; whether the loop embeds for it)."""
+    c: LossConfig = to_plain(loss) if isinstance(loss, DictConfig) else loss
+    return build_loss(c.name.value, model, task=task, **loss_options(c, num_processes))
+
+
+def model_outputs(loss: DictConfig | LossConfig, task: str) -> int:
+    """How many outputs the task's model needs for this loss (cross-encoder: 1, or the NLI classes)."""
+    from train.losses import loss_spec
+
+    c: LossConfig = to_plain(loss) if isinstance(loss, DictConfig) else loss
+    return loss_spec(task, c.name.value).num_labels({"num_labels": c.num_labels})
+
+
 def build_data(
-    data: DictConfig | DataConfig, splits: tuple[str, ...], shape: str = "scored_pairs"
+    data: DictConfig | DataConfig, splits: tuple[str, ...], shape: str = "scored_pairs", eval_shape: str | None = None
 ) -> dict[str, datasets.Dataset]:
     """The splits of `data` in the shape a loss trains on (train/losses.py)."""
     d: DataConfig = to_plain(data) if isinstance(data, DictConfig) else data
@@ -76,6 +95,8 @@ def build_data(
         hub_id=d.hub_id,
         hub_config=d.hub_config,
         hub_splits=dict(d.hub_splits),
+        candidate_columns=CandidateColumns(d.columns.query, d.columns.positive, d.columns.negatives, d.columns.scores),
+        eval_shape=eval_shape,
     )
 
 

@@ -1,23 +1,33 @@
-"""Checkpoint directories that are either complete or absent.
+"""Checkpoints, resume and the run dir: every rule about what is on disk lives here.
 
 A checkpoint is written into a hidden temporary dir next to its final place, gets a
 `manifest.json` as its last file, and is then renamed into place: a crash while saving
 leaves only a `.tmp` dir that nothing picks up. `latest` means the newest dir that has a
-manifest.
+manifest. A run dir that holds a finished run is never written over unless asked.
+Under several processes every rank calls these functions; only the main process writes files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from train.errors import RunDirError, UserError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+STATE_FILE = "trainer_state.json"
+ACCELERATE_STATE = "accelerate_state"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -103,3 +113,96 @@ def prune(root: Path, keep_last: int, protect: Callable[[Path], bool] = lambda p
     for _, path in step_checkpoints(root)[:-keep_last]:
         if not protect(path):
             shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Progress:
+    """What a checkpoint needs beyond the accelerate state to continue at the next step."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # batches of `epoch` already consumed (per process)
+    best_metric: float | None = None
+    best_step: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: dict[str, float] | None = None
+    last_eval_step: int | None = None
+
+
+def load_progress(checkpoint: Path) -> Progress:
+    return Progress(**json.loads((Path(checkpoint) / STATE_FILE).read_text()))
+
+
+def save_checkpoint(accelerator: Any, to_save: Any, progress: Progress, target: Path) -> None:
+    """Model dir (loadable by sentence-transformers) + accelerate state + progress, atomically.
+    Every rank calls it: each writes its own RNG state into the shared dir."""
+    main = accelerator.is_main_process
+    tmp = temp_dir_for(target)
+    accelerator.wait_for_everyone()
+    if main:
+        begin(target)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / ACCELERATE_STATE))
+    if main:
+        to_save.save(str(tmp), create_model_card=False)
+        (tmp / STATE_FILE).write_text(json.dumps(progress.__dict__, indent=1))
+    accelerator.wait_for_everyone()
+    if main:
+        commit(tmp, target, {"step": progress.step, "kind": "checkpoint"})
+    accelerator.wait_for_everyone()
+
+
+def save_model(accelerator: Any, to_save: Any, target: Path, manifest: dict) -> None:
+    """A model dir (final/, best/) written atomically by the main process."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_dir(target, manifest) as tmp:
+            to_save.save(str(tmp), create_model_card=False)
+    accelerator.wait_for_everyone()
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """trainer.resume (`latest` or a checkpoint dir) -> the checkpoint to load, or None."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = latest_checkpoint(run_dir / "checkpoints")
+        if found is None:
+            raise UserError(
+                f"trainer.resume=latest: no complete checkpoint in {run_dir / 'checkpoints'}. "
+                "Run with hydra.run.dir=<the run's dir> to resume that run, or give a checkpoint dir."
+            )
+        return found
+    path = Path(resume).expanduser()
+    if not (path / STATE_FILE).is_file() or not (path / ACCELERATE_STATE).is_dir():
+        raise UserError(
+            f"trainer.resume={resume}: not a complete training checkpoint (expected {STATE_FILE} and "
+            f"{ACCELERATE_STATE}/ in it). Use a run's checkpoints/step-N/ dir, or trainer.resume=latest."
+        )
+    return path
+
+
+def clear_run_outputs(run_dir: Path) -> None:
+    """Removes a previous run's results (trainer.overwrite=true)."""
+    for name in ("final", "best", "checkpoints"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in ("eval.json", "metrics.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Never replace a finished run's results without being asked to."""
+    from accelerate import PartialState
+
+    finished = (run_dir / "final").exists() or (run_dir / "eval.json").exists()
+    if resuming or not finished:
+        return
+    if not overwrite:
+        raise RunDirError(
+            f"{run_dir} already holds a finished run (final/ or eval.json). Choose another "
+            "hydra.run.dir, resume it with trainer.resume=latest, or replace it with trainer.overwrite=true."
+        )
+    log.warning("trainer.overwrite=true: removing the previous results in %s", run_dir)
+    if PartialState().is_main_process:
+        clear_run_outputs(run_dir)
+    PartialState().wait_for_everyone()

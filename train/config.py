@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from train.losses import loss_names
+
 
 class PoolingMode(str, Enum):
     # The values are sentence-transformers' own pooling mode names.
@@ -25,15 +27,15 @@ class PoolingMode(str, Enum):
     lasttoken = "lasttoken"
 
 
-class LossName(str, Enum):
-    cosent = "cosent"
-    angle = "angle"
-    cosine = "cosine"
-    mnrl = "mnrl"
-    cached_mnrl = "cached_mnrl"
-    simcse = "simcse"
-    triplet = "triplet"
-    softmax = "softmax"
+# Every loss of every task's registry (train/losses.py); each task accepts its own.
+LossName = Enum("LossName", {name: name for name in loss_names()}, type=str)
+
+
+class TaskName(str, Enum):
+    # What kind of model trains: a bi-encoder (one embedding a text, cosine compares them) or a
+    # cross-encoder (both texts through one model, one score out; a reranker).
+    bi_encoder = "bi_encoder"
+    cross_encoder = "cross_encoder"
 
 
 class BadRowPolicy(str, Enum):
@@ -86,6 +88,12 @@ class ColumnsConfig:
     label: str = "gold_label"
     # Pairs files (data=pairs_file: sentence1 = anchor, sentence2 = positive): an optional hard negative.
     negative: Optional[str] = None
+    # Query-with-candidates files (data=candidates_file, what `python -m train.mine` writes): the
+    # query, its positive (a text or a list), a list of negatives, optional scores (one a candidate).
+    query: str = "query"
+    positive: str = "positive"
+    negatives: str = "negatives"
+    scores: Optional[str] = None
 
 
 @dataclass
@@ -127,8 +135,9 @@ class DataConfig:
 @dataclass
 class LossConfig:
     name: LossName = LossName.cosent
-    # Inverse temperature (CoSENT, AnglE, MNRL: 20 = temperature 0.05); unused by cosine/triplet/softmax.
-    scale: float = 20.0
+    # Inverse temperature (CoSENT, AnglE, MNRL: 20 = temperature 0.05); null = the loss's own
+    # default (20; cross-encoder mnrl: 10). Unused by the others.
+    scale: Optional[float] = None
     # cached_mnrl: rows per forward pass; memory stays flat as trainer.batch_size grows.
     mini_batch_size: int = 32
     # triplet: the margin between positive and negative distances (euclidean).
@@ -137,6 +146,13 @@ class LossConfig:
     num_labels: int = 3
     # Wraps the loss in MatryoshkaLoss: embeddings stay useful truncated to each of these sizes.
     matryoshka_dims: list[int] = field(default_factory=list)
+    # cross-encoder mnrl: in-batch candidates scored against each query besides its own.
+    num_negatives: int = 4
+
+
+@dataclass
+class TaskConfig:
+    name: TaskName = TaskName.bi_encoder
 
 
 @dataclass
@@ -186,6 +202,7 @@ class StageConfig:
 
 @dataclass
 class TrainConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -210,6 +227,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    # loss=<name>: one option a registered loss (train/losses.py), so the list is kept in one place.
+    for name in loss_names():
+        cs.store(group="loss", name=name, node={"name": name})
 
 
 def to_plain(node: Any) -> Any:

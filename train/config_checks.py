@@ -45,6 +45,7 @@ TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.mini_batch_size": _AT_LEAST_1,
     "loss.margin": _NON_NEGATIVE,
     "loss.num_labels": (lambda v: v >= 2, "an integer ≥ 2"),
+    "loss.num_negatives": _AT_LEAST_1,
     "data.max_train_samples": _AT_LEAST_0,
     "data.max_eval_samples": _AT_LEAST_0,
 }
@@ -64,7 +65,7 @@ def _problems(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str
         if node is None or name not in node:
             continue
         value = node[name]
-        if not ok(value):
+        if value is not None and not ok(value):  # null: the default of what uses it
             problems.append(f"{key}={value} (must be {valid})")
     return problems
 
@@ -86,6 +87,13 @@ def check_train_config(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     if trainer.epochs == 0 and trainer.max_steps == 0:
         problems.append("trainer.epochs=0 with trainer.max_steps=0 (nothing to train: set one of them ≥ 1)")
+    if "task" in cfg:
+        from train.losses import loss_spec
+
+        try:
+            loss_spec(cfg.task.name.value, cfg.loss.name.value)
+        except ConfigError as e:
+            problems.append(str(e).rstrip("."))
     dims = list(cfg.loss.matryoshka_dims)
     if any(d < 1 for d in dims) or len(set(dims)) != len(dims):
         problems.append(f"loss.matryoshka_dims={dims} (must be distinct integers ≥ 1)")

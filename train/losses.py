@@ -1,88 +1,179 @@
-"""Loss config -> a sentence-transformers loss, and the shape of data it trains on.
+"""The loss registry: for each task, loss name -> the data shape it trains on, its builder, its doc.
 
-Losses with `compute_loss_from_embeddings` let the loop embed every column of a batch in one
-forward pass (`from_embeddings`); the others (GradCache, Matryoshka, the softmax classifier)
-are called with one feature batch per column and run the model themselves.
+The schema's `loss.name` choices and the `loss=<name>` config options are derived from these
+tables (train/config.py), so a loss is added in one place. sentence-transformers is imported
+inside the builders only: composing a config (and `--help`) stays fast.
+
+Bi-encoder losses with `compute_loss_from_embeddings` let the loop embed every column of a
+batch in one forward pass (`from_embeddings`); the others (GradCache, Matryoshka, the softmax
+classifier) are called with one feature batch per column and run the model themselves.
+Cross-encoder losses always run the model themselves (a pair is one sequence).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer import losses as st_losses
 from torch import nn
 
+from train.data.shapes import Shape
 from train.errors import ConfigError
-
-# What each loss trains on:
-#   scored_pairs   sentence1, sentence2, score in [0, 1]           (STS)
-#   triplets       anchor, positive[, negative]                     (NLI, pairs files)
-#   texts          anchor == positive: the same sentence twice      (unsupervised SimCSE)
-#   labeled_pairs  sentence1, sentence2, label in {0, 1, 2}         (NLI classification)
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    data: str
-    from_embeddings: bool
+    shape: Shape
     build: Callable[..., nn.Module]
+    doc: str
+    from_embeddings: bool = False
+    # Option values this loss uses when the config leaves them null (loss.scale=null).
+    defaults: dict[str, Any] = field(default_factory=dict)
+    # Model outputs the loss needs (cross-encoder: 1 score, or 3 NLI logits).
+    num_labels: Callable[[dict[str, Any]], int] = lambda options: 1
+
+
+def _st():
+    from sentence_transformers.sentence_transformer import losses
+
+    return losses
+
+
+def _ce():
+    from sentence_transformers.cross_encoder import losses
+
+    return losses
 
 
 def _mnrl(model, scale, gather, **_):
-    return st_losses.MultipleNegativesRankingLoss(model, scale=scale, gather_across_devices=gather)
+    return _st().MultipleNegativesRankingLoss(model, scale=scale, gather_across_devices=gather)
 
 
-LOSSES: dict[str, LossSpec] = {
-    "cosent": LossSpec("scored_pairs", True, lambda model, scale, **_: st_losses.CoSENTLoss(model, scale=scale)),
-    "angle": LossSpec("scored_pairs", True, lambda model, scale, **_: st_losses.AnglELoss(model, scale=scale)),
-    "cosine": LossSpec("scored_pairs", True, lambda model, **_: st_losses.CosineSimilarityLoss(model)),
-    "mnrl": LossSpec("triplets", True, _mnrl),
+BI_ENCODER_LOSSES: dict[str, LossSpec] = {
+    "cosent": LossSpec(
+        Shape.scored_pairs, lambda model, scale, **_: _st().CoSENTLoss(model, scale=scale),
+        "CoSENT: ranks the pairs of a batch by cosine so that their order follows the gold scores.",
+        from_embeddings=True, defaults={"scale": 20.0},
+    ),
+    "angle": LossSpec(
+        Shape.scored_pairs, lambda model, scale, **_: _st().AnglELoss(model, scale=scale),
+        "AnglE: CoSENT on angle differences in complex space; avoids cosine saturation.",
+        from_embeddings=True, defaults={"scale": 20.0},
+    ),
+    "cosine": LossSpec(
+        Shape.scored_pairs, lambda model, **_: _st().CosineSimilarityLoss(model),
+        "Cosine similarity regressed onto the gold score with MSE (the original SBERT STS objective).",
+        from_embeddings=True,
+    ),
+    "mnrl": LossSpec(
+        Shape.triplets, _mnrl,
+        "MultipleNegativesRankingLoss (InfoNCE): each anchor against its positive, its hard negative and every "
+        "other sentence in the batch (gathered from all processes). Bigger batches, more negatives.",
+        from_embeddings=True, defaults={"scale": 20.0},
+    ),
     # SimCSE is MNRL on (x, x): the two copies differ only by dropout noise.
-    "simcse": LossSpec("texts", True, _mnrl),
+    "simcse": LossSpec(
+        Shape.texts, _mnrl,
+        "Unsupervised SimCSE: every sentence paired with itself; dropout makes the two copies differ. "
+        "Use with data=text_file data.path=corpus.txt (any data works: its distinct sentences are used).",
+        from_embeddings=True, defaults={"scale": 20.0},
+    ),
     "cached_mnrl": LossSpec(
-        "triplets",
-        False,
-        lambda model, scale, gather, mini_batch_size, **_: st_losses.CachedMultipleNegativesRankingLoss(
+        Shape.triplets,
+        lambda model, scale, gather, mini_batch_size, **_: _st().CachedMultipleNegativesRankingLoss(
             model, scale=scale, mini_batch_size=mini_batch_size, gather_across_devices=gather
         ),
+        "MNRL with GradCache: the batch is embedded in mini-batches, so memory stays flat as it grows "
+        "(loss=cached_mnrl trainer.batch_size=1024 loss.mini_batch_size=32).",
+        defaults={"scale": 20.0},
     ),
     "triplet": LossSpec(
-        "triplets", True, lambda model, margin, **_: st_losses.TripletLoss(model, triplet_margin=margin)
+        Shape.triplets, lambda model, margin, **_: _st().TripletLoss(model, triplet_margin=margin),
+        "TripletLoss: the anchor must be closer to its positive than to its negative by loss.margin (euclidean).",
+        from_embeddings=True,
     ),
     "softmax": LossSpec(
-        "labeled_pairs",
-        False,
-        lambda model, num_labels, **_: st_losses.SoftmaxLoss(
+        Shape.labeled_pairs,
+        lambda model, num_labels, **_: _st().SoftmaxLoss(
             model, sentence_embedding_dimension=model.get_embedding_dimension(), num_labels=num_labels
         ),
+        "The original SBERT NLI objective: a classifier on (u, v, |u - v|) predicts the NLI label.",
     ),
 }
 
+CROSS_ENCODER_LOSSES: dict[str, LossSpec] = {
+    # The losses get raw logits and apply their own activation: BCE and CE work on logits, the
+    # ranking losses on the activations given here (sentence-transformers' defaults).
+    "bce": LossSpec(
+        Shape.scored_pairs, lambda model, **_: _ce().BinaryCrossEntropyLoss(model),
+        "Binary cross-entropy of the pair's logit against its gold score in [0, 1] (STS) or its 0/1 label.",
+    ),
+    "ce": LossSpec(
+        Shape.labeled_pairs, lambda model, **_: _ce().CrossEntropyLoss(model),
+        "Cross-entropy over loss.num_labels classes (NLI: entailment, neutral, contradiction).",
+        num_labels=lambda options: options["num_labels"],
+    ),
+    "mnrl": LossSpec(
+        Shape.triplets,
+        lambda model, scale, num_negatives, **_: _ce().MultipleNegativesRankingLoss(model, num_negatives=num_negatives, scale=scale),
+        "Cross-encoder MNRL: each query against its positive, its hard negative and loss.num_negatives other "
+        "in-batch candidates, softmax over sigmoid(logit) * loss.scale.",
+        defaults={"scale": 10.0},
+    ),
+    "lambda": LossSpec(
+        Shape.query_candidates, lambda model, **_: _ce().LambdaLoss(model),
+        "LambdaLoss (NDCG-Loss2++): listwise, a query with its scored candidates; optimizes NDCG directly.",
+    ),
+    "listnet": LossSpec(
+        Shape.query_candidates, lambda model, **_: _ce().ListNetLoss(model),
+        "ListNet: listwise, cross-entropy between the softmax of the candidates' logits and of their gold scores.",
+    ),
+}
 
-def loss_spec(name: str) -> LossSpec:
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
-    return LOSSES[name]
+LOSSES: dict[str, dict[str, LossSpec]] = {"bi_encoder": BI_ENCODER_LOSSES, "cross_encoder": CROSS_ENCODER_LOSSES}
+
+
+def loss_names() -> list[str]:
+    """Every loss name of every task, in registry order (the schema's choices)."""
+    return list(dict.fromkeys(name for table in LOSSES.values() for name in table))
+
+
+def loss_spec(task: str, name: str) -> LossSpec:
+    table = LOSSES[task]
+    if name not in table:
+        others = [t for t, losses in LOSSES.items() if name in losses]
+        raise ConfigError(
+            f"loss={name} does not train a {task.replace('_', '-')}"
+            + (f" (it is a {others[0].replace('_', '-')} loss)" if others else "")
+            + f". Losses for task={task}: {', '.join(table)}."
+        )
+    return table[name]
 
 
 def build_loss(
     name: str,
-    model: SentenceTransformer,
-    scale: float = 20.0,
+    model: nn.Module,
+    scale: float | None = None,
     gather_across_devices: bool = False,
     mini_batch_size: int = 32,
     margin: float = 5.0,
     num_labels: int = 3,
     matryoshka_dims: list[int] | None = None,
+    num_negatives: int = 4,
+    task: str = "bi_encoder",
 ) -> tuple[nn.Module, LossSpec]:
     """The loss module, and its spec (data shape; whether the loop may embed for it)."""
-    spec = loss_spec(name)
-    loss = spec.build(
-        model=model, scale=scale, gather=gather_across_devices, mini_batch_size=mini_batch_size, margin=margin, num_labels=num_labels
+    spec = loss_spec(task, name)
+    options = dict(
+        scale=spec.defaults.get("scale", 20.0) if scale is None else scale,
+        gather=gather_across_devices, mini_batch_size=mini_batch_size, margin=margin,
+        num_labels=num_labels, num_negatives=num_negatives,
     )
+    loss = spec.build(model=model, **options)
     if matryoshka_dims:
+        if task != "bi_encoder":
+            raise ConfigError("loss.matryoshka_dims truncates sentence embeddings: it applies to task=bi_encoder only.")
         dim = model.get_embedding_dimension()
         too_big = [d for d in matryoshka_dims if d > dim]
         if too_big:
@@ -90,6 +181,6 @@ def build_loss(
                 f"loss.matryoshka_dims={list(matryoshka_dims)}: {', '.join(map(str, too_big))} exceed the model's "
                 f"embedding size {dim}. Use sizes ≤ {dim}, e.g. loss.matryoshka_dims=[{','.join(str(d) for d in (dim, dim // 2, dim // 4))}]."
             )
-        loss = st_losses.MatryoshkaLoss(model, loss, matryoshka_dims=list(matryoshka_dims))
-        spec = LossSpec(spec.data, False, spec.build)
+        loss = _st().MatryoshkaLoss(model, loss, matryoshka_dims=list(matryoshka_dims))
+        spec = replace(spec, from_embeddings=False)
     return loss, spec

@@ -47,14 +47,16 @@ def package_model_dir(package: str) -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
-def _load_transformer(source: str, max_seq_length: int, model_kwargs: dict, local_only: bool) -> Transformer:
+def _load_transformer(source: str, max_seq_length: int, model_kwargs: dict, local_only: bool, head: dict | None = None) -> Transformer:
     extra = {"local_files_only": True} if local_only else {}
+    head = head or {}
     return Transformer(
         source,
         max_seq_length=max_seq_length,
         model_kwargs={**model_kwargs, **extra},
         processor_kwargs=dict(extra),
-        config_kwargs=dict(extra),
+        config_kwargs={**extra, **({"num_labels": head["num_labels"]} if "num_labels" in head else {})},
+        **({"transformer_task": head["transformer_task"]} if "transformer_task" in head else {}),
     )
 
 
@@ -63,7 +65,9 @@ def load_backbone(
     max_seq_length: int,
     offline_package: str | None = None,
     attn_implementation: str | None = None,
+    head: dict | None = None,
 ) -> Transformer:
+    """The transformer module (`head`: e.g. a sequence-classification head with num_labels outputs)."""
     model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     tried: list[str] = []
     local = Path(name).expanduser()
@@ -74,7 +78,7 @@ def load_backbone(
                 "sentence-transformers model. Point model.name at a model folder or a Hub id."
             )
         try:
-            return _load_transformer(str(local), max_seq_length, model_kwargs, local_only=True)
+            return _load_transformer(str(local), max_seq_length, model_kwargs, local_only=True, head=head)
         except Exception as e:
             raise ModelLoadError(f"model.name={name}: the folder could not be loaded as a model ({type(e).__name__}: {e}).") from None
 
@@ -91,7 +95,7 @@ def load_backbone(
         sources.append((str(package_dir), True))
     for source, local_only in sources:
         try:
-            backbone = _load_transformer(source, max_seq_length, model_kwargs, local_only)
+            backbone = _load_transformer(source, max_seq_length, model_kwargs, local_only, head)
         except Exception as e:
             where = "the Hub" if not local_only else ("the local Hugging Face cache" if source == name else source)
             tried.append(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -154,8 +158,35 @@ def build_sentence_transformer(
     return SentenceTransformer(modules=modules)
 
 
-def load_saved_model(path: str | Path) -> SentenceTransformer:
-    """A model dir written by this project (final/, best/, checkpoints/step-N/) or any sentence-transformers dir."""
+def build_cross_encoder(
+    name: str,
+    max_seq_length: int = 128,
+    num_labels: int = 1,
+    offline_package: str | None = None,
+    attn_implementation: str | None = None,
+):
+    """A sentence-transformers CrossEncoder: the backbone with a sequence-classification head
+    (fresh unless `name` already has one) of `num_labels` outputs."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    head = {"transformer_task": "sequence-classification", "num_labels": num_labels}
+    backbone = load_backbone(name, max_seq_length, offline_package, attn_implementation, head=head)
+    check_max_seq_length(backbone, name, max_seq_length)
+    return CrossEncoder(modules=[backbone])
+
+
+def saved_model_kind(path: str | Path) -> str:
+    """`cross_encoder` or `bi_encoder`, from the sentence-transformers config a saved model carries."""
+    import json
+
+    config = Path(path) / "config_sentence_transformers.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    return "cross_encoder" if model_type == "CrossEncoder" else "bi_encoder"
+
+
+def load_saved_model(path: str | Path):
+    """A model dir written by this project (final/, best/, checkpoints/step-N/) or any
+    sentence-transformers dir: a CrossEncoder or a SentenceTransformer, as it was saved."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"checkpoint={path}: no such directory.")
@@ -168,6 +199,10 @@ def load_saved_model(path: str | Path) -> SentenceTransformer:
             f"Point it at a run's final/, best/ or checkpoints/step-N/.{hint}"
         )
     try:
+        if saved_model_kind(path) == "cross_encoder":
+            from sentence_transformers.cross_encoder import CrossEncoder
+
+            return CrossEncoder(str(path), local_files_only=True)
         return SentenceTransformer(str(path), local_files_only=True)
     except Exception as e:
         raise ModelLoadError(f"checkpoint={path}: could not be loaded ({type(e).__name__}: {e}).") from None

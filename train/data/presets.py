@@ -24,6 +24,8 @@ from train.data.readers import (
     ScoreRange,
     canonical_pairs,
     pair_getter,
+    CandidateColumns,
+    read_candidates_file,
     read_nli_file,
     read_pairs_file,
     read_sts_file,
@@ -275,11 +277,14 @@ def load_splits(
     hard_negatives: bool = True,
     max_train_samples: int = 0,
     max_eval_samples: int = 0,
+    candidate_columns: CandidateColumns = CandidateColumns(),
+    eval_shape: str | None = None,
     **hub: Any,
 ) -> dict[str, datasets.Dataset]:
     """Any source in the shape a loss needs (see train/data/shapes.py): STS data for the STS
-    losses, NLI presets/files, pairs files or a text file for the contrastive ones."""
-    if shape == "scored_pairs":
+    losses; NLI presets/files, pairs files, query-with-candidates files or a text file for the
+    others. Dev/test come in `eval_shape` (default: (anchor, positive) for retrieval evaluation)."""
+    if shape == "scored_pairs" and name != "candidates_file":
         return load_sts_splits(
             name, splits, data_dir, paths, fmt, columns, scores, on_bad_row,
             max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, **hub,
@@ -300,6 +305,11 @@ def load_splits(
         for split in splits:
             if paths.get(split):
                 raw[split] = read_pairs_file(paths[split], fmt, columns.sentence1, columns.sentence2, negative_column, on_bad_row)
+    elif name == "candidates_file":
+        kind = "candidates"
+        for split in splits:
+            if paths.get(split):
+                raw[split] = read_candidates_file(paths[split], fmt, candidate_columns, on_bad_row)
     elif name == "text_file":
         kind = "text"
         for split in splits:
@@ -314,10 +324,13 @@ def load_splits(
         raise DataError(f"data={name} needs a file: set data.train_path (and data.dev_path), or data.path.")
     out = {}
     for split, ds in raw.items():
-        # Dev/test are kept as (anchor, positive) for retrieval evaluation, whatever the loss.
-        split_shape = shape if split == "train" else ("triplets" if kind in ("nli", "pairs") else None)
+        # Bi-encoder dev/test are kept as (anchor, positive) for retrieval evaluation, whatever the loss.
+        default_eval = "triplets" if kind in ("nli", "pairs", "candidates") else None
+        split_shape = shape if split == "train" else (eval_shape or default_eval if kind != "text" else None)
         if split_shape is None:
             continue
-        out[split] = to_shape(ds, kind, split_shape, hard_negatives and split == "train", f"data={name} ({split})")
+        # Candidate lists keep their negatives in dev/test; NLI triplets only in train.
+        keep_negatives = hard_negatives and (split == "train" or kind == "candidates")
+        out[split] = to_shape(ds, kind, split_shape, keep_negatives, f"data={name} ({split})")
         out[split] = _limit(out[split], max_train_samples if split == "train" else max_eval_samples)
     return out

@@ -443,3 +443,70 @@ def read_pairs_file(
     wanted = {"data.columns.sentence1": anchor, "data.columns.sentence2": positive, "data.columns.negative": negative}
     records = read_records(path, fmt, {k: v for k, v in wanted.items() if v})
     return canonical_rows(records, str(path), get_row, names, on_bad_row)
+
+
+# --- Query with candidates (rerankers) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CandidateColumns:
+    query: str = "query"
+    positive: str = "positive"  # one text, or a list of texts
+    negatives: str = "negatives"  # a list of texts (may be empty)
+    scores: str | None = None  # optional: one score per candidate, positives first
+
+
+def _text_list(record: Any, column: str, allow_single: bool) -> list[str]:
+    value = _lookup(record, column)
+    if allow_single and isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise _BadRow(f"field {column!r} is not a list of texts ({value!r})")
+    for text in value:
+        if not isinstance(text, str) or not text.strip():
+            raise _BadRow(f"field {column!r} holds {text!r}, not a non-empty text")
+    return value
+
+
+def candidates_getter(columns: CandidateColumns) -> Callable[[Any], tuple[str, list[str], list[float]]]:
+    """Reads (query, candidates, labels) out of one record: positives score 1 and negatives 0,
+    unless `columns.scores` gives a score per candidate."""
+
+    def get_row(record: Any) -> tuple[str, list[str], list[float]]:
+        query = _sentence(record, columns.query)
+        positives = _text_list(record, columns.positive, allow_single=True)
+        if not positives:
+            raise _BadRow(f"no positive in {columns.positive!r}")
+        negatives = _text_list(record, columns.negatives, allow_single=False) if _has_path(record, columns.negatives) else []
+        candidates = positives + negatives
+        if columns.scores is None:
+            return query, candidates, [1.0] * len(positives) + [0.0] * len(negatives)
+        scores = _lookup(record, columns.scores)
+        if not isinstance(scores, list) or len(scores) != len(candidates):
+            raise _BadRow(f"{columns.scores!r} must list one score per candidate ({len(candidates)}: positives, then negatives), got {scores!r}")
+        return query, candidates, [_plain_number(s, columns.scores) for s in scores]
+
+    return get_row
+
+
+def _plain_number(value: Any, column: str) -> float:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise _BadRow(f"score in {column!r} is not a number ({value!r})")
+    return float(value)
+
+
+def read_candidates_file(
+    path: str | Path, fmt: str | None = None, columns: CandidateColumns = CandidateColumns(), on_bad_row: str = "error"
+) -> datasets.Dataset:
+    """JSON/JSONL/parquet records of a query, its positive(s) and a list of negatives ->
+    Dataset(query, candidates, labels). This is what `python -m train.mine` writes."""
+    path = Path(path)
+    _check_file(path)
+    fmt = infer_format(path, fmt)
+    if fmt in ("csv", "tsv"):
+        raise DataError(f"{path}: query-with-candidates data holds lists of texts; write it as JSONL, JSON or parquet.")
+    wanted = {"data.columns.query": columns.query, "data.columns.positive": columns.positive}
+    if columns.scores:
+        wanted["data.columns.scores"] = columns.scores
+    records = read_records(path, fmt, wanted)
+    return canonical_rows(records, str(path), candidates_getter(columns), ("query", "candidates", "labels"), on_bad_row)

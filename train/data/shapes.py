@@ -1,4 +1,5 @@
-"""Raw sources -> the shape a loss trains on (see train/losses.py).
+"""Raw sources -> the shape a loss trains on (see train/losses.py): one vocabulary for readers,
+losses and tasks.
 
 NLI becomes triplets the way SBERT/SimCSE build them: the premise is the anchor, a hypothesis
 it entails is the positive, and a hypothesis it contradicts is the hard negative.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from enum import Enum
 
 import datasets
 
@@ -16,6 +18,32 @@ from train.errors import DataError
 log = logging.getLogger(__name__)
 
 ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2
+
+
+class Shape(str, Enum):
+    """What a row holds, by canonical column names."""
+
+    scored_pairs = "scored_pairs"  # sentence1, sentence2, score in [0, 1] (STS; 0/1 labels)
+    labeled_pairs = "labeled_pairs"  # sentence1, sentence2, label in {0, 1, 2} (NLI classification)
+    triplets = "triplets"  # anchor, positive[, negative] (NLI, pairs files)
+    texts = "texts"  # anchor == positive: the same sentence twice (unsupervised SimCSE)
+    query_candidates = "query_candidates"  # query, candidates (list), labels (list, one score each)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def words(self) -> str:
+        return self.value.replace("_", " ")
+
+
+COLUMNS = {
+    Shape.scored_pairs: ("sentence1", "sentence2", "score"),
+    Shape.labeled_pairs: ("sentence1", "sentence2", "label"),
+    Shape.triplets: ("anchor", "positive", "negative"),
+    Shape.texts: ("anchor", "positive"),
+    Shape.query_candidates: ("query", "candidates", "labels"),
+}
 
 
 def nli_to_triplets(ds: datasets.Dataset, hard_negatives: bool = True, source: str = "") -> datasets.Dataset:
@@ -70,8 +98,62 @@ def texts_to_pairs(ds: datasets.Dataset) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"anchor": texts, "positive": texts})
 
 
+def nli_to_candidates(ds: datasets.Dataset, source: str = "") -> datasets.Dataset:
+    """(premise, hypothesis, label) -> (query, candidates, labels): a premise's entailed hypotheses
+    score 1, its contradicted ones 0 (neutral ones are left out: neither relevant nor not)."""
+    lists: dict[str, tuple[list[str], list[float]]] = {}
+    for premise, hypothesis, label in zip(ds["sentence1"], ds["sentence2"], ds["label"]):
+        if label in (ENTAILMENT, CONTRADICTION):
+            texts, labels = lists.setdefault(premise, ([], []))
+            texts.append(hypothesis)
+            labels.append(1.0 if label == ENTAILMENT else 0.0)
+    kept = {q: v for q, v in lists.items() if 1.0 in v[1]}
+    if not kept:
+        raise DataError(f"{source or 'NLI data'}: no premise has an entailed hypothesis, so no query has a relevant candidate.")
+    return datasets.Dataset.from_dict(
+        {"query": list(kept), "candidates": [v[0] for v in kept.values()], "labels": [v[1] for v in kept.values()]}
+    )
+
+
+def candidates_to_pairs(ds: datasets.Dataset) -> datasets.Dataset:
+    """(query, candidates, labels) -> one scored pair per candidate (for pointwise losses)."""
+    s1, s2, scores = [], [], []
+    for query, candidates, labels in zip(ds["query"], ds["candidates"], ds["labels"]):
+        for candidate, label in zip(candidates, labels):
+            s1.append(query)
+            s2.append(candidate)
+            scores.append(float(label))
+    out = datasets.Dataset.from_dict({"sentence1": s1, "sentence2": s2, "score": scores})
+    return out.cast_column("score", datasets.Value("float32"))
+
+
+def candidates_to_triplets(ds: datasets.Dataset, source: str = "") -> datasets.Dataset:
+    """(query, candidates, labels) -> (anchor, best candidate[, best-scored non-positive]): the
+    hard negative column only when every query has one."""
+    anchors, positives, negatives = [], [], []
+    for query, candidates, labels in zip(ds["query"], ds["candidates"], ds["labels"]):
+        order = sorted(range(len(candidates)), key=lambda i: -labels[i])
+        anchors.append(query)
+        positives.append(candidates[order[0]])
+        rest = [candidates[i] for i in order[1:] if labels[i] < labels[order[0]]]
+        negatives.append(rest[0] if rest else None)
+    columns = {"anchor": anchors, "positive": positives}
+    if all(n is not None for n in negatives):
+        columns["negative"] = negatives
+    else:
+        log.info("%s: not every query has a negative candidate; training on (query, positive) pairs", source)
+    return datasets.Dataset.from_dict(columns)
+
+
 def to_shape(ds: datasets.Dataset, source_kind: str, shape: str, hard_negatives: bool, source: str) -> datasets.Dataset:
-    """Converts a source dataset (kind nli, pairs, text or sts) to the loss's shape."""
+    """Converts a source dataset (kind nli, pairs, text, sts or candidates) to the loss's shape."""
+    if source_kind == "candidates":
+        convert = {Shape.query_candidates: lambda: ds, Shape.scored_pairs: lambda: candidates_to_pairs(ds),
+                   Shape.triplets: lambda: candidates_to_triplets(ds, source)}
+        if shape in convert:
+            return convert[Shape(shape)]()
+    if shape == "query_candidates" and source_kind == "nli":
+        return nli_to_candidates(ds, source)
     if shape == "texts":
         return texts_to_pairs(ds)
     if shape == "triplets":

@@ -1,0 +1,34 @@
+"""Model kinds. A task owns what differs between them: the model it builds and loads, how
+rows become a batch, the loss call and batch statistics (its `TrainStep`), its evaluation and
+main metric, and the table it prints. The loop, checkpoints, precision and distribution are
+shared (train/loop.py, train/checkpoint.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    # (model name, max_seq_length, pooling mode, normalize, offline package, attention, num_labels) -> model
+    build_model: Callable[..., Any]
+    # (loss shape) -> the shape of dev/test splits (None: the data's default)
+    eval_shape: Callable[[str], str | None]
+    # (train split, model, loss spec, trainer settings, processes) -> rows, collate, sampler
+    training_inputs: Callable[..., tuple[list, Callable, Any]]
+    # (loss spec, collate of training_inputs) -> TrainStep
+    train_step: Callable[[Any, Any], Any]
+    # (eval sets, batch size, matryoshka dims) -> (evaluate(model) or None, main metric)
+    evaluator: Callable[..., tuple[Callable | None, str]]
+    # (model, progress, evaluate, eval sets, batch size, dims) -> the report in eval.json
+    final_figures: Callable[..., dict[str, Any]]
+    print_report: Callable[[dict[str, Any]], None]
+
+
+def get_task(name: str) -> Task:
+    from train.tasks import bi_encoder, cross_encoder
+
+    return {"bi_encoder": bi_encoder.TASK, "cross_encoder": cross_encoder.TASK}[name]

@@ -1,0 +1,38 @@
+"""What the loop needs from a task: the loss of a batch, and what the batch held.
+
+The loop (train/loop.py) knows no batch layout; a task's `TrainStep` does. Tasks themselves
+(train/tasks/bi_encoder.py, cross_encoder.py) also own their model, data shape, collation and
+evaluator; run.py asks them for those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BatchStats:
+    rows: int  # pairs (or queries) the batch trained on
+    real_tokens: int
+    padded_tokens: int
+
+
+class TrainStep(Protocol):
+    # True when the loss calls the model itself (not through the DDP wrapper), so the loop must
+    # average the model's gradients across processes on its own.
+    runs_model_itself: bool
+
+    def loss(
+        self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]
+    ) -> torch.Tensor:
+        """The batch's loss; only the model's forward pass runs under `autocast`."""
+        ...
+
+    def stats(self, batch: dict[str, Any]) -> BatchStats:
+        ...

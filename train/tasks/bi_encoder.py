@@ -1,0 +1,149 @@
+"""The bi-encoder: each text through the transformer once, pooled into one vector.
+
+Batches merge every text column into one forward pass (losses with
+`compute_loss_from_embeddings`), or give the loss one feature batch per column. Dev figures:
+STS correlations on scored pairs, retrieval (NDCG@10) on (anchor, positive) data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.config import TrainerConfig
+from train.data.batching import (
+    BucketBatchSampler,
+    Collator,
+    NoDuplicatesBatchSampler,
+    embed_batch,
+    label_column,
+    text_columns,
+    tokenize_columns,
+)
+from train.data.checks import check_batch_fits
+from train.evaluation import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrieval, evaluate_sts_dims, format_table, retrieval_evaluator
+from train.losses import LossSpec
+from train.models import build_sentence_transformer
+from train.tasks import Task
+from train.tasks.base import BatchStats
+
+log = logging.getLogger("train")
+
+
+class BiEncoderStep:
+    def __init__(self, from_embeddings: bool) -> None:
+        self.from_embeddings = from_embeddings
+        self.runs_model_itself = not from_embeddings
+
+    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+        labels = batch["labels"]
+        if not self.from_embeddings:
+            with autocast():
+                return loss_fn(batch["columns"], labels)
+        with autocast():
+            embeddings = embed_batch(model, batch)
+        # The loss in fp32: bf16's 8-bit mantissa would blur the small similarity differences it ranks.
+        return loss_fn.compute_loss_from_embeddings(list(embeddings.float().chunk(batch["n_columns"])), labels)
+
+    def stats(self, batch: dict[str, Any]) -> BatchStats:
+        masks = [f["attention_mask"] for f in batch.get("chunks") or batch["columns"]]
+        if batch["labels"] is not None:
+            rows = len(batch["labels"])
+        elif batch.get("columns"):
+            rows = batch["columns"][0]["input_ids"].shape[0]
+        else:
+            rows = sum(c["input_ids"].shape[0] for c in batch["chunks"]) // batch["n_columns"]
+        return BatchStats(rows, sum(int(m.sum()) for m in masks), sum(m.numel() for m in masks))
+
+
+def training_inputs(
+    train_split: Any, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
+) -> tuple[list[dict[str, Any]], Collator, Any]:
+    """Tokenized rows, the collator and the batch sampler for a training split."""
+    tokenizer = model.tokenizer
+    train_ds = tokenize_columns(train_split, tokenizer, model.max_seq_length)
+    columns = tuple(text_columns(train_split))
+    label = label_column(train_split)
+    rows = train_ds.select_columns([f"ids_{c}" for c in columns] + ([label] if label else [])).to_list()
+    collate = Collator(
+        pad_token_id=tokenizer.pad_token_id,
+        padding_side=tokenizer.padding_side,
+        token_type_ids="token_type_ids" in tokenizer.model_input_names,
+        chunk_rows=settings.forward_chunk_rows,
+        columns=columns,
+        label=label,
+        merge=spec.from_embeddings,
+    )
+    if spec.shape in ("triplets", "texts"):
+        # In-batch negatives: a text twice in a (global) batch would be its own negative.
+        texts = list(zip(*(train_split[c] for c in columns)))
+        sampler = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=num_processes)
+        if len(sampler) and sampler.dropped:
+            log.info("%d of %d rows fit no duplicate-free global batch of %d in epoch 1 and are left out of it (each epoch shuffles anew)",
+                     sampler.dropped, len(rows), settings.batch_size * num_processes)
+    else:
+        sampler = BucketBatchSampler(train_ds["length"], settings.batch_size, settings.seed, settings.bucket_windows)
+    check_batch_fits(len(rows), settings.batch_size, num_processes, len(sampler) // num_processes)
+    return rows, collate, sampler
+
+
+def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int]) -> tuple[Callable[[Any], dict[str, float]] | None, str]:
+    """The dev evaluation the loop runs, and the metric that picks best/. `sets`: STS `dev`/`test`
+    (scored pairs) and `retrieval_dev` ((anchor, positive) rows)."""
+    sts_dev, retrieval_dev = sets.get("dev"), sets.get("retrieval_dev")
+    if sts_dev is None and retrieval_dev is None:
+        return None, MAIN_METRIC
+    ir = retrieval_evaluator(retrieval_dev, batch_size) if retrieval_dev is not None else None
+
+    def evaluate(model) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if sts_dev is not None:
+            metrics.update(evaluate_sts_dims(model, sts_dev, batch_size, dims))
+        if ir is not None:
+            metrics.update(evaluate_retrieval(model, ir))
+        return metrics
+
+    return evaluate, (MAIN_METRIC if sts_dev is not None else RETRIEVAL_MAIN_METRIC)
+
+
+def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int]) -> dict[str, Any]:
+    """dev (the last evaluation, if it was at the last step), retrieval_dev and test figures of the final model."""
+    report: dict[str, Any] = {}
+    if evaluate is not None:
+        dev = progress.last_eval if progress.last_eval is not None and progress.last_eval_step == progress.step else evaluate(model)
+        sts_dev = {k: v for k, v in dev.items() if not k.startswith("retrieval_")}
+        if sts_dev:
+            report["dev"] = sts_dev
+        if sets.get("retrieval_dev") is not None:
+            report["retrieval_dev"] = {k.removeprefix("retrieval_"): v for k, v in dev.items() if k.startswith("retrieval_")}
+    if sets.get("test") is not None:
+        report["test"] = evaluate_sts_dims(model, sets["test"], batch_size, dims)
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    if report.get("dev") or report.get("test"):
+        print(format_table({k: v for k, v in report.items() if k in ("dev", "test")}))
+    if "retrieval_dev" in report:
+        print("retrieval (dev): " + ", ".join(f"{k}={v:.4f}" for k, v in report["retrieval_dev"].items() if k != "n_queries"))
+
+
+def build_model(name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation, num_labels=1):
+    return build_sentence_transformer(name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation)
+
+
+TASK = Task(
+    name="bi_encoder",
+    build_model=build_model,
+    eval_shape=lambda shape: None,
+    training_inputs=training_inputs,
+    train_step=lambda spec, collate: BiEncoderStep(spec.from_embeddings),
+    evaluator=evaluator,
+    final_figures=final_figures,
+    print_report=print_report,
+)

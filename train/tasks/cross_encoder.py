@@ -1,0 +1,248 @@
+"""The cross-encoder (reranker): both texts through one model, one score (or NLI logits) out.
+
+Training calls sentence-transformers' own cross-encoder losses with the batch's texts; only the
+model's `preprocess` is swapped, for the step, with a lookup into pairs tokenized once before
+training (a pair the data did not hold, such as an in-batch negative of MNRL, is tokenized
+then, as the library would). Rows are batched by length like the bi-encoder's. Dev figures:
+Spearman of predicted scores on scored pairs, accuracy on NLI labels, MAP/MRR@10/NDCG@10 on
+queries with candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.config import TrainerConfig
+from train.data.batching import BucketBatchSampler, NoDuplicatesBatchSampler, pad
+from train.data.checks import check_batch_fits
+from train.data.shapes import Shape
+from train.losses import LossSpec
+from train.models import build_cross_encoder
+from train.tasks import Task
+from train.tasks.base import BatchStats
+
+log = logging.getLogger("train")
+
+Pair = tuple[str, str]
+
+
+def row_pairs(row: dict[str, Any]) -> list[Pair]:
+    """The (first text, second text) pairs one canonical row holds, whatever its shape."""
+    if "query" in row:
+        return [(row["query"], c) for c in row["candidates"]]
+    if "anchor" in row:
+        return [(row["anchor"], row[c]) for c in ("positive", "negative") if row.get(c) is not None]
+    return [(row["sentence1"], row["sentence2"])]
+
+
+class PairTokens:
+    """Token ids of text pairs, tokenized once as the model's own `preprocess` would
+    ([CLS] a [SEP] b [SEP], longest-first truncation to max_seq_length), padded per call."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.token_types = "token_type_ids" in tokenizer.model_input_names
+        self.cache: dict[Pair, tuple[list[int], list[int] | None]] = {}
+        self.real = self.padded = 0  # tokens of the features built since the last reset
+
+    def add(self, pairs: Sequence[Pair]) -> None:
+        new = list(dict.fromkeys(p for p in pairs if p not in self.cache))
+        for start in range(0, len(new), 1000):
+            chunk = new[start : start + 1000]
+            encoded = self.tokenizer(
+                [a for a, _ in chunk], [b for _, b in chunk], truncation=True, max_length=self.max_length,
+                return_attention_mask=False, return_token_type_ids=self.token_types,
+            )
+            types = encoded["token_type_ids"] if self.token_types else [None] * len(chunk)
+            for pair, ids, tt in zip(chunk, encoded["input_ids"], types):
+                self.cache[pair] = (ids, tt)
+
+    def length(self, pair: Pair) -> int:
+        return len(self.cache[pair][0])
+
+    def features(self, pairs: Sequence[Pair], **_: Any) -> dict[str, Any]:
+        """Model inputs for `pairs`; the signature of CrossEncoder.preprocess."""
+        pairs = [tuple(p) for p in pairs]
+        self.add(pairs)  # pairs the data did not hold (in-batch negatives)
+        entries = [self.cache[p] for p in pairs]
+        left = self.tokenizer.padding_side == "left"
+        input_ids, attention_mask = pad([e[0] for e in entries], self.tokenizer.pad_token_id, left)
+        features: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.token_types:
+            features["token_type_ids"], _ = pad([e[1] for e in entries], 0, left)
+        features["modality"] = "text"
+        self.real += int(attention_mask.sum())
+        self.padded += attention_mask.numel()
+        return features
+
+
+@contextmanager
+def tokenized_once(model: nn.Module, tokens: PairTokens) -> Iterator[None]:
+    """For the duration of a step, the model's `preprocess` looks up pre-tokenized pairs."""
+    model.preprocess = tokens.features
+    try:
+        yield
+    finally:
+        del model.preprocess
+
+
+class CrossEncoderStep:
+    # The library's losses call the CrossEncoder they hold, not the DDP wrapper.
+    runs_model_itself = True
+
+    def __init__(self, tokens: PairTokens) -> None:
+        self.tokens = tokens
+
+    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+        self.tokens.real = self.tokens.padded = 0
+        with tokenized_once(loss_fn.model, self.tokens), autocast():
+            return loss_fn(batch["inputs"], batch["labels"])
+
+    def stats(self, batch: dict[str, Any]) -> BatchStats:
+        return BatchStats(batch["rows"], self.tokens.real, self.tokens.padded)
+
+
+class Collate:
+    """Rows of one shape -> the loss's inputs: a list of text columns and the labels."""
+
+    def __init__(self, shape: Shape, tokens: PairTokens) -> None:
+        self.shape = Shape(shape)
+        self.tokens = tokens  # for the train step; collation itself needs only the texts
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.shape == Shape.query_candidates:
+            inputs = [[r["query"] for r in rows], [r["candidates"] for r in rows]]
+            labels: Any = [torch.tensor(r["labels"], dtype=torch.float32) for r in rows]
+        elif self.shape == Shape.triplets:
+            columns = [c for c in ("anchor", "positive", "negative") if c in rows[0]]
+            inputs, labels = [[r[c] for r in rows] for c in columns], None
+        else:
+            label = "score" if self.shape == Shape.scored_pairs else "label"
+            inputs = [[r["sentence1"] for r in rows], [r["sentence2"] for r in rows]]
+            labels = torch.tensor([r[label] for r in rows], dtype=torch.float32 if label == "score" else torch.long)
+        return {"inputs": inputs, "labels": labels, "rows": len(rows)}
+
+
+def training_inputs(
+    train_split: Any, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
+) -> tuple[list[dict[str, Any]], Collate, Any]:
+    """Rows (texts), the collator and the batch sampler; the pairs are tokenized here, once."""
+    rows = train_split.to_list()
+    tokens = PairTokens(model.tokenizer, model.max_seq_length)
+    tokens.add([p for r in rows for p in row_pairs(r)])
+    if spec.shape == Shape.triplets:
+        # In-batch negatives: a text twice in a (global) batch would be its own negative.
+        texts = [tuple(t for pair in row_pairs(r) for t in pair) for r in rows]
+        sampler: Any = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=num_processes)
+    else:
+        lengths = [max(tokens.length(p) for p in row_pairs(r)) for r in rows]
+        sampler = BucketBatchSampler(lengths, settings.batch_size, settings.seed, settings.bucket_windows)
+    check_batch_fits(len(rows), settings.batch_size, num_processes, len(sampler) // num_processes)
+    return rows, Collate(spec.shape, tokens), sampler
+
+
+# --- Evaluation -------------------------------------------------------------------------------
+
+MAIN_METRICS = {Shape.scored_pairs: "spearman", Shape.labeled_pairs: "accuracy", Shape.query_candidates: "ndcg@10"}
+
+
+def _shape_of(ds: Any) -> Shape:
+    columns = ds.column_names
+    if "query" in columns:
+        return Shape.query_candidates
+    return Shape.scored_pairs if "score" in columns else Shape.labeled_pairs
+
+
+def reranking_samples(ds: Any) -> list[dict[str, Any]]:
+    """Query-with-candidates rows -> the reranking evaluator's samples (a label > 0 is relevant)."""
+    samples = []
+    for query, candidates, labels in zip(ds["query"], ds["candidates"], ds["labels"]):
+        positive = [c for c, label in zip(candidates, labels) if label > 0]
+        if positive:
+            samples.append({"query": query, "positive": positive, "negative": [c for c, label in zip(candidates, labels) if label <= 0]})
+    return samples
+
+
+def evaluate_set(model: Any, ds: Any, batch_size: int) -> dict[str, float]:
+    """The figures of one dev/test set, by its shape; the model is left in the mode it was found in."""
+    from sentence_transformers.cross_encoder import evaluation as ev
+
+    shape = _shape_of(ds)
+    if shape == Shape.query_candidates:
+        samples = reranking_samples(ds)
+        evaluator: Any = ev.CrossEncoderRerankingEvaluator(samples, at_k=10, batch_size=batch_size, write_csv=False)
+        n = {"n_queries": len(samples)}
+    else:
+        pairs = list(zip(ds["sentence1"], ds["sentence2"]))
+        if shape == Shape.scored_pairs:
+            evaluator = ev.CrossEncoderCorrelationEvaluator(pairs, ds["score"], batch_size=batch_size, write_csv=False)
+        else:
+            evaluator = ev.CrossEncoderClassificationEvaluator(pairs, ds["label"], batch_size=batch_size, write_csv=False)
+        n = {"n_pairs": len(pairs)}
+    was_training = model.training
+    model.eval()
+    try:
+        raw = evaluator(model)
+    finally:
+        model.train(was_training)
+    metrics = {k: float(v) for k, v in raw.items() if not k.startswith("base_")}
+    if shape == Shape.labeled_pairs:
+        # Single-label classes: micro-averaged F1 is the accuracy.
+        metrics = {"accuracy": metrics["f1_micro"], "f1_macro": metrics["f1_macro"]}
+    return {**metrics, **n}
+
+
+def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int] = ()) -> tuple[Callable | None, str]:
+    dev = sets.get("dev")
+    if dev is None:
+        return None, "spearman"
+    return (lambda model: evaluate_set(model, dev, batch_size)), MAIN_METRICS[_shape_of(dev)]
+
+
+def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int] = ()) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    if evaluate is not None:
+        fresh = progress.last_eval is not None and progress.last_eval_step == progress.step
+        report["dev"] = progress.last_eval if fresh else evaluate(model)
+    if sets.get("test") is not None:
+        report["test"] = evaluate_set(model, sets["test"], batch_size)
+    return report
+
+
+def format_table(report: dict[str, dict[str, float]]) -> str:
+    columns = list(dict.fromkeys(k for split in report.values() for k in split))
+    header = f"{'split':<6} " + " ".join(f"{c:>12}" for c in columns)
+    lines = [header, "-" * len(header)]
+    for split, metrics in report.items():
+        cells = [f"{metrics[c]:>12.4f}" if not c.startswith("n_") else f"{int(metrics[c]):>12d}" for c in columns if c in metrics]
+        lines.append(f"{split:<6} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    shown = {k: v for k, v in report.items() if k in ("dev", "test") and v}
+    if shown:
+        print(format_table(shown))
+
+
+def build_model(name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation, num_labels=1):
+    return build_cross_encoder(name, max_seq_length, num_labels, offline_package, attn_implementation)
+
+
+TASK = Task(
+    name="cross_encoder",
+    build_model=build_model,
+    eval_shape=lambda shape: Shape.labeled_pairs if shape == Shape.labeled_pairs else Shape.query_candidates,
+    training_inputs=training_inputs,
+    train_step=lambda spec, collate: CrossEncoderStep(collate.tokens),
+    evaluator=evaluator,
+    final_figures=final_figures,
+    print_report=print_report,
+)
