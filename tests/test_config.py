@@ -7,29 +7,43 @@ import yaml
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
+from hydra import initialize_config_dir
+
 from tests.conftest import CONF, compose_config
 
-GROUPS = ("model", "pooling", "data", "loss", "trainer", "experiment", "debug")
+GROUPS = ("task", "model", "pooling", "data", "loss", "trainer", "experiment", "debug")
+
+
+def hydra_group_options(group: str) -> list[str]:
+    """What Hydra offers for `group=`: its yaml files and the options registered in code."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return GlobalHydra.instance().config_loader().get_group_options(group)
 
 
 def group_options() -> list[tuple[str, str]]:
-    found = []
-    for path in sorted(CONF.rglob("*.yaml")):
-        rel = path.relative_to(CONF)
-        if len(rel.parts) == 2 and rel.parts[0] in GROUPS:
-            found.append((rel.parts[0], rel.stem))
-    return found
+    return [(g, o) for g in GROUPS for o in hydra_group_options(g)]
 
 
 def test_config_files_were_found():
     options = group_options()
-    assert len(options) >= 15, options
+    assert len(options) >= 30, options
     assert {g for g, _ in options} == set(GROUPS)
     # Every yaml under conf/ is either a primary config or a group option tested below
     # (accelerate launcher configs live in accelerate/, apart from the hyperparameters).
     primaries = {p.name for p in CONF.glob("*.yaml")}
     assert primaries == {"train.yaml", "evaluate.yaml"}
-    assert len(list(CONF.rglob("*.yaml"))) == len(options) + len(primaries)
+    files = {(p.parent.name, p.stem) for p in CONF.rglob("*.yaml") if p.parent != CONF}
+    assert files <= set(options), files - set(options)
+
+
+def test_loss_options_are_the_registries_losses():
+    from train.losses import LOSSES
+
+    # One place lists the losses: the registries. No yaml file under conf/loss/ to keep in step.
+    assert set(hydra_group_options("loss")) == {n for table in LOSSES.values() for n in table}
+    assert not (CONF / "loss").exists()
 
 
 @pytest.mark.parametrize("group,option", group_options())
@@ -105,14 +119,19 @@ def test_env_var_sets_data_dir(monkeypatch, tmp_path):
 
 # What each option must build: a test per option of the group, so a new file needs an entry here.
 LOSS_CLASSES = {
-    "cosent": ("CoSENTLoss", "scored_pairs"),
-    "angle": ("AnglELoss", "scored_pairs"),
-    "cosine": ("CosineSimilarityLoss", "scored_pairs"),
-    "mnrl": ("MultipleNegativesRankingLoss", "triplets"),
-    "simcse": ("MultipleNegativesRankingLoss", "texts"),
-    "cached_mnrl": ("CachedMultipleNegativesRankingLoss", "triplets"),
-    "triplet": ("TripletLoss", "triplets"),
-    "softmax": ("SoftmaxLoss", "labeled_pairs"),
+    ("bi_encoder", "cosent"): ("CoSENTLoss", "scored_pairs"),
+    ("bi_encoder", "angle"): ("AnglELoss", "scored_pairs"),
+    ("bi_encoder", "cosine"): ("CosineSimilarityLoss", "scored_pairs"),
+    ("bi_encoder", "mnrl"): ("MultipleNegativesRankingLoss", "triplets"),
+    ("bi_encoder", "simcse"): ("MultipleNegativesRankingLoss", "texts"),
+    ("bi_encoder", "cached_mnrl"): ("CachedMultipleNegativesRankingLoss", "triplets"),
+    ("bi_encoder", "triplet"): ("TripletLoss", "triplets"),
+    ("bi_encoder", "softmax"): ("SoftmaxLoss", "labeled_pairs"),
+    ("cross_encoder", "bce"): ("BinaryCrossEntropyLoss", "scored_pairs"),
+    ("cross_encoder", "ce"): ("CrossEntropyLoss", "labeled_pairs"),
+    ("cross_encoder", "mnrl"): ("MultipleNegativesRankingLoss", "triplets"),
+    ("cross_encoder", "lambda"): ("LambdaLoss", "query_candidates"),
+    ("cross_encoder", "listnet"): ("ListNetLoss", "query_candidates"),
 }
 POOLING_MODES = {
     "cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens",
@@ -121,22 +140,44 @@ POOLING_MODES = {
 
 
 def test_every_loss_and_pooling_option_has_an_expectation():
-    assert {o for g, o in group_options() if g == "loss"} == set(LOSS_CLASSES)
+    from train.losses import LOSSES
+
+    assert {(t, n) for t, table in LOSSES.items() for n in table} == set(LOSS_CLASSES)
     assert {o for g, o in group_options() if g == "pooling"} == set(POOLING_MODES)
 
 
-@pytest.mark.parametrize("option", sorted(LOSS_CLASSES))
-def test_loss_option_builds_its_loss(option, tiny_model_dir):
-    from train.builders import build_loss_from, build_model
+@pytest.mark.parametrize("task,option", sorted(LOSS_CLASSES))
+def test_loss_option_builds_its_loss(task, option, tiny_model_dir):
+    from train.builders import build_loss_from, build_model, model_outputs
 
-    cfg = compose_config([f"loss={option}", f"model.name={tiny_model_dir}", "loss.scale=7", "loss.margin=0.25"])
-    loss, spec = build_loss_from(cfg.loss, build_model(cfg.model, cfg.pooling))
-    name, shape = LOSS_CLASSES[option]
-    assert type(loss).__name__ == name and spec.data == shape
+    cfg = compose_config([f"task={task}", f"loss={option}", f"model.name={tiny_model_dir}", "loss.scale=7", "loss.margin=0.25"])
+    model = build_model(cfg.model, cfg.pooling, task, model_outputs(cfg.loss, task))
+    loss, spec = build_loss_from(cfg.loss, model, task=task)
+    name, shape = LOSS_CLASSES[(task, option)]
+    assert type(loss).__name__ == name and spec.shape == shape
+    assert type(model).__name__ == {"bi_encoder": "SentenceTransformer", "cross_encoder": "CrossEncoder"}[task]
     if hasattr(loss, "scale"):
         assert loss.scale == 7
     if option == "triplet":
         assert loss.triplet_margin == 0.25
+    if option == "ce":
+        assert model.num_labels == 3
+
+
+def test_a_loss_of_the_other_task_is_refused_at_config_check():
+    from train.config_checks import check_train_config
+    from train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"loss=cosent does not train a cross-encoder.*bce, ce, mnrl, lambda, listnet"):
+        check_train_config(compose_config(["task=cross_encoder", "loss=cosent"]))
+    with pytest.raises(ConfigError, match=r"loss=listnet does not train a bi-encoder \(it is a cross-encoder loss\)"):
+        check_train_config(compose_config(["loss=listnet"]))
+
+
+def test_task_cross_encoder_defaults_to_bce_and_a_command_line_loss_wins():
+    assert compose_config(["task=cross_encoder"]).loss.name.value == "bce"
+    assert compose_config(["task=cross_encoder", "loss=listnet"]).loss.name.value == "listnet"
+    assert compose_config([]).loss.name.value == "cosent"
 
 
 @pytest.mark.parametrize("option", sorted(POOLING_MODES))
