@@ -1,9 +1,12 @@
-"""python -m train.evaluate: STS figures of any checkpoint or model, zero-shot included.
+"""python -m train.evaluate: the figures of any checkpoint or model, zero-shot included.
 
     python -m train.evaluate checkpoint=outputs/<run>/final data=korsts split=test
     python -m train.evaluate model=minilm data=korsts split=test
     python -m train.evaluate model=minilm data=sts_file data.path=dev.json data.columns.score=labels.label
 
+A checkpoint's kind is read from the files it carries: a bi-encoder gets STS correlations of
+cosine similarities; a cross-encoder gets Spearman of its scores on scored pairs, accuracy on
+NLI labels, or MAP/MRR@10/NDCG@10 on queries with candidates (data=candidates_file).
 Writes eval.json into its own run dir (outputs/eval/...) and prints a table.
 """
 
@@ -31,7 +34,7 @@ SPLIT_NAMES = ("train", "dev", "test")
 def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     from train import checkpoint
     from train.evaluation import evaluate_sts, format_table, sts_evaluator
-    from train.models import load_saved_model
+    from train.models import load_saved_model, saved_model_kind
 
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
@@ -46,12 +49,15 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         from omegaconf import OmegaConf
 
         data_cfg = OmegaConf.merge(data_cfg, {f"{split}_path": data_cfg.path})
-    splits = build_data(data_cfg, (split,))
+    kind = saved_model_kind(cfg.checkpoint) if cfg.checkpoint and Path(cfg.checkpoint).is_dir() else "bi_encoder"
+    shape = _cross_encoder_shape(data_cfg.name) if kind == "cross_encoder" else "scored_pairs"
+    splits = build_data(data_cfg, (split,), shape, shape)
     if split not in splits:
         raise DataError(
             f"data={cfg.data.name} has no {split} split here. Try split=dev, or give the file with data.path=<file>."
         )
-    check_scorable(splits[split], str(data_cfg.get(f"{split}_path") or f"data={cfg.data.name} ({split} split)"))
+    if shape == "scored_pairs":
+        check_scorable(splits[split], str(data_cfg.get(f"{split}_path") or f"data={cfg.data.name} ({split} split)"))
 
     if cfg.checkpoint:
         model = load_saved_model(cfg.checkpoint)
@@ -60,19 +66,42 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         model = build_model(cfg.model, cfg.pooling)
         model_name = cfg.model.name
     log.info("Model:\n%s", model)
-    metrics = evaluate_sts(model, sts_evaluator(splits[split], cfg.batch_size))
-    out = {split: metrics, "model": model_name, "data": cfg.data.name}
+    if kind == "cross_encoder":
+        from train.tasks import cross_encoder
+
+        metrics = cross_encoder.evaluate_set(model, splits[split], cfg.batch_size)
+        table = cross_encoder.format_table({split: metrics})
+    else:
+        metrics = evaluate_sts(model, sts_evaluator(splits[split], cfg.batch_size))
+        table = format_table({split: metrics})
+    out = {split: metrics, "task": kind, "model": model_name, "data": cfg.data.name}
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.write_json_atomic(run_dir / "eval.json", out)
-    print(format_table({split: metrics}))
+    print(table)
     log.info("Wrote %s", run_dir / "eval.json")
     return out
+
+
+def _cross_encoder_shape(data_name: str) -> str:
+    """What a cross-encoder is scored on for this data: scores, NLI labels or candidate lists."""
+    from train.data.presets import source_kind
+
+    kind = source_kind(data_name)
+    if kind == "nli":
+        return "labeled_pairs"
+    if kind == "candidates":
+        return "query_candidates"
+    if kind == "sts":
+        return "scored_pairs"
+    raise DataError(f"data={data_name} ({kind} data) has nothing to score a cross-encoder on: use scored pairs, NLI or data=candidates_file.")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     with user_errors():
-        return evaluate_run(cfg)[cfg.split]["spearman_cosine"]
+        out = evaluate_run(cfg)
+        metrics = out[cfg.split]
+        return metrics.get("spearman_cosine", metrics.get("spearman", metrics.get("accuracy", metrics.get("ndcg@10"))))
 
 
 if __name__ == "__main__":

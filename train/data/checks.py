@@ -30,13 +30,19 @@ def _pair_keys(ds: datasets.Dataset) -> list[tuple[str, str]] | None:
     for a, b in (("sentence1", "sentence2"), ("anchor", "positive")):
         if a in ds.column_names and b in ds.column_names:
             return [tuple(sorted(pair)) for pair in zip(ds[a], ds[b])]
+    if "query" in ds.column_names:  # one (query, candidate) pair a candidate
+        return [tuple(sorted((q, c))) for q, cs in zip(ds["query"], ds["candidates"]) for c in cs]
     return None
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def report_overlap(train: datasets.Dataset, evaluation: Iterable[tuple[str, datasets.Dataset]]) -> None:
     """Logs how many training pairs also occur in each evaluation split, and how many training
     rows repeat an earlier row exactly."""
-    rows = list(zip(*(train[c] for c in train.column_names)))
+    rows = [tuple(map(_hashable, row)) for row in zip(*(train[c] for c in train.column_names))]
     duplicates = len(rows) - len(set(rows))
     if duplicates:
         log.info("train: %d of %d rows repeat an earlier row exactly", duplicates, len(rows))

@@ -182,6 +182,13 @@ def read_preset(name: str, paths: list[Path], scores: ScoreRange, on_bad_row: st
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
+def source_kind(name: str) -> str:
+    """What a data option holds: sts (scored pairs), nli, pairs, candidates or text."""
+    if name in PRESETS:
+        return PRESETS[name].kind
+    return {"nli_file": "nli", "pairs_file": "pairs", "candidates_file": "candidates", "text_file": "text"}.get(name, "sts")
+
+
 def _limit(ds: datasets.Dataset, n: int) -> datasets.Dataset:
     return ds.select(range(min(n, len(ds)))) if n > 0 else ds
 

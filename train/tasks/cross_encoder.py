@@ -161,11 +161,12 @@ def _shape_of(ds: Any) -> Shape:
 
 
 def reranking_samples(ds: Any) -> list[dict[str, Any]]:
-    """Query-with-candidates rows -> the reranking evaluator's samples (a label > 0 is relevant)."""
+    """Query-with-candidates rows -> the reranking evaluator's samples (a label > 0 is relevant).
+    A query with no relevant candidate, or a single candidate, has nothing to rank: left out."""
     samples = []
     for query, candidates, labels in zip(ds["query"], ds["candidates"], ds["labels"]):
         positive = [c for c, label in zip(candidates, labels) if label > 0]
-        if positive:
+        if positive and len(candidates) > 1:
             samples.append({"query": query, "positive": positive, "negative": [c for c, label in zip(candidates, labels) if label <= 0]})
     return samples
 

@@ -1,0 +1,112 @@
+"""Cross-encoders end to end on the tiny model: every loss trains, the saved model loads with bare
+sentence-transformers, train.evaluate recognises it, a resume ends identical, pairs are
+tokenized once exactly as the model's own preprocess would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train.evaluate import evaluate_run
+from train.run import run
+from tests.conftest import FIXTURES, compose_config, tiny_overrides
+
+NLI = ["data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}", f"data.dev_path={FIXTURES / 'nli_small.tsv'}", "data.max_train_samples=0"]
+CANDIDATES = ["data=candidates_file", f"data.train_path={FIXTURES / 'candidates_small.jsonl'}", f"data.dev_path={FIXTURES / 'candidates_small.jsonl'}"]
+
+
+@pytest.fixture(scope="module")
+def ce_run(tmp_path_factory, tiny_model_dir):
+    cfg = compose_config(tiny_overrides(tiny_model_dir, "task=cross_encoder", f"data.test_path={FIXTURES / 'pairs.csv'}"))
+    run_dir = tmp_path_factory.mktemp("ce-run")
+    return cfg, run_dir, run(cfg, run_dir=run_dir)
+
+
+def test_cross_encoder_run_saves_a_model_bare_sentence_transformers_loads_and_uses(ce_run):
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    _, run_dir, result = ce_run
+    assert result["task"] == "cross_encoder" and result["loss"] == "bce" and result["main_metric"] == "spearman"
+    assert set(result["dev"]) == {"pearson", "spearman", "n_pairs"} and result["test"]["n_pairs"] == 2
+    for name in ("final/modules.json", "best/modules.json", "checkpoints/step-3/manifest.json", "metrics.jsonl"):
+        assert (run_dir / name).exists(), name
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6] and "dev_spearman" in lines[5]
+    model = CrossEncoder(str(run_dir / "final"))
+    scores = model.predict([("A man plays a guitar.", "A person makes music."), ("A man plays a guitar.", "It rains.")])
+    assert scores.shape == (2,) and ((scores > 0) & (scores < 1)).all()  # sigmoid of one logit
+    ranked = model.rank("A man plays a guitar.", ["It rains.", "A person makes music."])
+    assert sorted(r["corpus_id"] for r in ranked) == [0, 1]
+
+
+def test_evaluate_recognises_a_cross_encoder_and_gives_the_runs_figures(ce_run, tmp_path):
+    _, run_dir, result = ce_run
+    again = evaluate_run(
+        compose_config([f"checkpoint={run_dir / 'final'}", "data=sts_file", f"data.path={FIXTURES / 'pairs.jsonl'}", "split=dev"], "evaluate"),
+        run_dir=tmp_path,
+    )
+    assert again["task"] == "cross_encoder"
+    assert again["dev"]["spearman"] == pytest.approx(result["dev"]["spearman"], abs=1e-6)
+    assert again["dev"]["pearson"] == pytest.approx(result["dev"]["pearson"], abs=1e-6)
+
+
+def test_cross_encoder_resume_from_a_checkpoint_ends_bit_identical(ce_run, tmp_path):
+    cfg, run_dir, result = ce_run
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(run_dir / "checkpoints" / "step-3", resumed_dir / "checkpoints" / "step-3")
+    cfg = cfg.copy()
+    cfg.trainer.resume = "latest"
+    resumed = run(cfg, run_dir=resumed_dir)
+    original = load_file(str(run_dir / "final" / "model.safetensors"))
+    again = load_file(str(resumed_dir / "final" / "model.safetensors"))
+    assert original.keys() == again.keys() and any(k.startswith("classifier") for k in original)
+    assert all(torch.equal(again[k], original[k]) for k in original)
+    assert resumed["dev"] == result["dev"]
+
+
+def test_pairs_tokenized_once_equal_the_models_own_preprocess(tiny_model_dir):
+    from train.models import build_cross_encoder
+    from train.tasks.cross_encoder import PairTokens
+
+    model = build_cross_encoder(str(tiny_model_dir), max_seq_length=16)
+    pairs = [
+        ("A man plays a guitar.", "A person makes music."),
+        ("  leading and trailing spaces  ", "한국어 문장도 같은 방식으로 토큰화된다"),
+        ("a very long first sentence " * 6, "and a long second one that has to be truncated as well " * 3),
+        ("short", "x"),
+    ]
+    tokens = PairTokens(model.tokenizer, model.max_seq_length)
+    tokens.add(pairs[:2])  # the rest is tokenized on demand, as in-batch negatives are
+    ours, theirs = tokens.features(pairs), model.preprocess(pairs)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert torch.equal(ours[key], theirs[key]), key
+    assert tokens.real == int(theirs["attention_mask"].sum()) and tokens.padded == theirs["attention_mask"].numel()
+
+
+# loss -> (data overrides, main dev metric, model outputs)
+LOSS_CASES = {
+    "ce": (NLI, "accuracy", 3),
+    "mnrl": ([*NLI, "trainer.batch_size=4"], "ndcg@10", 1),
+    "lambda": ([*CANDIDATES, "trainer.batch_size=4"], "ndcg@10", 1),
+    "listnet": ([*CANDIDATES, "trainer.batch_size=4"], "ndcg@10", 1),
+    "bce": ([*CANDIDATES, "trainer.batch_size=8"], "ndcg@10", 1),  # one scored pair a candidate
+}
+
+
+@pytest.mark.parametrize("loss", list(LOSS_CASES))
+def test_each_cross_encoder_loss_trains_on_its_data_and_reports_its_metric(loss, tiny_model_dir, tmp_path):
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    overrides, metric, outputs = LOSS_CASES[loss]
+    result = run(compose_config(tiny_overrides(tiny_model_dir, "task=cross_encoder", f"loss={loss}", *overrides, "trainer.max_steps=4")), run_dir=tmp_path)
+    assert result["main_metric"] == metric and 0 <= result["dev"][metric] <= 1
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert CrossEncoder(str(tmp_path / "final")).num_labels == outputs
+    if metric == "ndcg@10":
+        # NLI dev: 3 premises, one with a single candidate (nothing to rank)
+        assert result["dev"]["n_queries"] == (2 if loss == "mnrl" else 12)
