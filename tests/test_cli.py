@@ -119,6 +119,17 @@ BAD_INPUTS = {
     "batch larger than the training set": (
         ["data.max_train_samples=5", "trainer.batch_size=8"], ["trainer.batch_size=8, but the training set has 5 rows"],
     ),
+    "a bi-encoder loss for a cross-encoder": (
+        ["task=cross_encoder", "loss=cosent"], ["loss=cosent does not train a cross-encoder", "bce, ce, mnrl, lambda, listnet"],
+    ),
+    "a candidate list that is not a list": (
+        ["task=cross_encoder", "loss=listnet", "data=candidates_file", f"data.train_path={FIXTURES / 'candidates_bad.jsonl'}", "data.dev_path=null"],
+        ["candidates_bad.jsonl, line 4: field 'negatives' is not a list of texts ('not a list')"],
+    ),
+    "candidates in a CSV file": (
+        ["task=cross_encoder", "loss=listnet", "data=candidates_file", f"data.train_path={FIXTURES / 'pairs.csv'}", "data.dev_path=null"],
+        ["pairs.csv: query-with-candidates data holds lists of texts; write it as JSONL, JSON or parquet"],
+    ),
     "a column the file does not have": (
         ["data.columns.score=label"], ["train_small.jsonl: no column data.columns.score='label'", "columns are: sentence1, sentence2, score"],
     ),

@@ -58,26 +58,36 @@ def same_weights(a, b):
     return all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_model_dir, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    proc = start(tiny_model_dir, run_dir)
+def finished(model_dir, run_dir, *extra):
+    proc = start(model_dir, run_dir, *extra)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     return run_dir
 
 
-def test_sigkill_at_a_random_step_then_resume_gives_the_same_model(tiny_model_dir, uninterrupted, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory):
+    return finished(tiny_model_dir, tmp_path_factory.mktemp("uninterrupted"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_cross_encoder(tiny_model_dir, tmp_path_factory):
+    return finished(tiny_model_dir, tmp_path_factory.mktemp("uninterrupted-ce"), "task=cross_encoder")
+
+
+@pytest.mark.parametrize("task", ["bi_encoder", "cross_encoder"])
+def test_sigkill_at_a_random_step_then_resume_gives_the_same_model(tiny_model_dir, task, request, tmp_path):
     # Random on purpose (a resume must be exact wherever it happens); printed, and fixed with
     # EMBED_TEST_KILL_STEP=<step> to reproduce a failure.
+    uninterrupted = request.getfixturevalue("uninterrupted" if task == "bi_encoder" else "uninterrupted_cross_encoder")
     kill_after = int(os.environ.get("EMBED_TEST_KILL_STEP") or random.choice([5, 10, 15, 20, 25, 30]))
     print(f"SIGKILL after the step-{kill_after} checkpoint (EMBED_TEST_KILL_STEP={kill_after} reproduces this run)")
-    proc = start(tiny_model_dir, tmp_path)
+    proc = start(tiny_model_dir, tmp_path, f"task={task}")
     wait_for(tmp_path / "checkpoints" / f"step-{kill_after}" / "manifest.json", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "final").exists()
-    resumed = start(tiny_model_dir, tmp_path, "trainer.resume=latest")
+    resumed = start(tiny_model_dir, tmp_path, f"task={task}", "trainer.resume=latest")
     _, err = resumed.communicate(timeout=600)
     where = f"killed after step {kill_after} (EMBED_TEST_KILL_STEP={kill_after})"
     assert resumed.returncode == 0, f"{where}: {err[-3000:]}"

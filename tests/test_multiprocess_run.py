@@ -79,6 +79,27 @@ def test_two_processes_sts_run_evaluates_each_pair_once(tiny_model_dir, tmp_path
     assert again["dev"]["n_pairs"] == report["dev"]["n_pairs"] == 3
 
 
+def test_two_processes_cross_encoder_one_run_dir_and_the_figures_of_its_final_model(tiny_model_dir, tmp_path):
+    # Listwise loss on query-with-candidates data: each rank trains on its share of the queries,
+    # the loop averages the gradients (the library's loss runs the model outside DDP).
+    run = tmp_path / "run"
+    done = launch([
+        "debug=default", f"model.name={tiny_model_dir}", "task=cross_encoder", "loss=listnet", "data=candidates_file",
+        f"data.train_path={FIXTURES / 'candidates_small.jsonl'}", f"data.dev_path={FIXTURES / 'candidates_small.jsonl'}",
+        "trainer.batch_size=2", "trainer.max_steps=4", f"hydra.run.dir={run}",
+    ])
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((run / "eval.json").read_text())
+    assert report["num_processes"] == 2 and report["task"] == "cross_encoder" and report["steps"] == 4
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    again = evaluate_run(
+        compose_config([f"checkpoint={run / 'final'}", "data=candidates_file", f"data.path={FIXTURES / 'candidates_small.jsonl'}", "split=dev"], "evaluate"),
+        run_dir=tmp_path / "eval",
+    )
+    for key in ("map", "mrr@10", "ndcg@10"):
+        assert again["dev"][key] == pytest.approx(report["dev"][key], abs=1e-6)
+
+
 def test_two_processes_refuse_a_global_batch_larger_than_the_data(tiny_model_dir, tmp_path):
     done = launch([*tiny_nli(tiny_model_dir), "data.max_train_samples=12", "trainer.batch_size=8", f"hydra.run.dir={tmp_path}"])
     assert done.returncode != 0

@@ -13,6 +13,7 @@ trained model in memory. It holds tokenization, the optimizer, the accelerator a
 setup and the training loop (ours also writes its final/ model dir); no evaluation.
 
     python -m train.bench --model minilm --data stsb                 # one epoch of STS-B train
+    python -m train.bench --task cross_encoder --data stsb          # a reranker, against CrossEncoderTrainer
     python -m train.bench --model minilm --data korsts --repeats 2
     python -m train.bench --encode --data stsb                      # embedding speed only
     python -m train.bench --precision no                            # fp32 on both sides
@@ -52,7 +53,14 @@ def _common(args: argparse.Namespace):
 
     name, package = MODEL_PRESETS.get(args.model, (args.model, None))
     splits = load_sts_splits(args.data, ("train", "dev"), data_dir=args.data_dir, max_train_samples=args.max_train_samples)
-    model = build_sentence_transformer(name, args.max_seq_length, "mean", offline_package=package)
+    if args.task == "cross_encoder":
+        from train.models import build_cross_encoder
+
+        # The backbone's weights and a fresh 1-logit head (seeded: both sides start alike).
+        torch.manual_seed(args.seed)
+        model = build_cross_encoder(name, args.max_seq_length, 1, offline_package=package)
+    else:
+        model = build_sentence_transformer(name, args.max_seq_length, "mean", offline_package=package)
     if args.device != "cpu":
         model.to(args.device)
     return model, splits
@@ -74,8 +82,10 @@ def _utilisation(model, counts: dict[str, Any], seconds: float, precision: str, 
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     peak = args.peak_tflops or peak_tflops(device, precision)
-    # Two sentences a pair: the attention term uses the mean real sentence length.
-    return utilisation(model[0].auto_model, counts["real_tokens"], 2 * counts["pairs"], seconds, peak)
+    # Bi-encoder: two sentences a pair (the attention term uses the mean real sentence length);
+    # cross-encoder: one sequence a pair.
+    sequences = counts["pairs"] * (1 if args.task == "cross_encoder" else 2)
+    return utilisation(model[0].auto_model, counts["real_tokens"], sequences, seconds, peak)
 
 
 def _score(model, splits, args) -> float:
@@ -83,6 +93,10 @@ def _score(model, splits, args) -> float:
 
     if args.skip_eval:
         return float("nan")
+    if args.task == "cross_encoder":
+        from train.tasks.cross_encoder import evaluate_set
+
+        return evaluate_set(model, splits["dev"], 64)["spearman"]
     return evaluate_sts(model, sts_evaluator(splits["dev"], 64))["spearman_cosine"]
 
 
@@ -92,7 +106,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from train.config import MixedPrecision, TrainerConfig
     from train.losses import build_loss
     from train.loop import train
-    from train.tasks.bi_encoder import BiEncoderStep, training_inputs
+    from train.tasks import get_task
 
     model, splits = _common(args)
     precision = _precision(args.precision, args.device)
@@ -111,12 +125,13 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         bucket_windows=args.bucket_windows,
         forward_chunk_rows=args.chunk_rows,
     )
-    loss, spec = build_loss("cosent", model)
+    task = get_task(args.task)
+    loss, spec = build_loss("bce" if args.task == "cross_encoder" else "cosent", model, task=args.task)
     started = time.perf_counter()
-    rows, collate, sampler = training_inputs(splits["train"], model, spec, settings)
+    rows, collate, sampler = task.training_inputs(splits["train"], model, spec, settings)
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
-            model, loss, rows, collate, sampler, BiEncoderStep(spec.from_embeddings), None, Path(run_dir), settings,
+            model, loss, rows, collate, sampler, task.train_step(spec, collate), None, Path(run_dir), settings,
             accelerator=Accelerator(mixed_precision=precision, cpu=args.device == "cpu"),
         )
         seconds = time.perf_counter() - started
@@ -145,16 +160,44 @@ def _count_batches(loss, counts: dict[str, int]) -> None:
     loss.register_forward_pre_hook(hook)
 
 
-def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
+def _count_cross_encoder_batches(model, counts: dict[str, int]) -> None:
+    """CrossEncoderTrainer's losses tokenize inside the step: count what preprocess returns."""
+    preprocess = model.preprocess
+
+    def counted(pairs, *a, **k):
+        features = preprocess(pairs, *a, **k)
+        counts["real_tokens"] += int(features["attention_mask"].sum())
+        counts["padded_tokens"] += features["attention_mask"].numel()
+        counts["pairs"] += len(pairs)
+        return features
+
+    model.preprocess = counted
+
+
+def _st_side(args: argparse.Namespace, model, counts: dict[str, int]):
+    """The library's trainer classes, loss and batch counting for the task."""
+    if args.task == "cross_encoder":
+        from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+        from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+        _count_cross_encoder_batches(model, counts)
+        return CrossEncoderTrainer, CrossEncoderTrainingArguments, BinaryCrossEntropyLoss(model)
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import CoSENTLoss
 
+    loss = CoSENTLoss(model)
+    _count_batches(loss, counts)
+    return SentenceTransformerTrainer, SentenceTransformerTrainingArguments, loss
+
+
+def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
     model, splits = _common(args)
     counts = {"pairs": 0, "real_tokens": 0, "padded_tokens": 0}
     precision = _precision(args.st_precision, args.device)
+    Trainer, TrainingArguments, loss = _st_side(args, model, counts)
 
     with tempfile.TemporaryDirectory() as out:
-        training_args = SentenceTransformerTrainingArguments(
+        training_args = TrainingArguments(
             output_dir=out,
             num_train_epochs=1,
             max_steps=args.max_steps if args.max_steps > 0 else -1,
@@ -172,12 +215,11 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
             logging_steps=10**9,
             disable_tqdm=True,
         )
-        loss = CoSENTLoss(model)
-        _count_batches(loss, counts)
         started = time.perf_counter()
-        trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=splits["train"], loss=loss)
+        trainer = Trainer(model=model, args=training_args, train_dataset=splits["train"], loss=loss)
         trainer.train()
         seconds = time.perf_counter() - started
+        model.__dict__.pop("preprocess", None)  # stop counting: evaluation is not training
     return {
         "seconds": seconds,
         **counts,
@@ -277,6 +319,8 @@ def print_summary(runs: dict[str, list], summary: dict[str, dict], ratios: dict[
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="bi_encoder", choices=["bi_encoder", "cross_encoder"],
+                   help="bi_encoder: CoSENT against SentenceTransformerTrainer; cross_encoder: BCE (gold/5) against CrossEncoderTrainer")
     p.add_argument("--model", default="minilm", help="minilm, a Hub id or a local path")
     p.add_argument("--data", default="stsb", help="a preset: stsb or korsts")
     p.add_argument("--data-dir", default=os.environ.get("EMBED_DATA_DIR", "data"))
