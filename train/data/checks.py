@@ -36,7 +36,8 @@ def _pair_keys(ds: datasets.Dataset) -> list[tuple[str, str]] | None:
 def report_overlap(train: datasets.Dataset, evaluation: Iterable[tuple[str, datasets.Dataset]]) -> None:
     """Logs how many training pairs also occur in each evaluation split, and how many training
     rows repeat an earlier row exactly."""
-    rows = list(zip(*(train[c] for c in train.column_names)))
+    # Query-with-candidates rows hold lists (candidates, labels): compared as tuples.
+    rows = list(zip(*([tuple(v) if isinstance(v, list) else v for v in train[c]] for c in train.column_names)))
     duplicates = len(rows) - len(set(rows))
     if duplicates:
         log.info("train: %d of %d rows repeat an earlier row exactly", duplicates, len(rows))
