@@ -199,7 +199,15 @@ def report(s: dict[str, Any], out: Path) -> None:
         s["fewer_than_asked"], s["negatives_asked"], s["left_out_without_negatives"],
     )
     if s["left_out_without_negatives"] or s["fewer_than_asked"]:
-        log.info("More negatives: raise range_max, lower relative_margin/absolute_margin, or add passages with corpus=<file>.")
+        # The usual cause: a margin keeps only candidates scoring clearly below the query's own
+        # positive, and they are searched among the top range_max only.
+        log.warning(
+            "%d of %d queries got fewer than %d negatives. A candidate must score below the query's positive by the "
+            "margin and rank within range_max: a model that ranks positives low (one that does not know the "
+            "language) leaves few. For more: raise range_max (e.g. range_max=400), lower relative_margin, add "
+            "passages with corpus=<file>, or mine with a bi-encoder fine-tuned on this kind of data.",
+            s["fewer_than_asked"] + s["left_out_without_negatives"], s["queries"], s["negatives_asked"],
+        )
     log.info("Train a reranker on it: python -m train task=cross_encoder loss=lambda data=candidates_file data.train_path=%s", out)
 
 
