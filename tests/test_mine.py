@@ -100,6 +100,19 @@ def test_nli_keeps_premises_without_a_contradiction(bi_encoder_dir, tmp_path):
     assert {r["query"]: r["positive"] for r in read_jsonl(out)} == entailed(FIXTURES / "nli_small.tsv")
 
 
+def test_an_extra_corpus_adds_negative_candidates(bi_encoder_dir, tmp_path):
+    extra = ["The stock market fell.", "Rain is expected tomorrow.", "A new phone was released."]
+    corpus = tmp_path / "passages.txt"
+    corpus.write_text("\n".join(extra) + "\n\n")
+    out = tmp_path / "mined.jsonl"
+    # 3 premises: each query's candidates are the 2 other positives and the 3 passages, exactly 5.
+    cfg = mine_cfg(bi_encoder_dir, out, f"data.path={FIXTURES / 'nli_small.tsv'}", f"corpus={corpus}", "num_negatives=5")
+    mine_run(cfg, run_dir=tmp_path)
+    positives = set(entailed(FIXTURES / "nli_small.tsv").values())
+    for r in read_jsonl(out):
+        assert set(r["negatives"]) == (positives - {r["positive"]}) | set(extra)
+
+
 def test_a_query_with_two_positives_is_one_record_and_never_its_own_negative(bi_encoder_dir, tmp_path):
     rows = [("What is a cat?", "A small pet."), ("What is a cat?", "A feline animal."), ("A cat sleeps.", "A feline is asleep."),
             ("A feline is asleep.", "A cat sleeps."), ("Who cooks?", "The chef cooks."), ("Where is Paris?", "In France.")]

@@ -98,7 +98,7 @@ def load_pairs(cfg: DictConfig) -> datasets.Dataset:
 def read_corpus(path: str) -> list[str]:
     from train.data.readers import read_text_lines
 
-    return read_text_lines(path)["text"]
+    return list(read_text_lines(path)["text"])  # a list: sentence-transformers concatenates it with one
 
 
 def load_bi_encoder(cfg: DictConfig):
@@ -142,7 +142,7 @@ def mine(pairs: datasets.Dataset, model, extra_corpus: list[str] | None, cfg: Di
 def to_records(mined: datasets.Dataset, with_scores: bool) -> list[dict[str, Any]]:
     """One record a query: its positives gathered from its rows, its negatives once."""
     grouped: dict[str, tuple[list, list]] = {}
-    all_scores = mined["scores"] if with_scores else None
+    all_scores = list(mined["scores"]) if with_scores else None
     for i, (query, texts) in enumerate(zip(mined["anchor"], mined["positive"])):
         candidates = list(zip(texts, all_scores[i] if with_scores else [None] * len(texts)))
         if query not in grouped:
