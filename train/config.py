@@ -223,10 +223,59 @@ class EvaluateConfig:
     batch_size: int = 64
 
 
+class SamplingStrategy(str, Enum):
+    # sentence-transformers' names: the best-ranked candidates that pass the filters, or a random draw of them.
+    top = "top"
+    random = "random"
+
+
+@dataclass
+class MineConfig:
+    # `python -m train.mine`: hard negatives for (query, positive) pairs, mined with a bi-encoder
+    # (sentence_transformers.util.mine_hard_negatives), written as query-with-candidates JSONL.
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # A saved bi-encoder dir (a bi_encoder run's final/ or best/); overrides model/pooling.
+    checkpoint: Optional[str] = None
+    # The split whose (query, positive) pairs get negatives.
+    split: str = "train"
+    # Required: the .jsonl file to write (what data=candidates_file reads).
+    out: Optional[str] = None
+    # An existing `out` is never replaced unless true.
+    overwrite: bool = False
+    num_negatives: int = 5
+    # Which candidates may become negatives. The corpus is ranked by similarity to the query
+    # (its own positives removed), candidates scoring within the margin of the positive are
+    # dropped, then ranks range_min..range_max are kept. The defaults are NV-Retriever's best
+    # method (TopK-PercPos, recommended in sentence-transformers' docs): the top candidates that
+    # score at least 5% below the positive. The relative margin is what keeps false negatives out
+    # (a near-copy of the positive or another right answer scores about as high as the positive);
+    # it adapts to each query's positive score, where a fixed number of skipped ranks
+    # (range_min=10) either wastes the hardest true negatives or still lets a false one through.
+    # Raise range_min on data with many duplicates. range_max null = range_min + 10 × num_negatives
+    # (+ positives) when a margin or max_score is set, as sentence-transformers derives it.
+    range_min: int = 0
+    range_max: Optional[int] = None
+    absolute_margin: Optional[float] = None
+    relative_margin: Optional[float] = 0.05
+    # Candidates scoring above this (cosine) are never negatives; null = no cap.
+    max_score: Optional[float] = None
+    sampling_strategy: SamplingStrategy = SamplingStrategy.top
+    # Seeds sampling_strategy=random.
+    seed: int = 42
+    # Extra negative candidates besides the data's positives: a text file, one passage a line.
+    corpus: Optional[str] = None
+    # Also write "scores": the bi-encoder's cosine of each candidate, positives first.
+    scores: bool = False
+    batch_size: int = 64
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="mine_schema", node=MineConfig)
     # loss=<name>: one option a registered loss (train/losses.py), so the list is kept in one place.
     for name in loss_names():
         cs.store(group="loss", name=name, node={"name": name})

@@ -57,6 +57,20 @@ EVALUATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+MINE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_negatives": _AT_LEAST_1,
+    "range_min": (lambda v: v >= 0, "an integer ≥ 0"),
+    "range_max": (lambda v: v >= 1, "an integer ≥ 1, or null"),
+    "absolute_margin": (lambda v: math.isfinite(v) and v >= 0, "a number ≥ 0, or null"),
+    "relative_margin": (lambda v: 0 <= v <= 1, "a number in [0, 1], or null"),
+    "max_score": (lambda v: math.isfinite(v), "a number, or null"),
+    "batch_size": _AT_LEAST_1,
+    "model.max_seq_length": _AT_LEAST_1,
+    "data.max_train_samples": _AT_LEAST_0,
+    "data.max_eval_samples": _AT_LEAST_0,
+}
+
+
 def _problems(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> list[str]:
     problems = []
     for key, (ok, valid) in rules.items():
@@ -102,3 +116,15 @@ def check_train_config(cfg: DictConfig) -> None:
 
 def check_evaluate_config(cfg: DictConfig) -> None:
     _raise(_problems(cfg, EVALUATE_RULES) + _data_problems(cfg))
+
+
+def check_mine_config(cfg: DictConfig) -> None:
+    problems = _problems(cfg, MINE_RULES) + _data_problems(cfg)
+    if cfg.split not in ("train", "dev", "test"):
+        problems.append(f"split={cfg.split} (must be train, dev or test)")
+    if cfg.range_max is not None and cfg.range_max - cfg.range_min < cfg.num_negatives:
+        problems.append(
+            f"range_max={cfg.range_max} with range_min={cfg.range_min} leaves {cfg.range_max - cfg.range_min} ranks, "
+            f"fewer than num_negatives={cfg.num_negatives} (raise range_max or leave it null)"
+        )
+    _raise(problems)
