@@ -56,6 +56,14 @@ EVALUATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_eval_samples": _AT_LEAST_0,
 }
 
+RETRIEVE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": _AT_LEAST_1,
+    "max_queries": _AT_LEAST_0,
+    "full_rerank_max_corpus": _AT_LEAST_0,
+    "model.max_seq_length": _AT_LEAST_1,
+    "data.max_eval_samples": _AT_LEAST_0,
+}
+
 
 def _problems(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> list[str]:
     problems = []
@@ -102,3 +110,11 @@ def check_train_config(cfg: DictConfig) -> None:
 
 def check_evaluate_config(cfg: DictConfig) -> None:
     _raise(_problems(cfg, EVALUATE_RULES) + _data_problems(cfg))
+
+
+def check_retrieve_config(cfg: DictConfig) -> None:
+    problems = _problems(cfg, RETRIEVE_RULES) + _data_problems(cfg)
+    ks = list(cfg.rerank_top_k)
+    if any(k < 1 for k in ks):
+        problems.append(f"rerank_top_k={ks} (must be integers ≥ 1)")
+    _raise(problems)
