@@ -207,12 +207,17 @@ def bi_encoder_search(bi: Any, queries: Sequence[str], corpus_emb: torch.Tensor,
     return rankings, seconds
 
 
-def rerank(cross: Any, queries: Sequence[str], corpus: Sequence[str], shortlists: Sequence[Sequence[int]], batch_size: int) -> tuple[list[list[int]], list[float], int]:
+def rerank(
+    cross: Any, queries: Sequence[str], corpus: Sequence[str], shortlists: Sequence[Sequence[int]], batch_size: int, progress: str = ""
+) -> tuple[list[list[int]], list[float], int]:
     """Each shortlist reordered by the cross-encoder's score of (query, document), the seconds
-    each query took, and the pairs scored in all."""
+    each query took, and the pairs scored in all. With `progress`, logs every tenth of the queries."""
     rankings, seconds, pairs = [], [], 0
+    every = max(1, len(queries) // 10)
     with torch.inference_mode():
-        for query, shortlist in zip(queries, shortlists):
+        for i, (query, shortlist) in enumerate(zip(queries, shortlists)):
+            if progress and i and i % every == 0:
+                log.info("%s: %d/%d queries, %.0f s", progress, i, len(queries), sum(seconds))
             start = time.perf_counter()
             scores = cross.predict([(query, corpus[d]) for d in shortlist], batch_size=batch_size, show_progress_bar=False)
             order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
@@ -252,7 +257,7 @@ def cross_encoder_rows(cross: Any, data: RetrievalSet, bi_rankings, bi_seconds, 
         return rows, f"cross-encoder (full corpus) skipped: corpus {size} > full_rerank_max_corpus={full_max}"
     log.info("cross-encoder (full corpus): %d queries x %d documents = %d pairs", n, size, n * size)
     everything = [list(range(size))] * n
-    rankings, seconds, pairs = rerank(cross, data.queries, data.corpus, everything, batch_size)
+    rankings, seconds, pairs = rerank(cross, data.queries, data.corpus, everything, batch_size, progress="cross-encoder (full corpus)")
     rows.append(system_row("cross-encoder (full corpus)", rankings, data.relevant, seconds, pairs, 0, k=size))
     return rows, None
 
