@@ -142,9 +142,9 @@ def load_retrieval_set(cfg: DictConfig) -> RetrievalSet:
 # --- Models -----------------------------------------------------------------------------------
 
 
-def load_model_as(path: str, key: str, kind: str):
-    """The saved model at `path` (given as `key=`), refused unless it is a `kind` model."""
-    from train.models import load_saved_model, saved_model_kind
+def check_saved_kind(path: str, key: str, kind: str) -> None:
+    """Refuses `key=path` unless it is a saved `kind` model dir (reads one small file)."""
+    from train.models import saved_model_kind
 
     where = Path(path).expanduser()
     if not where.is_dir():
@@ -156,6 +156,14 @@ def load_model_as(path: str, key: str, kind: str):
             f"{key}={path} is a saved {found.replace('_', '-')}, not a {kind.replace('_', '-')}. "
             f"Pass it as {other}={path}, and a {kind.replace('_', '-')} dir as {key}=."
         )
+
+
+def load_model_as(path: str, key: str, kind: str):
+    """The saved model at `path` (given as `key=`), refused unless it is a `kind` model."""
+    from train.models import load_saved_model
+
+    check_saved_kind(path, key, kind)
+    where = Path(path).expanduser()
     try:
         model = load_saved_model(where)
     except ModelLoadError as e:
@@ -288,6 +296,10 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
     check_retrieve_config(cfg)
+    # A model of the wrong kind is found in a moment; loading the data first could hide it.
+    for key in ("bi_encoder", "cross_encoder"):
+        if cfg[key]:
+            check_saved_kind(cfg[key], key, key)
     data = load_retrieval_set(cfg)
     bi, bi_name, cross = load_models(cfg)
     log.info("%d queries, corpus %d documents (corpus=%s)", len(data.queries), len(data.corpus), cfg.corpus.value)
