@@ -1,6 +1,6 @@
 """Typed config schema, registered in Hydra's ConfigStore.
 
-`conf/train.yaml` and `conf/evaluate.yaml` start their defaults list with the schema
+`conf/train.yaml`, `conf/evaluate.yaml` and `conf/retrieve.yaml` start their defaults list with the schema
 nodes stored here, so a misspelt key (`trainer.lr_rate=...`) or a wrong type
 (`trainer.epochs=two`) fails when Hydra composes the config, before anything runs,
 and an Enum field (`pooling.mode`, `loss.name`, ...) names the valid values.
@@ -276,6 +276,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="mine_schema", node=MineConfig)
+    cs.store(name="retrieve_schema", node=RetrieveConfig)
     # loss=<name>: one option a registered loss (train/losses.py), so the list is kept in one place.
     for name in loss_names():
         cs.store(group="loss", name=name, node={"name": name})
@@ -286,3 +287,31 @@ def to_plain(node: Any) -> Any:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(node)
+
+
+class RetrieveCorpus(str, Enum):
+    # The documents searched: every distinct relevant candidate of the split (NLI: entailed
+    # hypotheses), or all candidates (NLI: contradicted hypotheses too, as distractors).
+    positives = "positives"
+    all = "all"
+
+
+@dataclass
+class RetrieveConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # A saved bi-encoder dir; null = the model/pooling preset (zero-shot).
+    bi_encoder: Optional[str] = None
+    # A saved cross-encoder dir; null = only the bi-encoder row.
+    cross_encoder: Optional[str] = None
+    split: str = "dev"
+    corpus: RetrieveCorpus = RetrieveCorpus.positives
+    # The bi-encoder shortlist sizes the cross-encoder reranks (clamped to the corpus size).
+    rerank_top_k: list[int] = field(default_factory=lambda: [10, 50])
+    # The cross-encoder scores every document for every query only up to this corpus size
+    # (0 = never): its cost is queries x corpus forward passes.
+    full_rerank_max_corpus: int = 1000
+    # Score only the first N queries (0 = all); the corpus stays the whole split.
+    max_queries: int = 0
+    batch_size: int = 64

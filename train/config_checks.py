@@ -56,6 +56,14 @@ EVALUATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_eval_samples": _AT_LEAST_0,
 }
 
+RETRIEVE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": _AT_LEAST_1,
+    "max_queries": _AT_LEAST_0,
+    "full_rerank_max_corpus": _AT_LEAST_0,
+    "model.max_seq_length": _AT_LEAST_1,
+    "data.max_eval_samples": _AT_LEAST_0,
+}
+
 
 MINE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_negatives": _AT_LEAST_1,
@@ -127,4 +135,12 @@ def check_mine_config(cfg: DictConfig) -> None:
             f"range_max={cfg.range_max} with range_min={cfg.range_min} leaves {cfg.range_max - cfg.range_min} ranks, "
             f"fewer than num_negatives={cfg.num_negatives} (raise range_max or leave it null)"
         )
+    _raise(problems)
+
+
+def check_retrieve_config(cfg: DictConfig) -> None:
+    problems = _problems(cfg, RETRIEVE_RULES) + _data_problems(cfg)
+    ks = list(cfg.rerank_top_k)
+    if any(k < 1 for k in ks):
+        problems.append(f"rerank_top_k={ks} (must be integers ≥ 1)")
     _raise(problems)

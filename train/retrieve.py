@@ -1,0 +1,350 @@
+"""python -m train.retrieve: retrieve with a bi-encoder, rerank with a cross-encoder, measured.
+
+    python -m train.retrieve model=minilm cross_encoder=outputs/<ce-run>/final data=kor_xnli max_queries=200
+    python -m train.retrieve bi_encoder=outputs/<run>/final cross_encoder=outputs/<ce-run>/final \
+        data=nli_file data.dev_path=klue-nli-v1.1_dev.json data.columns.sentence1=premise \
+        data.columns.sentence2=hypothesis data.columns.label=gold_label
+
+Each query (NLI: a premise) is searched in a corpus (NLI: every distinct entailed hypothesis of
+the split; corpus=all adds the contradicted ones) and its own relevant documents are the hits.
+Three kinds of system answer the same queries over the same corpus:
+
+- the bi-encoder alone: the corpus is embedded once; a query costs one forward pass and a search;
+- the bi-encoder's top k reranked by the cross-encoder, for each k of rerank_top_k: k more
+  forward passes (pairs) a query;
+- the cross-encoder over the whole corpus: one forward pass per document a query (only up to
+  full_rerank_max_corpus documents).
+
+Each is scored by the same function (MRR@10, NDCG@10, Recall@1, Recall@10) and timed query by
+query, as a search service meets them. Writes retrieve.json into its run dir and prints a table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from train.builders import build_data, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
+from train.config import register_configs
+from train.config_checks import check_retrieve_config
+from train.errors import DataError, ModelLoadError
+
+register_configs()
+log = logging.getLogger("train")
+
+SPLIT_NAMES = ("train", "dev", "test")
+METRIC_K = 10
+METRICS = ("mrr@10", "ndcg@10", "recall@1", "recall@10")
+
+
+# --- Metrics ----------------------------------------------------------------------------------
+
+
+def ranking_metrics(rankings: Sequence[Sequence[int]], relevant: Sequence[set[int]]) -> dict[str, float]:
+    """MRR@10, NDCG@10 (binary relevance), Recall@1 and Recall@10, averaged over queries.
+
+    `rankings[i]` is query i's document ids, best first (at least its top 10 where the corpus
+    has them); `relevant[i]` its relevant ids (not empty). Recall@k is the share of a query's
+    relevant documents in its top k, as sentence-transformers' InformationRetrievalEvaluator
+    computes it, so a query with two relevant documents has Recall@1 of at most 0.5.
+    """
+    if len(rankings) != len(relevant) or not rankings:
+        raise ValueError(f"{len(rankings)} rankings for {len(relevant)} queries: need one per query, at least one.")
+    sums = dict.fromkeys(METRICS, 0.0)
+    for ranking, rel in zip(rankings, relevant):
+        hits = [doc in rel for doc in ranking[:METRIC_K]]
+        first = next((i for i, hit in enumerate(hits) if hit), None)
+        sums["mrr@10"] += 0.0 if first is None else 1.0 / (first + 1)
+        dcg = sum(1.0 / math.log2(i + 2) for i, hit in enumerate(hits) if hit)
+        ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(rel), METRIC_K)))
+        sums["ndcg@10"] += dcg / ideal
+        sums["recall@1"] += sum(hits[:1]) / len(rel)
+        sums["recall@10"] += sum(hits) / len(rel)
+    return {name: total / len(rankings) for name, total in sums.items()}
+
+
+# --- Queries and corpus -----------------------------------------------------------------------
+
+
+@dataclass
+class RetrievalSet:
+    queries: list[str]
+    corpus: list[str]
+    relevant: list[set[int]]  # per query: ids into corpus
+
+
+def retrieval_set(ds: Any, corpus_kind: str = "positives", max_queries: int = 0) -> RetrievalSet:
+    """Query-with-candidates rows -> queries, one shared corpus and each query's relevant ids.
+
+    The corpus is built from every row, so capping the queries keeps the search as hard as the
+    whole split's; a candidate relevant to one query is an ordinary document for the others.
+    """
+    ids: dict[str, int] = {}
+    queries: list[str] = []
+    relevant: list[set[int]] = []
+    for query, candidates, labels in zip(ds["query"], ds["candidates"], ds["labels"]):
+        rel = {ids.setdefault(c, len(ids)) for c, label in zip(candidates, labels) if label > 0}
+        if corpus_kind == "all":
+            for c in candidates:
+                ids.setdefault(c, len(ids))
+        if rel:
+            queries.append(query)
+            relevant.append(rel)
+    if not queries:
+        raise DataError("no query has a relevant candidate (a label > 0), so there is nothing to retrieve.")
+    dropped = len(ds) - len(queries)
+    if dropped:
+        log.info("%d queries without a relevant candidate left out", dropped)
+    if max_queries:
+        queries, relevant = queries[:max_queries], relevant[:max_queries]
+    return RetrievalSet(queries, list(ids), relevant)
+
+
+def _data_kind(name: str) -> str | None:
+    from train.data.presets import PRESETS
+
+    if name in PRESETS:
+        return PRESETS[name].kind
+    return {"nli_file": "nli", "candidates_file": "candidates"}.get(name)
+
+
+def load_retrieval_set(cfg: DictConfig) -> RetrievalSet:
+    split = cfg.split
+    if split not in SPLIT_NAMES:
+        raise DataError(f"split={split!r}: use one of {', '.join(SPLIT_NAMES)}.")
+    data_cfg = cfg.data
+    if _data_kind(data_cfg.name) not in ("nli", "candidates"):
+        raise DataError(
+            f"data={data_cfg.name} has no queries with relevant documents. Retrieval needs NLI data "
+            "(data=kor_xnli, kornli, nli_file: a premise finds its entailed hypotheses) or queries "
+            "with candidates (data=candidates_file)."
+        )
+    if data_cfg.path:
+        from omegaconf import OmegaConf
+
+        data_cfg = OmegaConf.merge(data_cfg, {f"{split}_path": data_cfg.path})
+    splits = build_data(data_cfg, (split,), "query_candidates", "query_candidates")
+    if split not in splits:
+        raise DataError(f"data={cfg.data.name} has no {split} split here. Try split=dev, or give the file with data.{split}_path=<file>.")
+    return retrieval_set(splits[split], cfg.corpus.value, cfg.max_queries)
+
+
+# --- Models -----------------------------------------------------------------------------------
+
+
+def check_saved_kind(path: str, key: str, kind: str) -> None:
+    """Refuses `key=path` unless it is a saved `kind` model dir (reads one small file)."""
+    from train.models import saved_model_kind
+
+    where = Path(path).expanduser()
+    if not where.is_dir():
+        raise ModelLoadError(f"{key}={path}: no such directory.")
+    found = saved_model_kind(where)
+    if found != kind:
+        other = "cross_encoder" if key == "bi_encoder" else "bi_encoder"
+        raise ModelLoadError(
+            f"{key}={path} is a saved {found.replace('_', '-')}, not a {kind.replace('_', '-')}. "
+            f"Pass it as {other}={path}, and a {kind.replace('_', '-')} dir as {key}=."
+        )
+
+
+def load_model_as(path: str, key: str, kind: str):
+    """The saved model at `path` (given as `key=`), refused unless it is a `kind` model."""
+    from train.models import load_saved_model
+
+    check_saved_kind(path, key, kind)
+    where = Path(path).expanduser()
+    try:
+        model = load_saved_model(where)
+    except ModelLoadError as e:
+        # Its message names checkpoint=, the key of train.evaluate.
+        raise ModelLoadError(str(e).replace("checkpoint=", f"{key}=", 1)) from None
+    if kind == "cross_encoder" and model.num_labels != 1:
+        raise ModelLoadError(
+            f"cross_encoder={path} has {model.num_labels} outputs (an NLI classifier?): reranking needs "
+            "a cross-encoder with one relevance score (trained with loss=bce, mnrl, lambda, listnet, ...)."
+        )
+    return model.eval()
+
+
+def load_models(cfg: DictConfig) -> tuple[Any, str, Any | None]:
+    """(bi-encoder, its name, cross-encoder or None), both in eval mode."""
+    if cfg.bi_encoder:
+        bi, bi_name = load_model_as(cfg.bi_encoder, "bi_encoder", "bi_encoder"), str(cfg.bi_encoder)
+    else:
+        bi, bi_name = build_model(cfg.model, cfg.pooling).eval(), cfg.model.name
+    cross = load_model_as(cfg.cross_encoder, "cross_encoder", "cross_encoder") if cfg.cross_encoder else None
+    return bi, bi_name, cross
+
+
+# --- Systems ----------------------------------------------------------------------------------
+
+
+def embed_corpus(bi: Any, corpus: Sequence[str], batch_size: int) -> tuple[torch.Tensor, float]:
+    """Unit-length corpus embeddings (cosine = dot product) and the seconds they took."""
+    from train.inference import encode
+
+    start = time.perf_counter()
+    embeddings = torch.nn.functional.normalize(torch.from_numpy(encode(bi, corpus, batch_size)), dim=-1)
+    return embeddings, time.perf_counter() - start
+
+
+def bi_encoder_search(bi: Any, queries: Sequence[str], corpus_emb: torch.Tensor, depth: int, batch_size: int) -> tuple[list[list[int]], list[float]]:
+    """Each query's top `depth` document ids and its seconds (encoding + search), query by query:
+    a search service embeds a query when it arrives, not in a batch with later ones."""
+    from train.inference import encode
+
+    rankings, seconds = [], []
+    depth = min(depth, len(corpus_emb))
+    for query in queries:
+        start = time.perf_counter()
+        q = torch.nn.functional.normalize(torch.from_numpy(encode(bi, [query], batch_size)), dim=-1)
+        top = torch.topk((q @ corpus_emb.T)[0], depth).indices.tolist()
+        seconds.append(time.perf_counter() - start)
+        rankings.append(top)
+    return rankings, seconds
+
+
+def rerank(
+    cross: Any, queries: Sequence[str], corpus: Sequence[str], shortlists: Sequence[Sequence[int]], batch_size: int, progress: str = ""
+) -> tuple[list[list[int]], list[float], int]:
+    """Each shortlist reordered by the cross-encoder's score of (query, document), the seconds
+    each query took, and the pairs scored in all. With `progress`, logs every tenth of the queries."""
+    rankings, seconds, pairs = [], [], 0
+    every = max(1, len(queries) // 10)
+    with torch.inference_mode():
+        for i, (query, shortlist) in enumerate(zip(queries, shortlists)):
+            if progress and i and i % every == 0:
+                log.info("%s: %d/%d queries, %.0f s", progress, i, len(queries), sum(seconds))
+            start = time.perf_counter()
+            scores = cross.predict([(query, corpus[d]) for d in shortlist], batch_size=batch_size, show_progress_bar=False)
+            order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
+            seconds.append(time.perf_counter() - start)
+            rankings.append([shortlist[i] for i in order])
+            pairs += len(shortlist)
+    return rankings, seconds, pairs
+
+
+def system_row(name: str, rankings, relevant, seconds: Sequence[float], ce_pairs: int, bi_passes: int, **extra: Any) -> dict[str, Any]:
+    n = len(rankings)
+    return {
+        "system": name,
+        **extra,
+        **ranking_metrics(rankings, relevant),
+        "ms_per_query": 1000.0 * sum(seconds) / n,
+        "cross_encoder_pairs_per_query": ce_pairs / n,
+        "bi_encoder_passes_per_query": bi_passes,
+    }
+
+
+def cross_encoder_rows(cross: Any, data: RetrievalSet, bi_rankings, bi_seconds, ks: Sequence[int], full_max: int, batch_size: int) -> tuple[list[dict], str | None]:
+    """The rerank-top-k rows and the full-corpus row (or why it was skipped)."""
+    rows = []
+    # The first call builds what later calls reuse; it would otherwise be billed to the first query.
+    with torch.inference_mode():
+        cross.predict([(data.queries[0], data.corpus[0])], show_progress_bar=False)
+    for k in ks:
+        shortlists = [r[:k] for r in bi_rankings]
+        reranked, seconds, pairs = rerank(cross, data.queries, data.corpus, shortlists, batch_size)
+        # Below the reranked top k the bi-encoder's order stands, so Recall@10 of k < 10 is defined.
+        rankings = [head + tail[k:] for head, tail in zip(reranked, bi_rankings)]
+        total = [b + c for b, c in zip(bi_seconds, seconds)]
+        rows.append(system_row(f"bi-encoder top-{k} + cross-encoder", rankings, data.relevant, total, pairs, 1, k=k))
+    size, n = len(data.corpus), len(data.queries)
+    if size > full_max:
+        return rows, f"cross-encoder (full corpus) skipped: corpus {size} > full_rerank_max_corpus={full_max}"
+    log.info("cross-encoder (full corpus): %d queries x %d documents = %d pairs", n, size, n * size)
+    everything = [list(range(size))] * n
+    rankings, seconds, pairs = rerank(cross, data.queries, data.corpus, everything, batch_size, progress="cross-encoder (full corpus)")
+    rows.append(system_row("cross-encoder (full corpus)", rankings, data.relevant, seconds, pairs, 0, k=size))
+    return rows, None
+
+
+# --- Report -----------------------------------------------------------------------------------
+
+
+def format_table(report: dict[str, Any]) -> str:
+    head = (
+        f"data={report['data']} {report['split']}: {report['n_queries']} queries, corpus {report['corpus_size']} "
+        f"documents ({report['corpus']}); corpus embedding {report['corpus_embed_seconds']:.1f} s once"
+    )
+    columns = ["MRR@10", "NDCG@10", "R@1", "R@10", "ms/query", "CE pairs/q"]
+    width = max(len(r["system"]) for r in report["systems"])
+    header = f"{'system':<{width}} " + " ".join(f"{c:>10}" for c in columns)
+    lines = [head, header, "-" * len(header)]
+    for r in report["systems"]:
+        cells = [f"{r[m]:>10.4f}" for m in METRICS]
+        cells += [f"{r['ms_per_query']:>10.1f}", f"{r['cross_encoder_pairs_per_query']:>10.1f}"]
+        lines.append(f"{r['system']:<{width}} " + " ".join(cells))
+    lines += report["notes"]
+    return "\n".join(lines)
+
+
+def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    from train import checkpoint
+
+    setup_logging()
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+    check_retrieve_config(cfg)
+    # A model of the wrong kind is found in a moment; loading the data first could hide it.
+    for key in ("bi_encoder", "cross_encoder"):
+        if cfg[key]:
+            check_saved_kind(cfg[key], key, key)
+    data = load_retrieval_set(cfg)
+    bi, bi_name, cross = load_models(cfg)
+    log.info("%d queries, corpus %d documents (corpus=%s)", len(data.queries), len(data.corpus), cfg.corpus.value)
+
+    corpus_emb, embed_seconds = embed_corpus(bi, data.corpus, cfg.batch_size)
+    ks = sorted(set(cfg.rerank_top_k)) if cross is not None else []
+    clamped = [min(k, len(data.corpus)) for k in ks]
+    bi_rankings, bi_seconds = bi_encoder_search(bi, data.queries, corpus_emb, max([METRIC_K, *clamped]), cfg.batch_size)
+    systems = [system_row("bi-encoder", bi_rankings, data.relevant, bi_seconds, 0, 1)]
+    notes = []
+    if cross is None:
+        notes.append("No cross_encoder=<dir>: bi-encoder only.")
+    else:
+        rows, skipped = cross_encoder_rows(
+            cross, data, bi_rankings, bi_seconds, sorted(set(clamped)), cfg.full_rerank_max_corpus, cfg.batch_size
+        )
+        systems += rows
+        notes += [skipped] if skipped else []
+    notes.append("ms/query: wall time query by query (bi-encoder: encoding + search; rerank: that plus the cross-encoder).")
+    report = {
+        "data": cfg.data.name,
+        "split": cfg.split,
+        "corpus": cfg.corpus.value,
+        "bi_encoder": bi_name,
+        "cross_encoder": cfg.cross_encoder,
+        "n_queries": len(data.queries),
+        "corpus_size": len(data.corpus),
+        "corpus_embed_seconds": embed_seconds,
+        "corpus_embed_ms_per_document": 1000.0 * embed_seconds / len(data.corpus),
+        "threads": torch.get_num_threads(),
+        "systems": systems,
+        "notes": notes,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_json_atomic(run_dir / "retrieve.json", report)
+    print(format_table(report))
+    log.info("Wrote %s", run_dir / "retrieve.json")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="retrieve")
+def main(cfg: DictConfig) -> float:
+    with user_errors():
+        return retrieve_run(cfg)["systems"][-1]["ndcg@10"]
+
+
+if __name__ == "__main__":
+    exit_2_on_config_errors(main)
