@@ -34,9 +34,9 @@ from train.errors import ConfigError, DataError
 register_configs()
 log = logging.getLogger("train")
 
-# The sources that hold (query, positive) pairs; the others (STS scores, plain text) have no
-# positive to mine against.
-PAIR_SOURCES = ("nli_file", "pairs_file", "candidates_file")
+# The kinds of source that hold (query, positive) pairs; the others (STS scores, plain text)
+# have no positive to mine against.
+PAIR_KINDS = ("nli", "pairs", "candidates")
 
 
 def mine_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -73,10 +73,10 @@ def check_out(out: str | None, overwrite: bool) -> Path:
 
 def load_pairs(cfg: DictConfig) -> datasets.Dataset:
     """The split's (anchor, positive) pairs from any source the project reads as pairs."""
-    from train.data.presets import PRESETS
+    from train.data.presets import source_kind
 
     d = to_plain(cfg.data)
-    if not (d.name in PAIR_SOURCES or (d.name in PRESETS and PRESETS[d.name].kind == "nli")):
+    if source_kind(d.name) not in PAIR_KINDS:
         raise DataError(
             f"data={d.name} holds no (query, positive) pairs to mine negatives for. Use NLI data "
             "(data=kor_xnli, kornli, nli_file), pairs (data=pairs_file) or query-with-candidates (data=candidates_file)."

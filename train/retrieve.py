@@ -110,20 +110,14 @@ def retrieval_set(ds: Any, corpus_kind: str = "positives", max_queries: int = 0)
     return RetrievalSet(queries, list(ids), relevant)
 
 
-def _data_kind(name: str) -> str | None:
-    from train.data.presets import PRESETS
-
-    if name in PRESETS:
-        return PRESETS[name].kind
-    return {"nli_file": "nli", "candidates_file": "candidates"}.get(name)
-
-
 def load_retrieval_set(cfg: DictConfig) -> RetrievalSet:
     split = cfg.split
     if split not in SPLIT_NAMES:
         raise DataError(f"split={split!r}: use one of {', '.join(SPLIT_NAMES)}.")
+    from train.data.presets import source_kind
+
     data_cfg = cfg.data
-    if _data_kind(data_cfg.name) not in ("nli", "candidates"):
+    if source_kind(data_cfg.name) not in ("nli", "candidates"):
         raise DataError(
             f"data={data_cfg.name} has no queries with relevant documents. Retrieval needs NLI data "
             "(data=kor_xnli, kornli, nli_file: a premise finds its entailed hypotheses) or queries "
