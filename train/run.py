@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
+from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from train import checkpoint
@@ -71,6 +72,9 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resume_from = resolve_resume(settings.resume, run_dir)
     check_run_dir(run_dir, resume_from is not None, settings.overwrite)
 
+    # Seeded before the model is built: a fresh head (the cross-encoder's classifier) must start
+    # alike in every run with this seed, or a resumed run could not match an uninterrupted one.
+    set_seed(settings.seed)
     model = build_model(cfg.model, cfg.pooling, task.name, model_outputs(loss_cfg, task.name))
     loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name)
     splits, sets = load_stage_data(cfg.data, spec.shape, task)
