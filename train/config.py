@@ -213,10 +213,16 @@ class TrainConfig:
 
 
 @dataclass
-class EvaluateConfig:
+class ModelAndData:
+    """What every command that loads one model and one dataset composes (evaluate, mine, retrieve)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
+class EvaluateConfig(ModelAndData):
     # A saved model dir (a run's final/, best/ or checkpoints/step-N/); overrides model/pooling.
     checkpoint: Optional[str] = None
     split: str = "test"
@@ -230,12 +236,9 @@ class SamplingStrategy(str, Enum):
 
 
 @dataclass
-class MineConfig:
+class MineConfig(ModelAndData):
     # `python -m train.mine`: hard negatives for (query, positive) pairs, mined with a bi-encoder
     # (sentence_transformers.util.mine_hard_negatives), written as query-with-candidates JSONL.
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pooling: PoolingConfig = field(default_factory=PoolingConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     # A saved bi-encoder dir (a bi_encoder run's final/ or best/); overrides model/pooling.
     checkpoint: Optional[str] = None
     # The split whose (query, positive) pairs get negatives.
@@ -297,10 +300,7 @@ class RetrieveCorpus(str, Enum):
 
 
 @dataclass
-class RetrieveConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pooling: PoolingConfig = field(default_factory=PoolingConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+class RetrieveConfig(ModelAndData):
     # A saved bi-encoder dir; null = the model/pooling preset (zero-shot).
     bi_encoder: Optional[str] = None
     # A saved cross-encoder dir; null = only the bi-encoder row.
