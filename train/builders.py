@@ -9,6 +9,7 @@ import sys
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import datasets
 from omegaconf import DictConfig
@@ -17,7 +18,8 @@ from sentence_transformers import SentenceTransformer
 from train.config import DataConfig, LossConfig, ModelConfig, PoolingConfig, to_plain
 from train.data.presets import load_splits, load_sts_splits
 from train.data.readers import CandidateColumns, Columns, ScoreRange
-from train.errors import Preempted, UserError
+from train.data.checks import check_scorable, report_overlap
+from train.errors import DataError, Preempted, UserError
 from train.losses import LossSpec, build_loss
 
 log = logging.getLogger("train")
@@ -39,6 +41,14 @@ def build_model(
         offline_package=m.offline_package,
         attn_implementation=m.attn_implementation,
         num_labels=num_labels,
+        **(
+            dict(
+                image_tower=m.image_tower, image_config=dict(m.image_config), image_pooling=m.image_pooling.value,
+                projection_dim=m.projection_dim, freeze_text=m.freeze_text, freeze_image=m.freeze_image,
+            )
+            if task == "image_text"
+            else {}
+        ),
     )
 
 
@@ -52,6 +62,7 @@ def loss_options(loss: DictConfig | LossConfig, num_processes: int = 1) -> dict:
         num_labels=c.num_labels,
         matryoshka_dims=list(c.matryoshka_dims),
         num_negatives=c.num_negatives,
+        learn_scale=c.learn_scale,
     )
 
 
@@ -106,6 +117,71 @@ def build_sts_eval_data(data: DictConfig | DataConfig, own: dict[str, datasets.D
     if not d.sts_dev:
         return {s: ds for s, ds in own.items() if s in ("dev", "test") and "score" in ds.column_names}
     return load_sts_splits(d.sts_dev, ("dev", "test"), Path(d.dir), max_eval_samples=d.max_eval_samples)
+
+
+def _eval_set_name(data: DictConfig, split: str) -> str:
+    path = data.get(f"{split}_path")
+    return str(path) if path and not data.sts_dev else f"data={data.sts_dev or data.name} ({split} split)"
+
+
+def load_text_task_data(data: DictConfig, shape: str, task: str, eval_shape: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A text task's splits and the sets that score it (dev, test, retrieval_dev), checked."""
+    splits = build_data(data, ("train", "dev", "test"), shape, eval_shape)
+    if "train" not in splits:
+        raise DataError(f"data={data.name}: no train split to train on (set data.train_path).")
+    if task == "bi_encoder":
+        sets: dict[str, Any] = build_sts_eval_data(data, splits)
+        dev = splits.get("dev")
+        if dev is not None and "anchor" in dev.column_names:
+            sets["retrieval_dev"] = dev
+    else:
+        sets = {s: ds for s, ds in splits.items() if s != "train"}
+    for split, ds in sets.items():
+        if split != "retrieval_dev" and "score" in ds.column_names:
+            check_scorable(ds, _eval_set_name(data, split))
+    log.info(
+        "Data %s (%s): %s%s",
+        data.name,
+        shape.replace("_", " "),
+        ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+        f"; STS eval on {data.sts_dev}" if data.sts_dev else "",
+    )
+    named = [(s, ds) for s, ds in splits.items() if s != "train"]
+    if data.sts_dev:
+        named += [(f"{data.sts_dev} {s}", ds) for s, ds in sets.items() if s in ("dev", "test")]
+    report_overlap(splits["train"], named)
+    return splits, sets
+
+
+def build_image_text_splits(data: DictConfig | DataConfig, splits: tuple[str, ...]) -> dict[str, datasets.Dataset]:
+    """Image–caption splits: image references (decoded later, in the loader) and captions."""
+    from train.data.images import load_image_text_splits
+
+    d: DataConfig = to_plain(data) if isinstance(data, DictConfig) else data
+    return load_image_text_splits(
+        d.name,
+        splits,
+        data_dir=Path(d.dir),
+        paths={"train": d.train_path or d.path, "dev": d.dev_path, "test": d.test_path},
+        fmt=d.format,
+        image_column=d.columns.image,
+        text_column=d.columns.text,
+        caption_template=d.caption_template,
+        class_names=list(d.class_names) if d.class_names else None,
+        on_bad_row=d.on_bad_row.value,
+        max_train_samples=d.max_train_samples,
+        max_eval_samples=d.max_eval_samples,
+    )
+
+
+def build_image_text_data(data: DictConfig | DataConfig, shape: str = "image_captions") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The image–text task's splits and the sets that score the model (dev, test)."""
+    d: DataConfig = to_plain(data) if isinstance(data, DictConfig) else data
+    splits = build_image_text_splits(d, ("train", "dev", "test"))
+    if "train" not in splits:
+        raise DataError(f"data={d.name}: no train split to train on (set data.train_path).")
+    log.info("Data %s (images and captions): %s", d.name, ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    return splits, {s: ds for s, ds in splits.items() if s != "train"}
 
 
 def setup_logging() -> None:

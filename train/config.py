@@ -36,6 +36,8 @@ class TaskName(str, Enum):
     # cross-encoder (both texts through one model, one score out; a reranker).
     bi_encoder = "bi_encoder"
     cross_encoder = "cross_encoder"
+    # Images and texts into one space (CLIP): a CLIP-architecture model or a text and an image tower.
+    image_text = "image_text"
 
 
 class BadRowPolicy(str, Enum):
@@ -71,6 +73,18 @@ class ModelConfig:
     offline_package: Optional[str] = None
     # transformers' attention implementation: sdpa, eager, flash_attention_2; null = library default.
     attn_implementation: Optional[str] = None
+    # task=image_text. A vision model (Hub id or folder) paired with `name` as the text tower, or
+    # `scratch`: a ViT built from image_config and trained from scratch. null: `name` is one
+    # CLIP-architecture model (CLIP, SigLIP) that embeds both.
+    image_tower: Optional[str] = None
+    # ViTConfig settings of a scratch image tower (image_size, patch_size, hidden_size, ...).
+    image_config: dict[str, Any] = field(default_factory=dict)
+    image_pooling: PoolingMode = PoolingMode.cls
+    # Both towers projected to this size; null: the text tower's own size, only the image tower projected.
+    projection_dim: Optional[int] = None
+    # Locked-image or locked-text tuning (LiT): the tower keeps its weights.
+    freeze_text: bool = False
+    freeze_image: bool = False
 
 
 @dataclass
@@ -94,6 +108,9 @@ class ColumnsConfig:
     positive: str = "positive"
     negatives: str = "negatives"
     scores: Optional[str] = None
+    # Image–text files (data=image_text_file): the image path (relative to the file's folder) and its caption.
+    image: str = "image"
+    text: str = "text"
 
 
 @dataclass
@@ -130,6 +147,11 @@ class DataConfig:
     # Keep only the first N rows of a split (0 = all): quick experiments and tests.
     max_train_samples: int = 0
     max_eval_samples: int = 0
+    # Image–text data built from class labels (image_folder, fashion_mnist): each image's caption
+    # is this template filled with its class name, e.g. "a photo of a {label}" or "{label} 사진".
+    caption_template: str = "a photo of a {label}"
+    # fashion_mnist: the ten class names in label order (null = the English names).
+    class_names: Optional[list[str]] = None
 
 
 @dataclass
@@ -148,6 +170,8 @@ class LossConfig:
     matryoshka_dims: list[int] = field(default_factory=list)
     # cross-encoder mnrl: in-batch candidates scored against each query besides its own.
     num_negatives: int = 4
+    # clip: the inverse temperature is learned (from loss.scale, capped at 100), as CLIP does.
+    learn_scale: bool = True
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from train.data.images import NAMES as IMAGE_DATA
 from train.errors import ConfigError
 
 # key -> (test, the valid range in words)
@@ -46,6 +47,7 @@ TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.margin": _NON_NEGATIVE,
     "loss.num_labels": (lambda v: v >= 2, "an integer ≥ 2"),
     "loss.num_negatives": _AT_LEAST_1,
+    "model.projection_dim": (lambda v: v >= 1, "an integer ≥ 1, or null"),
     "data.max_train_samples": _AT_LEAST_0,
     "data.max_eval_samples": _AT_LEAST_0,
 }
@@ -92,10 +94,35 @@ def _problems(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str
     return problems
 
 
+
+
+def _caption_template_problem(template: str) -> str | None:
+    from train.data.images import check_caption_template
+
+    try:
+        check_caption_template(template)
+    except ConfigError as e:
+        return str(e).rstrip(".")
+    return None
+
+
 def _data_problems(cfg: DictConfig) -> list[str]:
     data = cfg.data
+    problems = []
     if not data.score_max > data.score_min:
-        return [f"data.score_min={data.score_min}, data.score_max={data.score_max} (score_max must be greater)"]
+        problems.append(f"data.score_min={data.score_min}, data.score_max={data.score_max} (score_max must be greater)")
+    template = data.get("caption_template")
+    if template is not None and data.name in ("image_folder", "fashion_mnist"):  # the data built from class names
+        problems.append(_caption_template_problem(template))
+    return [p for p in problems if p]
+
+
+def _task_data_problems(cfg: DictConfig) -> list[str]:
+    images, task = cfg.data.name in IMAGE_DATA, cfg.task.name.value
+    if task == "image_text" and not images:
+        return [f"data={cfg.data.name} with task=image_text (images and captions are needed: data={', '.join(IMAGE_DATA)})"]
+    if task != "image_text" and images:
+        return [f"data={cfg.data.name} holds images: it trains task=image_text, not task={task}"]
     return []
 
 
@@ -112,6 +139,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if "task" in cfg:
         from train.losses import loss_spec
 
+        problems += _task_data_problems(cfg)
         try:
             loss_spec(cfg.task.name.value, cfg.loss.name.value)
         except ConfigError as e:

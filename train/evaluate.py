@@ -6,7 +6,10 @@
 
 A checkpoint's kind is read from the files it carries: a bi-encoder gets STS correlations of
 cosine similarities; a cross-encoder gets Spearman of its scores on scored pairs, accuracy on
-NLI labels, or MAP/MRR@10/NDCG@10 on queries with candidates (data=candidates_file).
+NLI labels, or MAP/MRR@10/NDCG@10 on queries with candidates (data=candidates_file); an
+image–text model gets zero-shot accuracy and image↔text Recall@1/5/10 on image data:
+
+    python -m train.evaluate checkpoint=outputs/<run>/final data=fashion_mnist split=test
 Writes eval.json into its own run dir (outputs/eval/...) and prints a table.
 """
 
@@ -19,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from train.builders import build_data, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
+from train.builders import build_data, build_image_text_splits, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.config import register_configs
 from train.config_checks import check_evaluate_config
 from train.data.checks import check_scorable
@@ -34,7 +37,7 @@ SPLIT_NAMES = ("train", "dev", "test")
 def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     from train import checkpoint
     from train.evaluation import evaluate_sts, format_table, sts_evaluator
-    from train.models import load_saved_model, saved_model_kind
+    from train.models import load_saved_model
 
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
@@ -49,24 +52,32 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         from omegaconf import OmegaConf
 
         data_cfg = OmegaConf.merge(data_cfg, {f"{split}_path": data_cfg.path})
-    kind = saved_model_kind(cfg.checkpoint) if cfg.checkpoint and Path(cfg.checkpoint).is_dir() else "bi_encoder"
-    shape = _cross_encoder_shape(data_cfg.name) if kind == "cross_encoder" else "scored_pairs"
-    splits = build_data(data_cfg, (split,), shape, shape)
+    kind = _model_kind(cfg)
+    if kind == "image_text":
+        splits = build_image_text_splits(data_cfg, (split,))
+    else:
+        shape = _cross_encoder_shape(data_cfg.name) if kind == "cross_encoder" else "scored_pairs"
+        splits = build_data(data_cfg, (split,), shape, shape)
     if split not in splits:
         raise DataError(
             f"data={cfg.data.name} has no {split} split here. Try split=dev, or give the file with data.path=<file>."
         )
-    if shape == "scored_pairs":
+    if kind == "bi_encoder":
         check_scorable(splits[split], str(data_cfg.get(f"{split}_path") or f"data={cfg.data.name} ({split} split)"))
 
     if cfg.checkpoint:
         model = load_saved_model(cfg.checkpoint)
         model_name = str(cfg.checkpoint)
     else:
-        model = build_model(cfg.model, cfg.pooling)
+        model = build_model(cfg.model, cfg.pooling, task=kind)
         model_name = cfg.model.name
     log.info("Model:\n%s", model)
-    if kind == "cross_encoder":
+    if kind == "image_text":
+        from train.tasks import image_text
+
+        metrics = image_text.evaluate_split(model, splits[split], cfg.batch_size)
+        table = image_text.format_table({split: metrics})
+    elif kind == "cross_encoder":
         from train.tasks import cross_encoder
 
         metrics = cross_encoder.evaluate_set(model, splits[split], cfg.batch_size)
@@ -80,6 +91,23 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
     print(table)
     log.info("Wrote %s", run_dir / "eval.json")
     return out
+
+
+def _model_kind(cfg: DictConfig) -> str:
+    """What is evaluated: the checkpoint's own kind, or (a model preset) what the data scores."""
+    from train.config_checks import IMAGE_DATA
+    from train.models import saved_model_kind
+
+    if cfg.checkpoint and Path(cfg.checkpoint).is_dir():
+        kind = saved_model_kind(cfg.checkpoint)
+    else:
+        kind = "image_text" if cfg.data.name in IMAGE_DATA else "bi_encoder"
+    if (kind == "image_text") != (cfg.data.name in IMAGE_DATA):
+        what = "an image–text model" if kind == "image_text" else f"a {kind.replace('_', '-')}"
+        raise DataError(f"checkpoint={cfg.checkpoint} is {what}, and data={cfg.data.name} does not fit it: "
+                        + ("give images and captions (data=image_text_file, image_folder, fashion_mnist)." if kind == "image_text"
+                           else "image data scores image–text models only."))
+    return kind
 
 
 def _cross_encoder_shape(data_name: str) -> str:
@@ -101,7 +129,10 @@ def main(cfg: DictConfig) -> float:
     with user_errors():
         out = evaluate_run(cfg)
         metrics = out[cfg.split]
-        return metrics.get("spearman_cosine", metrics.get("spearman", metrics.get("accuracy", metrics.get("ndcg@10"))))
+        for key in ("spearman_cosine", "spearman", "accuracy", "ndcg@10", "zero_shot_accuracy", "image_to_text_recall@1"):
+            if key in metrics:
+                return metrics[key]
+        return None
 
 
 if __name__ == "__main__":

@@ -120,6 +120,21 @@ def _oom_message(settings: TrainerConfig) -> str:
     )
 
 
+class LossWeights:
+    """A loss's own parameters (not its model's) as a checkpointable object."""
+
+    def __init__(self, loss_fn: nn.Module) -> None:
+        self.params = {n: p for n, p in loss_fn.named_parameters() if not n.startswith("model.")}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.params.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state[n])
+
+
 def _all_reduce_grads(params: list[nn.Parameter], accelerator: Accelerator) -> None:
     # For what DDP does not see: a loss's own parameters (the softmax classifier), and the model
     # itself when the loss runs it outside the DDP wrapper (GradCache, Matryoshka).
@@ -247,6 +262,10 @@ def setup(
     own = [*loss_fn.parameters()] if step_fn.runs_model_itself else loss_params
     manual_sync = own if accelerator.num_processes > 1 else []
     scheduler, total_steps, n_epochs = _schedule(accelerator, optimizer, len(loader), settings, deepspeed)
+    if loss_params:
+        # The loss's own weights (the softmax classifier, CLIP's temperature) are in no prepared
+        # model: without this, a resumed run would restart them from their initial values.
+        accelerator.register_for_checkpointing(LossWeights(loss_fn))
     progress = Progress()
     if resume_from is not None:
         accelerator.load_state(str(resume_from / ACCELERATE_STATE))

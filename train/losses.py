@@ -131,7 +131,40 @@ CROSS_ENCODER_LOSSES: dict[str, LossSpec] = {
     ),
 }
 
-LOSSES: dict[str, dict[str, LossSpec]] = {"bi_encoder": BI_ENCODER_LOSSES, "cross_encoder": CROSS_ENCODER_LOSSES}
+
+def _clip(model, scale, learn_scale=True, **_):
+    from train.image_text_loss import ClipLoss
+
+    return ClipLoss(model, scale=scale, learnable=learn_scale)
+
+
+def _cached_clip(model, scale, gather, mini_batch_size, **_):
+    # Image→text and text→image, each direction's softmax over its own candidates: CLIP's loss.
+    return _st().CachedMultipleNegativesRankingLoss(
+        model, scale=scale, mini_batch_size=mini_batch_size, gather_across_devices=gather,
+        directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction",
+    )
+
+
+IMAGE_TEXT_LOSSES: dict[str, LossSpec] = {
+    "clip": LossSpec(
+        Shape.image_captions, _clip,
+        "CLIP: symmetric InfoNCE (image→caption and caption→image over the global batch), temperature learned "
+        "(loss.learn_scale) from loss.scale, repeated captions masked out of the negatives.",
+        from_embeddings=True, defaults={"scale": 1 / 0.07},
+    ),
+    "cached_clip": LossSpec(
+        Shape.image_captions, _cached_clip,
+        "CLIP's loss through sentence-transformers' GradCache (CachedMultipleNegativesRankingLoss, both directions): "
+        "memory flat in the batch size (loss.mini_batch_size rows a forward pass); fixed loss.scale; a caption "
+        "repeats in no batch (the library cannot mask repeats).",
+        defaults={"scale": 1 / 0.07},
+    ),
+}
+
+LOSSES: dict[str, dict[str, LossSpec]] = {
+    "bi_encoder": BI_ENCODER_LOSSES, "cross_encoder": CROSS_ENCODER_LOSSES, "image_text": IMAGE_TEXT_LOSSES,
+}
 
 
 def loss_names() -> list[str]:
@@ -162,13 +195,14 @@ def build_loss(
     matryoshka_dims: list[int] | None = None,
     num_negatives: int = 4,
     task: str = "bi_encoder",
+    learn_scale: bool = True,
 ) -> tuple[nn.Module, LossSpec]:
     """The loss module, and its spec (data shape; whether the loop may embed for it)."""
     spec = loss_spec(task, name)
     options = dict(
         scale=spec.defaults.get("scale", 20.0) if scale is None else scale,
         gather=gather_across_devices, mini_batch_size=mini_batch_size, margin=margin,
-        num_labels=num_labels, num_negatives=num_negatives,
+        num_labels=num_labels, num_negatives=num_negatives, learn_scale=learn_scale,
     )
     loss = spec.build(model=model, **options)
     if matryoshka_dims:

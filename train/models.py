@@ -175,13 +175,30 @@ def build_cross_encoder(
     return CrossEncoder(modules=[backbone])
 
 
-def saved_model_kind(path: str | Path) -> str:
-    """`cross_encoder` or `bi_encoder`, from the sentence-transformers config a saved model carries."""
+def _has_image_encoder(path: Path) -> bool:
+    """Whether a saved sentence-transformers model embeds images: a module configured for the image
+    modality (CLIP, or a Router's image route), or the library's older CLIPModel module."""
     import json
 
-    config = Path(path) / "config_sentence_transformers.json"
+    modules = path / "modules.json"
+    if modules.is_file() and "CLIPModel" in modules.read_text():
+        return True
+    for config in [path / "sentence_bert_config.json", *path.glob("*/sentence_bert_config.json")]:
+        if config.is_file() and "image" in (json.loads(config.read_text()).get("modality_config") or {}):
+            return True
+    return False
+
+
+def saved_model_kind(path: str | Path) -> str:
+    """`cross_encoder`, `image_text` or `bi_encoder`, from the sentence-transformers configs a saved model carries."""
+    import json
+
+    path = Path(path)
+    config = path / "config_sentence_transformers.json"
     model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    return "cross_encoder" if model_type == "CrossEncoder" else "bi_encoder"
+    if model_type == "CrossEncoder":
+        return "cross_encoder"
+    return "image_text" if _has_image_encoder(path) else "bi_encoder"
 
 
 def load_saved_model(path: str | Path):

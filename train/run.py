@@ -17,50 +17,14 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from train import checkpoint
-from train.builders import build_data, build_loss_from, build_model, build_sts_eval_data, model_outputs, run_dir_from_hydra, setup_logging
+from train.builders import build_loss_from, build_model, model_outputs, run_dir_from_hydra, setup_logging
 from train.checkpoint import check_run_dir, resolve_resume
 from train.config import LossConfig, TrainerConfig, to_plain
 from train.config_checks import check_train_config
-from train.data.checks import check_scorable, report_overlap
-from train.errors import DataError
 from train.loop import train
-from train.tasks import Task, get_task
+from train.tasks import get_task
 
 log = logging.getLogger("train")
-
-
-def _eval_set_name(data: DictConfig, split: str) -> str:
-    path = data.get(f"{split}_path")
-    return str(path) if path and not data.sts_dev else f"data={data.sts_dev or data.name} ({split} split)"
-
-
-def load_stage_data(data: DictConfig, shape: str, task: Task) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The run's splits and the sets that score it (dev, test, retrieval_dev), checked."""
-    splits = build_data(data, ("train", "dev", "test"), shape, task.eval_shape(shape))
-    if "train" not in splits:
-        raise DataError(f"data={data.name}: no train split to train on (set data.train_path).")
-    if task.name == "bi_encoder":
-        sets: dict[str, Any] = build_sts_eval_data(data, splits)
-        dev = splits.get("dev")
-        if dev is not None and "anchor" in dev.column_names:
-            sets["retrieval_dev"] = dev
-    else:
-        sets = {s: ds for s, ds in splits.items() if s != "train"}
-    for split, ds in sets.items():
-        if split != "retrieval_dev" and "score" in ds.column_names:
-            check_scorable(ds, _eval_set_name(data, split))
-    log.info(
-        "Data %s (%s): %s%s",
-        data.name,
-        shape.replace("_", " "),
-        ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
-        f"; STS eval on {data.sts_dev}" if data.sts_dev else "",
-    )
-    named = [(s, ds) for s, ds in splits.items() if s != "train"]
-    if data.sts_dev:
-        named += [(f"{data.sts_dev} {s}", ds) for s, ds in sets.items() if s in ("dev", "test")]
-    report_overlap(splits["train"], named)
-    return splits, sets
 
 
 def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -77,12 +41,13 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     set_seed(settings.seed)
     model = build_model(cfg.model, cfg.pooling, task.name, model_outputs(loss_cfg, task.name))
     loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name)
-    splits, sets = load_stage_data(cfg.data, spec.shape, task)
+    splits, sets = task.load_data(cfg.data, spec.shape)
     log.info("Model:\n%s", model)
     rows, collate, sampler = task.training_inputs(splits["train"], model, spec, settings, state.num_processes)
 
     dims = list(loss_cfg.matryoshka_dims)
     evaluate, main_metric = task.evaluator(sets, settings.eval_batch_size, dims)
+    before = task.baseline_figures(model, sets, settings.eval_batch_size) if task.baseline_figures else {}
     result = train(
         model=model,
         loss_fn=loss,
@@ -96,7 +61,7 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         resume_from=resume_from,
         main_metric=main_metric,
     )
-    report = task.final_figures(model, result.progress, evaluate, sets, settings.eval_batch_size, dims)
+    report = {**before, **task.final_figures(model, result.progress, evaluate, sets, settings.eval_batch_size, dims)}
     out = {
         **report,
         "task": task.name,

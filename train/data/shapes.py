@@ -28,6 +28,7 @@ class Shape(str, Enum):
     triplets = "triplets"  # anchor, positive[, negative] (NLI, pairs files)
     texts = "texts"  # anchor == positive: the same sentence twice (unsupervised SimCSE)
     query_candidates = "query_candidates"  # query, candidates (list), labels (list, one score each)
+    image_captions = "image_captions"  # image (a reference, train/data/images.py), text (its caption)[, label]
 
     def __str__(self) -> str:
         return self.value

@@ -26,9 +26,13 @@ class Task:
     # (model, progress, evaluate, eval sets, batch size, dims) -> the report in eval.json
     final_figures: Callable[..., dict[str, Any]]
     print_report: Callable[[dict[str, Any]], None]
+    # (data config, loss shape) -> (splits, the sets that score the model: dev, test, ...)
+    load_data: Callable[[Any, str], tuple[dict[str, Any], dict[str, Any]]]
+    # (model, eval sets, batch size) -> figures of the model before training, or None
+    baseline_figures: Callable[..., dict[str, Any]] | None = None
 
 
 def get_task(name: str) -> Task:
-    from train.tasks import bi_encoder, cross_encoder
+    from train.tasks import bi_encoder, cross_encoder, image_text
 
-    return {"bi_encoder": bi_encoder.TASK, "cross_encoder": cross_encoder.TASK}[name]
+    return {"bi_encoder": bi_encoder.TASK, "cross_encoder": cross_encoder.TASK, "image_text": image_text.TASK}[name]

@@ -27,6 +27,7 @@ from train.data.batching import (
 )
 from train.data.checks import check_batch_fits
 from train.evaluation import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrieval, evaluate_sts_dims, format_table, retrieval_evaluator
+from train.builders import load_text_task_data
 from train.losses import LossSpec
 from train.models import build_sentence_transformer
 from train.tasks import Task
@@ -146,4 +147,5 @@ TASK = Task(
     evaluator=evaluator,
     final_figures=final_figures,
     print_report=print_report,
+    load_data=lambda data, shape: load_text_task_data(data, shape, "bi_encoder", TASK.eval_shape(shape)),
 )

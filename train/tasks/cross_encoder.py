@@ -22,6 +22,7 @@ from train.config import TrainerConfig
 from train.data.batching import BucketBatchSampler, NoDuplicatesBatchSampler, pad
 from train.data.checks import check_batch_fits
 from train.data.shapes import Shape
+from train.builders import load_text_task_data
 from train.losses import LossSpec
 from train.models import build_cross_encoder
 from train.tasks import Task
@@ -246,4 +247,5 @@ TASK = Task(
     evaluator=evaluator,
     final_figures=final_figures,
     print_report=print_report,
+    load_data=lambda data, shape: load_text_task_data(data, shape, "cross_encoder", TASK.eval_shape(shape)),
 )
