@@ -17,6 +17,7 @@ setup and the training loop (ours also writes its final/ model dir); no evaluati
     python -m train.bench --model minilm --data korsts --repeats 2
     python -m train.bench --encode --data stsb                      # embedding speed only
     python -m train.bench --precision no                            # fp32 on both sides
+    python -m train.bench --task image_text --max-train-samples 10000   # CLIP-style, Fashion-MNIST (train/bench_image_text.py)
 """
 
 from __future__ import annotations
@@ -248,7 +249,12 @@ def run_encode(args: argparse.Namespace, which: str) -> dict[str, Any]:
 
 def _child(kind: str, args: argparse.Namespace, queue) -> None:
     try:
-        if kind == "ours":
+        if args.task == "image_text":
+            from train import bench_image_text as side
+
+            st_args = argparse.Namespace(**{**vars(args), "st_precision": _precision(args.precision, args.device)})
+            queue.put(side.run_ours(args) if kind == "ours" else side.run_st_trainer(st_args if kind == "st_trainer_same" else args))
+        elif kind == "ours":
             queue.put(run_ours(args))
         elif kind == "st_trainer":
             queue.put(run_st_trainer(args))
@@ -280,7 +286,10 @@ def summarize(runs: list[dict[str, Any]], unit: str) -> dict[str, float]:
         out["real_tokens_per_s"] = sum(r["real_tokens"] for r in runs) / total
         out["padded_tokens_per_s"] = sum(r["padded_tokens"] for r in runs) / total
         out["padding_ratio"] = sum(r["padded_tokens"] for r in runs) / sum(r["real_tokens"] for r in runs)
-        out["dev_spearman_mean"] = sum(r["dev_spearman"] for r in runs) / len(runs)
+    for dev in ("dev_spearman", "dev_zero_shot"):
+        if dev in runs[0]:
+            out[f"{dev}_mean"] = sum(r[dev] for r in runs) / len(runs)
+    if "model_tflops_per_s" in runs[0]:
         out["model_tflops_per_s"] = sum(r["model_tflops_per_s"] * r["seconds"] for r in runs) / total
         if "mfu" in runs[0]:
             out["mfu"] = sum(r["mfu"] * r["seconds"] for r in runs) / total
@@ -295,8 +304,9 @@ def ratios_against(summary: dict[str, dict], ours: str, theirs: str, unit: str) 
         f"{unit}_per_s": summary[ours][f"{unit}_per_s"] / summary[theirs][f"{unit}_per_s"],
         "peak_rss": summary[ours]["peak_rss_mb_max"] / summary[theirs]["peak_rss_mb_max"],
     }
-    if "dev_spearman_mean" in summary[ours]:
-        out["dev_spearman_diff"] = summary[ours]["dev_spearman_mean"] - summary[theirs]["dev_spearman_mean"]
+    for dev in ("dev_spearman", "dev_zero_shot"):
+        if f"{dev}_mean" in summary[ours]:
+            out[f"{dev}_diff"] = summary[ours][f"{dev}_mean"] - summary[theirs][f"{dev}_mean"]
     return out
 
 
@@ -310,22 +320,27 @@ def print_summary(runs: dict[str, list], summary: dict[str, dict], ratios: dict[
         print(f"{label[kind]:<{width}}" + "".join(f"{v:>20.4f}" for v in summary[kind].values()))
     for theirs, r in ratios.items():
         print(f"ratios (ours / {label[theirs]}): " + ", ".join(f"{k}={v:.3f}" for k, v in r.items()))
-    if unit == "pairs":
+    if unit in ("pairs", "images"):
         ours = summary[kinds[0]]
         parts = [f"{r[f'{unit}_per_s']:.2f}x SentenceTransformerTrainer at {'its default' if t == 'st_trainer' else 'equal'} precision "
                  f"({runs[t][0]['precision']})" for t, r in ratios.items()]
-        print(f"headline: ours ({runs[kinds[0]][0]['precision']}) {ours['pairs_per_s']:.1f} pairs/s = " + ", ".join(parts))
+        print(f"headline: ours ({runs[kinds[0]][0]['precision']}) {ours[f'{unit}_per_s']:.1f} {unit}/s = " + ", ".join(parts))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="bi_encoder", choices=["bi_encoder", "cross_encoder"],
-                   help="bi_encoder: CoSENT against SentenceTransformerTrainer; cross_encoder: BCE (gold/5) against CrossEncoderTrainer")
+    p.add_argument("--task", default="bi_encoder", choices=["bi_encoder", "cross_encoder", "image_text"],
+                   help="bi_encoder: CoSENT against SentenceTransformerTrainer; cross_encoder: BCE (gold/5) against "
+                        "CrossEncoderTrainer; image_text: CLIP's loss on Fashion-MNIST against SentenceTransformerTrainer")
+    p.add_argument("--vit", default="small", choices=["small", "b32"],
+                   help="image_text: the scratch image tower, model=minilm_vit's (28 px) or ViT-B/32-sized (224 px)")
+    p.add_argument("--workers", type=int, default=2, help="image_text: DataLoader worker processes on both sides")
+    p.add_argument("--max-eval-samples", type=int, default=1000, help="image_text: dev images scored")
     p.add_argument("--model", default="minilm", help="minilm, a Hub id or a local path")
     p.add_argument("--data", default="stsb", help="a preset: stsb or korsts")
     p.add_argument("--data-dir", default=os.environ.get("EMBED_DATA_DIR", "data"))
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--lr", type=float, default=None, help="default 2e-5; image_text 1e-3 (its image tower starts from scratch)")
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--max-steps", type=int, default=0, help="0 = one epoch")
     p.add_argument("--max-train-samples", type=int, default=0)
@@ -346,12 +361,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--encode", action="store_true", help="benchmark embedding a split instead of training")
     p.add_argument("--out", default="bench_results/bench.json")
     args = p.parse_args(argv)
+    if args.lr is None:
+        args.lr = 1e-3 if args.task == "image_text" else 2e-5
 
     kinds = ("encode_ours", "encode_st") if args.encode else ("ours", "st_trainer")
     ours_precision = _precision(args.precision, args.device)
     if not args.encode and not args.no_equal_precision and ours_precision != _precision(args.st_precision, args.device):
         kinds = (*kinds, "st_trainer_same")
-    unit = "sentences" if args.encode else "pairs"
+    unit = "sentences" if args.encode else "images" if args.task == "image_text" else "pairs"
     runs: dict[str, list] = {k: [] for k in kinds}
     for repeat in range(args.repeats):
         order = kinds if repeat % 2 == 0 else kinds[::-1]  # alternate A/B against drift

@@ -76,6 +76,22 @@ class Collate:
         }
 
 
+def frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """The outermost modules whose every parameter is frozen (model.freeze_text/freeze_image)."""
+    found: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            found.append(module)
+        else:
+            for child in module.children():
+                visit(child)
+
+    visit(model)
+    return found
+
+
 def _embed(model: nn.Module, features: dict[str, Any]) -> torch.Tensor:
     return model(dict(features))["sentence_embedding"]
 
@@ -87,8 +103,15 @@ class ClipStep:
 
     def __init__(self, cached: bool) -> None:
         self.cached = cached
+        self.frozen: list[nn.Module] | None = None
 
     def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+        # A frozen tower runs as at inference, without dropout (LiT's locked tower gives fixed
+        # embeddings); the loop puts the whole model in train mode.
+        if self.frozen is None:
+            self.frozen = frozen_modules(loss_fn.model)
+        for module in self.frozen:
+            module.eval()
         if self.cached:
             # sentence-transformers' GradCache loss embeds in mini-batches itself, a row a caption.
             texts = {k: v[batch["caption_rows"]] if torch.is_tensor(v) else v for k, v in batch["texts"].items()}
