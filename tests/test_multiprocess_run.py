@@ -9,11 +9,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from accelerate.commands.config.config_args import load_config_from_file
 
 from train.evaluate import evaluate_run
 from train.run import run as run_in_process
-from tests.conftest import FIXTURES, ROOT, compose_config
+from tests.conftest import FIXTURES, ROOT, compose_config, tiny_image_text_overrides
 from tests.test_train_run import assert_same_updates, weight_updates
 
 
@@ -98,6 +100,43 @@ def test_two_processes_cross_encoder_one_run_dir_and_the_figures_of_its_final_mo
     )
     for key in ("map", "mrr@10", "ndcg@10"):
         assert again["dev"][key] == pytest.approx(report["dev"][key], abs=1e-6)
+
+
+def image_text_weights(model_dir) -> dict[str, torch.Tensor]:
+    """Every weight of a saved image–text model (one file a module: towers, projection), by file and name."""
+    return {f"{f.parent.name}/{k}": v for f in sorted(model_dir.rglob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def test_two_processes_image_text_gathers_the_global_batch(tiny_model_no_dropout_dir, tmp_path):
+    # CLIP's loss gathers both embeddings across processes with their gradients: 2 processes x 3
+    # images score each image against the same 6 captions as 1 process x 6 (the sampler cuts the
+    # global batch into consecutive halves, one a rank), so both runs move the weights alike.
+    # The 6 fixture images make one global batch an epoch either way.
+    from accelerate.utils import set_seed
+
+    from train.builders import build_model
+
+    common = tiny_image_text_overrides(
+        tiny_model_no_dropout_dir, "data.max_train_samples=0", "trainer.max_steps=4", "trainer.mixed_precision=no", "trainer.lr=1e-3",
+        "trainer.eval_every=2", "trainer.save_every=2",
+    )
+    done = launch([*common, "trainer.batch_size=3", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert done.returncode == 0, done.stderr[-4000:]
+    one = run_in_process(compose_config([*common, "trainer.batch_size=6"]), run_dir=tmp_path / "one")
+    run = tmp_path / "run"
+    report = json.loads((run / "eval.json").read_text())
+    assert report["num_processes"] == 2 and one["num_processes"] == 1 and report["steps"] == one["steps"] == 4
+    # Where both runs started: the run's model, built under its seed (the scratch ViT is random).
+    cfg = compose_config(common)
+    set_seed(cfg.trainer.seed)
+    build_model(cfg.model, cfg.pooling, "image_text").save(str(tmp_path / "start"))
+    start = image_text_weights(tmp_path / "start")
+    two_w, one_w = image_text_weights(run / "final"), image_text_weights(tmp_path / "one" / "final")
+    assert start.keys() == two_w.keys() == one_w.keys() and any(k.startswith("image_2_Dense/") for k in start)
+    assert_same_updates({k: two_w[k] - start[k] for k in start}, {k: one_w[k] - start[k] for k in start}, rtol=1e-3)
+    for key in ("zero_shot_accuracy", "image_to_text_recall@1", "text_to_image_recall@1"):
+        assert report["dev"][key] == pytest.approx(one["dev"][key], abs=1e-6)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
 def test_two_processes_refuse_a_global_batch_larger_than_the_data(tiny_model_dir, tmp_path):

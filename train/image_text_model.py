@@ -51,7 +51,12 @@ def scratch_vit_dir(config: dict[str, Any], into: Path) -> Path:
     if unknown:
         raise ConfigError(f"model.image_config: unknown ViT settings {sorted(unknown)}")
     vit_config = ViTConfig(**settings)
-    ViTModel(vit_config).save_pretrained(into)
+    # Not ViTModel.save_pretrained: under torch.distributed transformers writes the weights on rank 0
+    # only, and every process builds its own tower (alike, from the seed) into its own folder.
+    from safetensors.torch import save_file
+
+    vit_config.save_pretrained(into)
+    save_file(ViTModel(vit_config).state_dict(), str(into / "model.safetensors"), metadata={"format": "pt"})
     size = vit_config.image_size
     ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(into)
     return into
