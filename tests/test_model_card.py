@@ -15,8 +15,13 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF, FIXTURES, compose_config, tiny_image_text_overrides, tiny_overrides
 from train import checkpoint
-from train.model_card import DataFacts, RunFacts, number, render_card
+from train.model_card import DataFacts, RunFacts, render_card
 from train.run import run
+
+
+def number(value: float) -> str:
+    """How the card writes a figure: four decimals."""
+    return f"{value:.4f}"
 
 
 def card_parts(model_dir: Path) -> tuple[dict, str]:
