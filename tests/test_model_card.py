@@ -151,6 +151,7 @@ def test_image_text_card_encodes_an_image_and_texts(tmp_path, tiny_model_dir):
         label = {"dev_before": "dev (before training)"}.get(split, split)
         assert f" {number(result[split]['zero_shot_accuracy'])} " in table_row(body, label)
     assert "**image_tower:** `scratch`" in body and "**Pooling:** `mean`" in body
+    assert {r["dataset"]["split"] for r in meta["model-index"][0]["results"]} == {"dev", "test"}  # not the baseline
 
 
 def test_multi_stage_final_card_names_every_stage(tmp_path, tiny_model_dir):

@@ -158,6 +158,7 @@ def front_matter(facts: RunFacts, figures: dict[str, dict[str, Any]], model_name
             metric_value=value,
         )
         for split, metrics in figures.items()
+        if not split.endswith("_before")  # the base model's figures, not this model's
         for metric, value in metrics.items()
         if not metric.startswith("n_") and isinstance(value, (int, float))
     ]
@@ -263,7 +264,8 @@ def render_card(facts: RunFacts, figures: dict[str, dict[str, Any]], kind: str, 
     from sentence_transformers.base.model_card import get_versions
 
     task_text = TASKS[facts.task][0]
-    title = f"{Path(path).name}: a {task_text} fine-tuned from {facts.base_model}"
+    article = "an" if task_text[0] in "aeiou" else "a"
+    title = f"{Path(path).name}: {article} {task_text} fine-tuned from {facts.base_model}"
     details = {
         "Task": f"{task_text} (`task={facts.task}`)",
         "Base model": f"`{facts.base_model}`",
