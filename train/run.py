@@ -100,7 +100,7 @@ def safely(write_card: Callable[..., None], *args: Any) -> None:
     """A model card that cannot be written is a warning: the model and eval.json are already saved."""
     try:
         write_card(*args)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         log.warning("Model card not written (%s: %s); the model and eval.json are unaffected", type(e).__name__, e)
 
 
