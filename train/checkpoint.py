@@ -84,6 +84,22 @@ def write_json_atomic(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
+def add_file(model_dir: Path, name: str, text: str) -> None:
+    """Writes (or replaces) one small file in a committed dir (final/'s README.md) without copying
+    the dir: the file is replaced in one rename, then the manifest is rewritten the same way to list
+    it. A crash in between leaves a complete dir whose manifest just does not list the new file."""
+    model_dir = Path(model_dir)
+    target = model_dir / name
+    tmp = target.parent / f".{target.name}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    manifest_path = model_dir / MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"] = sorted({*manifest.get("files", []), name})
+        write_json_atomic(manifest_path, manifest)
+
+
 def is_complete(path: Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,12 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from train import checkpoint
-from train.builders import build_loss_from, build_model, model_outputs, run_dir_from_hydra, setup_logging
+from train.builders import build_loss_from, build_model, card_facts, model_outputs, run_dir_from_hydra, setup_logging
 from train.checkpoint import check_run_dir, resolve_resume
 from train.config import LossConfig, TrainerConfig, to_plain
 from train.config_checks import check_train_config
 from train.loop import train
+from train.model_card import RunFacts, write_cards, write_stages_card
 from train.tasks import get_task
 
 log = logging.getLogger("train")
@@ -29,6 +31,11 @@ log = logging.getLogger("train")
 
 def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One training run (one stage) into run_dir; returns eval.json's content."""
+    return _train_stage(cfg, run_dir)[0]
+
+
+def _train_stage(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], RunFacts]:
+    """train_stage, plus the facts its model cards tell (a multi-stage run's final card reuses them)."""
     settings: TrainerConfig = to_plain(cfg.trainer)
     loss_cfg: LossConfig = to_plain(cfg.loss)
     task = get_task(cfg.task.name.value)
@@ -39,7 +46,8 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # Seeded before the model is built: a fresh head (the cross-encoder's classifier) must start
     # alike in every run with this seed, or a resumed run could not match an uninterrupted one.
     set_seed(settings.seed)
-    model = build_model(cfg.model, cfg.pooling, task.name, model_outputs(loss_cfg, task.name))
+    num_labels = model_outputs(loss_cfg, task.name)
+    model = build_model(cfg.model, cfg.pooling, task.name, num_labels)
     loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name)
     splits, sets = task.load_data(cfg.data, spec.shape)
     log.info("Model:\n%s", model)
@@ -78,12 +86,22 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "mixed_precision": result.mixed_precision,
         "num_processes": state.num_processes,
     }
+    facts = card_facts(cfg, splits, sets, loss, num_labels, out)
     if state.is_main_process:
         checkpoint.write_json_atomic(run_dir / "eval.json", out)
+        safely(write_cards, run_dir, facts, out, result.progress.history)
         task.print_report(report)
     state.wait_for_everyone()
     log.info("Run dir: %s", run_dir)
-    return out
+    return out, facts
+
+
+def safely(write_card: Callable[..., None], *args: Any) -> None:
+    """A model card that cannot be written is a warning: the model and eval.json are already saved."""
+    try:
+        write_card(*args)
+    except Exception as e:
+        log.warning("Model card not written (%s: %s); the model and eval.json are unaffected", type(e).__name__, e)
 
 
 def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
@@ -115,6 +133,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     check_run_dir(run_dir, bool(cfg.trainer.resume), cfg.trainer.overwrite)
     previous: Path | None = None
     results: dict[str, Any] = {}
+    facts: RunFacts | None = None
     for name, stage_cfg in stages:
         stage_cfg = stage_cfg.copy()
         if previous is not None:
@@ -122,17 +141,19 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         stage_dir = run_dir / name
         if (stage_dir / "eval.json").exists() and cfg.trainer.resume:
             log.info("%s: already finished, skipping", name)
-            results[name] = json.loads((stage_dir / "eval.json").read_text())
+            results[name], facts = json.loads((stage_dir / "eval.json").read_text()), None
         else:
             if not (stage_dir / "checkpoints").is_dir():
                 OmegaConf.update(stage_cfg, "trainer.resume", None, merge=False)  # a stage not started yet
             log.info("=== %s ===", name)
-            results[name] = train_stage(stage_cfg, stage_dir)
+            results[name], facts = _train_stage(stage_cfg, stage_dir)
         previous = stage_dir / "final"
     out = {**results[stages[-1][0]], "stages": results}
     if PartialState().is_main_process:
         checkpoint.write_json_atomic(run_dir / "eval.json", out)
         shutil.copytree(previous, run_dir / "final", dirs_exist_ok=True)
+        if facts is not None:  # else (the last stage had finished before a resume) final/ keeps that stage's card
+            safely(write_stages_card, run_dir / "final", facts, stages[0][1].model.name, results, out)
     PartialState().wait_for_everyone()
     return out
 
