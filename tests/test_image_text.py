@@ -239,3 +239,29 @@ def test_one_clip_model_embeds_images_and_texts_and_freezes_a_tower(tiny_clip_di
     assert text and vision and len(text) + len(vision) + 1 == len(named)  # and CLIP's logit_scale
     assert not any(named[n].requires_grad for n in text)
     assert all(named[n].requires_grad for n in vision)
+
+
+def test_cached_clip_is_clips_loss_through_gradcache(tiny_model_dir):
+    """loss=cached_clip (the library's GradCache loss, both directions) gives loss=clip's value at a
+    fixed temperature on a batch without repeated captions, in mini-batches smaller than the batch."""
+    from contextlib import nullcontext
+
+    from train.data.images import load_image_text_splits
+    from train.image_text_model import image_processor_of, text_encoder_of
+    from train.losses import build_loss
+    from train.tasks.image_text import ClipStep, Collate, build_model
+
+    torch.manual_seed(0)
+    model = build_model(str(tiny_model_dir), 32, "mean", False, None, None, image_tower="scratch",
+                        image_config={"image_size": 8, "patch_size": 4, "hidden_size": 16, "num_hidden_layers": 1,
+                                      "num_attention_heads": 2, "intermediate_size": 32}).eval()
+    csv = FIXTURES / "images" / "captions.csv"
+    rows = load_image_text_splits("image_text_file", ("train",), Path("."), {"train": str(csv)}, None, "image", "text",
+                                  "{label}", None, "error")["train"].to_list()
+    batch = Collate(image_processor_of(model), text_encoder_of(model).tokenizer, 32, {r["text"]: i for i, r in enumerate(rows)})(rows)
+    clip, _ = build_loss("clip", model, task="image_text", learn_scale=False)
+    cached, spec = build_loss("cached_clip", model, task="image_text", mini_batch_size=2)
+    assert not spec.from_embeddings
+    plain = ClipStep(cached=False).loss(model, clip, batch, nullcontext)
+    through_cache = ClipStep(cached=True).loss(model, cached, batch, nullcontext)
+    assert len(rows) > 2 and float(through_cache) == pytest.approx(float(plain), rel=1e-5)
