@@ -127,6 +127,16 @@ def test_image_text_and_retrieve_runs_show_their_own_figures(tmp_path):
     text = (retrieve_run / "report.md").read_text()
     assert "| bi-encoder | 0.5000 | 0.5625 | 0.3750 | 0.7500 | 3.5 | 0 |" in text and "8 queries, corpus 9 documents" in text
 
+    # A `python -m train.retrieve -m` sweep: ranked by the last system's NDCG@10.
+    sweep = tmp_path / "retrieve-sweep"
+    for job, ndcg in (("0", 0.25), ("1", 0.5)):
+        shutil.copytree(retrieve_run, sweep / job)
+        result = json.loads((sweep / job / "retrieve.json").read_text())
+        result["systems"][-1]["ndcg@10"] = ndcg
+        (sweep / job / "retrieve.json").write_text(json.dumps(result))
+    report(sweep)
+    assert [(r["run"], r["dev ndcg@10"]) for r in leaderboard(sweep)] == [("1", "0.5"), ("0", "0.25")]
+
 
 def test_a_dir_that_is_neither_run_nor_sweep_is_one_clear_error(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a run")

@@ -316,7 +316,7 @@ class SweepRun:
 
 def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
     """The run dirs of a sweep: its subdirs with a Hydra config or an eval.json, in job order."""
-    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "eval.json").exists())]
+    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and any((p / f).exists() for f in (".hydra", "eval.json", "retrieve.json"))]
     return sorted(dirs, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
@@ -379,10 +379,20 @@ def plot_dev_curves(runs: list[SweepRun], keys: list[str], path: Path) -> Path |
     return plot_curves(curves, f"dev {' / '.join(metrics)} by run", f"dev {' / '.join(metrics)}", path)
 
 
+def sweep_result(run_dir: Path) -> dict[str, Any] | None:
+    """eval.json; for a `python -m train.retrieve -m` job, its last system's NDCG@10 (what that
+    command returns to a sweeper) as the main figure."""
+    result = read_json(run_dir / "eval.json")
+    retrieve = read_json(run_dir / "retrieve.json") if result is None else None
+    if retrieve and retrieve.get("systems"):
+        return {"main_metric": "ndcg@10", "dev": {"ndcg@10": retrieve["systems"][-1]["ndcg@10"]}}
+    return result
+
+
 def write_leaderboard(sweep_dir: Path) -> list[Path]:
     """leaderboard.md, leaderboard.csv and dev_curves.png in the sweep dir; returns the files written."""
     runs = [
-        SweepRun(d.name, d, read_json(d / "eval.json"), read_overrides(d), read_metrics(d / "metrics.jsonl"))
+        SweepRun(d.name, d, sweep_result(d), read_overrides(d), read_metrics(d / "metrics.jsonl"))
         for d in sweep_run_dirs(sweep_dir)
     ]
     keys = differing([r.overrides for r in runs])
