@@ -30,12 +30,12 @@ def optuna_with_our_defaults(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from train.report import main_dev_figure
+    from train.report import main_figure
     from train.run import run  # after Hydra has parsed the command line: `--help` stays fast
 
     with user_errors():
         result = run(cfg)
-    return main_dev_figure(result)
+    return main_figure(result)
 
 
 if __name__ == "__main__":

@@ -85,13 +85,13 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     return out
 
 
-def data_sizes(run_dir: Path) -> str | None:
-    """The split sizes the run logged ("Data korsts (scored pairs): train 5749, dev 1500, ...")."""
-    for log in sorted(run_dir.glob("*.log")):
-        found = re.findall(r"\] - (Data .*)$", log.read_text(errors="replace"), flags=re.MULTILINE)
-        if found:
-            return found[-1]
-    return None
+def data_sizes(run_dir: Path) -> list[str]:
+    """The split sizes the run logged ("Data korsts (scored pairs): train 5749, dev 1500, ..."),
+    once each (a resumed run logs them again; a multi-stage run once a stage)."""
+    found = []
+    for log in sorted(run_dir.glob("*.log")) + sorted(run_dir.glob("stage-*/*.log")):
+        found += re.findall(r"\] - (Data .*)$", log.read_text(errors="replace"), flags=re.MULTILINE)
+    return list(dict.fromkeys(found))
 
 
 def last_error(run_dir: Path) -> str | None:
@@ -103,9 +103,9 @@ def last_error(run_dir: Path) -> str | None:
     return None
 
 
-def main_dev_figure(result: dict[str, Any] | None, split: str = "dev") -> float | None:
-    """The run's main metric (eval.json main_metric) on `split`: what a sweeper maximises and
-    what a leaderboard sorts by. A retrieval metric (retrieval_ndcg@10) is in retrieval_<split>."""
+def main_figure(result: dict[str, Any] | None, split: str = "dev") -> float | None:
+    """The run's main metric (eval.json main_metric) on `split`; on dev, what a sweeper maximises
+    and what a leaderboard sorts by. A retrieval metric (retrieval_ndcg@10) is in retrieval_<split>."""
     if not result or not result.get("main_metric"):
         return None
     metric = result["main_metric"]
@@ -266,9 +266,9 @@ def write_run_report(run_dir: Path) -> list[Path]:
     if result is None and retrieve is None:
         lines += ["**Unfinished or failed**: no eval.json." + (f" Last error: {last_error(run_dir)}" if last_error(run_dir) else ""), ""]
     lines += ["## Config", "", *config_lines(run_dir, result or {}), ""]
-    sizes = [f"{name + ': ' if name else ''}{s}" for name, d in stage_dirs(run_dir, result) if (s := data_sizes(d))]
-    if sizes or data_sizes(run_dir):
-        lines += ["## Data", "", *[f"- {s}" for s in sizes or [data_sizes(run_dir)]], ""]
+    sizes = data_sizes(run_dir)
+    if sizes:
+        lines += ["## Data", "", *[f"- {s}" for s in sizes], ""]
     if retrieve is not None:
         lines += ["## Retrieval", "", *retrieve_lines(retrieve), ""]
     if result is not None:
@@ -307,11 +307,11 @@ class SweepRun:
 
     @property
     def dev(self) -> float | None:
-        return main_dev_figure(self.result, "dev")
+        return main_figure(self.result, "dev")
 
     @property
     def test(self) -> float | None:
-        return main_dev_figure(self.result, "test")
+        return main_figure(self.result, "test")
 
 
 def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
@@ -338,7 +338,7 @@ def ranked(runs: list[SweepRun]) -> list[SweepRun]:
 def leaderboard_rows(runs: list[SweepRun], keys: list[str]) -> tuple[list[str], list[list[Any]]]:
     metrics = sorted({r.metric for r in runs if r.metric})
     metric = metrics[0] if len(metrics) == 1 else "main metric"
-    with_before = any(main_dev_figure(r.result, "dev_before") is not None for r in runs)
+    with_before = any(main_figure(r.result, "dev_before") is not None for r in runs)
     header = ["rank", "run", "status", f"dev {metric}", f"test {metric}"]
     header += [f"dev_before {metric}"] if with_before else []
     header += [*keys, "steps", "train_seconds"] + (["metric"] if len(metrics) > 1 else [])
@@ -347,7 +347,7 @@ def leaderboard_rows(runs: list[SweepRun], keys: list[str]) -> tuple[list[str], 
         status = "ok" if r.finished else "failed"
         reason = last_error(r.dir) if not r.finished else None
         row = [rank if r.dev is not None else "", r.name, status + (f": {reason}" if reason else ""), r.dev, r.test]
-        row += [main_dev_figure(r.result, "dev_before")] if with_before else []
+        row += [main_figure(r.result, "dev_before")] if with_before else []
         row += [r.overrides.get(k, "") for k in keys]
         row += [(r.result or {}).get("steps", r.rows[-1]["step"] if r.rows else None), (r.result or {}).get("train_seconds")]
         row += [r.metric] if len(metrics) > 1 else []
