@@ -360,7 +360,7 @@ def optuna_lines(sweep_dir: Path) -> list[str]:
     if not best:
         return []
     if "best_value" in best:
-        params = " ".join(f"`{k}={v}`" for k, v in (best.get("best_params") or {}).items())
+        params = " ".join(f"`{k}={fmt(v)}`" for k, v in (best.get("best_params") or {}).items())
         return [f"Optuna ({sweep_dir.name}/optimization_results.yaml): best value {fmt(best['best_value'])}, {params}", ""]
     return [f"Optuna: {len(best.get('solutions', []))} Pareto-optimal trials (optimization_results.yaml)", ""]
 
