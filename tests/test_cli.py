@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -200,3 +201,56 @@ def test_finished_run_dir_is_not_overwritten(tiny_model_dir, tmp_path):
     again = cli("train", *tiny_args(tiny_model_dir, run_dir), "trainer.max_steps=2")
     assert again.returncode == 2 and "trainer.overwrite=true" in again.stderr
     assert (run_dir / "eval.json").read_text() == before
+
+
+def optuna_sweep_args(model_dir, sweep_dir, *extra: str) -> list[str]:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e .[hpo]")
+    args = [a for a in tiny_args(model_dir, sweep_dir / "unused") if not a.startswith("hydra.run.dir")]
+    # dev on 32 pairs (train_small.jsonl): the trials' figures differ, so maximising is visible
+    return ["train", "-m", *extra, "trainer.max_steps=2", *args, f"data.dev_path={FIXTURES / 'train_small.jsonl'}",
+            f"hydra.sweep.dir={sweep_dir}"]
+
+
+def test_optuna_sweep_of_three_trials_maximises_the_main_dev_metric(tiny_model_dir, tmp_path):
+    import yaml
+
+    sweep = tmp_path / "optuna"
+    # The plugin's usual command line (train/__main__.py gives it conf/hpo/optuna.yaml's defaults).
+    done = cli(*optuna_sweep_args(tiny_model_dir, sweep, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                                  "trainer.lr=tag(log,interval(1e-5,1e-3))", "pooling=cls,mean,max"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [r.name for r in runs] == ["0", "1", "2"] and all((r / "eval.json").exists() for r in runs)
+    figures = [json.loads((r / "eval.json").read_text())["dev"]["spearman_cosine"] for r in runs]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(figures))  # maximised, the value the job returned
+    assert set(best["best_params"]) == {"trainer.lr", "pooling"}
+
+    done = cli("train.report", str(sweep))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = (sweep / "leaderboard.csv").read_text().splitlines()
+    assert len(lines) == 4 and "trainer.lr" in lines[0] and "pooling" in lines[0]
+    assert float(lines[1].split(",")[3]) == pytest.approx(max(figures))
+
+
+def test_optuna_sweep_goes_on_past_a_failed_trial(tiny_model_dir, tmp_path):
+    sweep = tmp_path / "optuna"
+    # The shipped search space (conf/hpo/sts.yaml), batch size narrowed to one that fits and one
+    # that cannot: with the seeded sampler, trial 0 draws 8 and trial 1 draws 1000.
+    done = cli(*optuna_sweep_args(tiny_model_dir, sweep, "hpo=sts", "hydra.sweeper.n_trials=2", "trainer.batch_size=choice(8,1000)"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (sweep / "0" / "eval.json").exists() and not (sweep / "1" / "eval.json").exists()
+    assert "trainer.batch_size=1000, but the training set has 64 rows" in done.stderr
+    assert "Failed experiment" in done.stdout + done.stderr and (sweep / "optimization_results.yaml").exists()
+    assert cli("train.report", str(sweep)).returncode == 0
+    with open(sweep / "leaderboard.csv", newline="") as f:
+        rows = [(r["run"], r["status"]) for r in csv.DictReader(f)]
+    assert rows[0] == ("0", "ok") and rows[1][0] == "1" and rows[1][1].startswith("failed: trainer.batch_size=1000"), rows
+
+
+def test_hydra_sweeper_optuna_on_the_command_line_selects_the_project_defaults():
+    from train.__main__ import optuna_with_our_defaults
+
+    assert optuna_with_our_defaults(["-m", "hydra/sweeper=optuna", "pooling=cls,max"]) == ["-m", "pooling=cls,max", "hpo=optuna"]
+    assert optuna_with_our_defaults(["-m", "hydra/sweeper=optuna", "hpo=sts"]) == ["-m", "hpo=sts"]
+    assert optuna_with_our_defaults(["pooling=cls"]) == ["pooling=cls"]

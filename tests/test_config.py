@@ -11,7 +11,7 @@ from hydra import initialize_config_dir
 
 from tests.conftest import CONF, compose_config
 
-GROUPS = ("task", "model", "pooling", "data", "loss", "trainer", "experiment", "debug")
+GROUPS = ("task", "model", "pooling", "data", "loss", "trainer", "experiment", "hpo", "debug")
 
 
 def hydra_group_options(group: str) -> list[str]:
@@ -48,6 +48,8 @@ def test_loss_options_are_the_registries_losses():
 
 @pytest.mark.parametrize("group,option", group_options())
 def test_every_group_option_composes(group, option):
+    if group == "hpo":
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e .[hpo]")
     cfg = compose_config([f"{group}={option}"])
     assert cfg.model.name and cfg.trainer.batch_size > 0
     if group == "pooling":
@@ -98,6 +100,20 @@ def test_defaults_are_the_documented_recipe():
     assert cfg.pooling.mode.value == "mean"
     assert cfg.data.name == "korsts"
     assert cfg.loss.name.value == "cosent"
+
+
+def test_hpo_search_space_maximises_with_the_optuna_sweeper():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e .[hpo]")
+    from hydra import compose
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=minilm_stsb", "hpo=sts"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.max_failure_rate == 1.0 and sweeper.sampler.seed == 42 and sweeper.storage is None
+    assert set(sweeper.params) == {"trainer.lr", "trainer.batch_size", "pooling", "loss"}
+    assert sweeper.params["trainer.lr"].startswith("tag(log")
+    assert cfg.data.name == "stsb" and cfg.trainer.lr == 2e-5  # a run outside a sweep: the experiment as it is
 
 
 def test_experiment_overrides_groups():

@@ -216,15 +216,24 @@ def exit_2_on_config_errors(main: Callable[[], object]) -> None:
     try:
         main()
     except SystemExit as e:
-        if e.code == 1 and isinstance(e.__context__, (CompactHydraException, OmegaConfBaseException)):
+        # UserError: a sweep's failed job, which Hydra reports after the sweep (see user_errors).
+        if e.code == 1 and isinstance(e.__context__, (CompactHydraException, OmegaConfBaseException, UserError)):
             raise SystemExit(2) from None
         raise
+
+
+def in_sweep() -> bool:
+    """Whether this is one job of a Hydra sweep (`-m`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A UserError ends the program with its message and exit code 2, no traceback
-    (HYDRA_FULL_ERROR=1 shows the traceback)."""
+    (HYDRA_FULL_ERROR=1 shows the traceback); in a sweep, it ends only its own job."""
     try:
         yield
     except Preempted as e:
@@ -236,7 +245,16 @@ def user_errors() -> Iterator[None]:
             raise
         log.error("%s", e)
         print(f"Error: {e}", file=sys.stderr)
+        if in_sweep():
+            # One job of a sweep: Hydra's launcher records the exception as this job's result and
+            # the sweep goes on (SystemExit would end it). The basic sweeper raises it once its
+            # batch has run; the Optuna sweeper tells Optuna the trial failed (conf/hpo/optuna.yaml).
+            raise
         sys.exit(2)
+    except Exception:
+        if in_sweep():
+            log.exception("This job of the sweep failed")  # into the job's log, for train.report
+        raise
 
 
 def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], loss: object, num_labels: int, report: dict[str, Any]):
