@@ -140,7 +140,7 @@ def test_a_resumed_run_continues_the_same_curves_without_duplicate_steps(tiny_cf
 
 def test_sigkill_then_resume_leaves_each_step_once_in_tensorboard_and_mlflow(tiny_model_dir, tmp_path, mlflow_client):
     # `python -m train` killed (SIGKILL) once its step-8 checkpoint exists, then resumed: TensorBoard
-    # must hold every point up to the checkpoint (flushed before it was written) and each step once.
+    # must hold every point up to the checkpoint (accelerate flushes at every log) and each step once.
     pytest.importorskip("tensorboard")
     from tests.test_faults import wait_for
 
@@ -172,6 +172,26 @@ def test_sigkill_then_resume_leaves_each_step_once_in_tensorboard_and_mlflow(tin
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
+def test_under_two_processes_only_the_main_process_logs_and_draws(tiny_model_dir, tmp_path, mlflow_client):
+    pytest.importorskip("tensorboard")
+    from tests.test_multiprocess_run import launch
+
+    run_dir = tmp_path / "run"
+    done = launch(tiny_overrides(
+        tiny_model_dir, "trainer.max_steps=4", "trainer.eval_every=2", "trainer.report_to=[tensorboard,mlflow]", f"hydra.run.dir={run_dir}"
+    ))
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads((run_dir / "eval.json").read_text())["num_processes"] == 2
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    curves = scalars_of(run_dir)
+    assert [s for s, _ in curves["train/loss"]] == [1, 2, 3, 4] and [s for s, _ in curves["dev/spearman_cosine"]] == [2, 4]
+    client = mlflow_client(run_dir)
+    run_id = (run_dir / MLFLOW_RUN_ID).read_text().strip()
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+    assert [s for s, _ in history(client, run_id, "train/loss")] == [1, 2, 3, 4]
+    assert done.stderr.count("train:   0%|") == 1, "one training bar, the main process's"
+
+
 @pytest.mark.parametrize(
     "value, words",
     [
@@ -201,11 +221,11 @@ def test_default_and_none_need_no_tracker(tiny_model_dir):
 
 def test_config_flattens_and_metrics_map_to_tracker_names():
     assert flatten({"a": {"b": 1, "c": [1, 2], "d": None, "e": {}}, "f": "x"}) == {"a.b": 1, "a.c": "[1, 2]", "a.d": "null", "a.e": "{}", "f": "x"}
-    entry = {"step": 3, "epoch": 0.5, "loss": 1.0, "lr": 2e-5, "images_per_second": 9.0, "dev_zero_shot_accuracy": 0.5}
+    entry = {"step": 3, "epoch": 0.5, "loss": 1.0, "lr": 2e-5, "images_per_second": 9.0, "dev_zero_shot_accuracy": 0.5, "dev_n_images": 6}
     assert scalars(entry) == {
         "train/epoch": 0.5, "train/loss": 1.0, "train/lr": 2e-5, "train/images_per_second": 9.0, "dev/zero_shot_accuracy": 0.5
     }
-    assert final_scalars({"dev": {"a": 1.0}, "test": {"spearman_cosine": 0.5, "n_pairs": 2}}) == {"test/spearman_cosine": 0.5, "test/n_pairs": 2}
+    assert final_scalars({"dev": {"a": 1.0}, "test": {"spearman_cosine": 0.5, "n_pairs": 2}}) == {"test/spearman_cosine": 0.5}
 
 
 # --- Progress --------------------------------------------------------------------------------
@@ -256,16 +276,13 @@ def test_long_evaluations_show_a_bar_short_ones_do_not(tiny_model_dir, capsys):
     assert "embedding:" in err and "/8 [" in err  # 8 batches; the bar goes away when done (leave=False)
 
 
-def test_only_the_main_process_draws(monkeypatch):
-    from accelerate import PartialState
-
+def test_evaluation_bars_only_on_the_main_process(monkeypatch):
     import train.progress
 
-    assert train.progress.long_eval(5000)
+    assert train.progress.long_eval(5000) and not train.progress.long_eval(100)
 
     class NotMain:
         is_main_process = False
 
     monkeypatch.setattr(train.progress, "PartialState", lambda: NotMain())
     assert not train.progress.long_eval(5000)
-    assert PartialState().is_main_process  # the loop's bar: disable=not accelerator.is_main_process

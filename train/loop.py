@@ -386,15 +386,11 @@ def checkpoint_if_due(s: Session, epoch_end: bool, stop: "StopOnSignal") -> None
     settings, step = s.settings, s.progress.step
     target = s.run_dir / "checkpoints" / f"step-{step}"
     if (settings.save_every > 0 and step % settings.save_every == 0) or (settings.save_every <= 0 and epoch_end):
-        # First the trackers' points up to this step to disk: a run killed once the checkpoint exists
-        # resumes from it with no gap in its curves.
-        tracking.flush(s.accelerator)
         checkpoint.save_checkpoint(s.accelerator, s.to_save(), s.progress, target)
         if s.main:
             prune(s.run_dir / "checkpoints", settings.keep_last)
     if not _all_agree(stop.received is None, s.accelerator):
         if not checkpoint.is_complete(target):
-            tracking.flush(s.accelerator)
             checkpoint.save_checkpoint(s.accelerator, s.to_save(), s.progress, target)
         raise Preempted(
             f"Stopped by a signal after step {step}; checkpoint {target}. Resume with the same "

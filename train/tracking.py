@@ -8,7 +8,9 @@ Only the main process writes: accelerate's `init_trackers`, `log` and every trac
 start/log/finish run on the main process only.
 
 A resumed run continues the same curves. TensorBoard: the writer opens with
-`purge_step=<resumed step> + 1`, so readers drop what a killed run wrote after its checkpoint.
+`purge_step=<resumed step> + 1`, so readers drop what a killed run wrote after its checkpoint
+(a fresh run in a dir a killed run left: purge_step=0, all of it). accelerate's TensorBoard tracker
+flushes after every `log`, so a SIGKILL loses no point written before the checkpoint.
 MLflow: the run id is kept in the run dir (`mlflow_run_id`) and the same run goes on; MLflow cannot
 delete points, so steps it already has (from the killed run, past the checkpoint) are not logged
 again. A resume is exact, so those points hold the values the resumed run would have logged
@@ -77,21 +79,26 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str | int 
     return out
 
 
+def _figure(name: str, value: Any) -> bool:
+    # Set sizes (n_pairs, n_images, retrieval_n_queries) are no curve.
+    counted = name.startswith("n_") or "_n_" in name
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not counted
+
+
 def scalars(entry: Mapping[str, Any]) -> dict[str, float]:
     """A metrics.jsonl entry as tracker scalars: train/loss, train/lr, train/epoch,
     train/<unit>_per_second, dev/<metric>."""
     out = {}
     for key, value in entry.items():
-        if key == "step" or not isinstance(value, (int, float)):
-            continue
-        out[f"dev/{key.removeprefix('dev_')}" if key.startswith("dev_") else f"train/{key}"] = value
+        name = key.removeprefix("dev_")
+        if key != "step" and _figure(name, value):
+            out[f"dev/{name}" if key.startswith("dev_") else f"train/{key}"] = value
     return out
 
 
 def final_scalars(report: Mapping[str, Any]) -> dict[str, float]:
     """eval.json's test figures as test/<metric>."""
-    test = report.get("test") or {}
-    return {f"test/{k}": v for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {f"test/{k}": v for k, v in (report.get("test") or {}).items() if _figure(k, v)}
 
 
 class ResumableMLflow(MLflowTracker):
@@ -218,15 +225,6 @@ def end(accelerator: Accelerator, status: str = "FINISHED") -> None:
         except Exception as e:  # a tracker that cannot close must not hide the run's own outcome
             log.warning("Could not close the %s tracker: %s", tracker.name, e)
     accelerator.trackers.clear()
-
-
-def flush(accelerator: Accelerator) -> None:
-    """Writes what trackers hold in memory (TensorBoard's queue) to disk: called at each checkpoint,
-    so a run killed later loses no point before the step it resumes from."""
-    for tracker in accelerator.trackers:
-        writer = getattr(tracker, "writer", None)
-        if writer is not None:
-            writer.flush()
 
 
 def log_final(accelerator: Accelerator, report: Mapping[str, Any], step: int) -> None:
