@@ -105,15 +105,16 @@ def fail_at_call(monkeypatch, at_call: int):
         return real(*a, **k)
 
     monkeypatch.setattr(train.loop, "compute_loss", compute_loss)
+    return real
 
 
 def test_a_resumed_run_continues_the_same_curves_without_duplicate_steps(tiny_cfg, tmp_path, monkeypatch, mlflow_client):
     pytest.importorskip("tensorboard")
     cfg = tiny_cfg(WITH_TEST, "trainer.report_to=[tensorboard,mlflow]")
-    fail_at_call(monkeypatch, at_call=6)  # steps 1-5 logged, the last checkpoint is step-3
+    real = fail_at_call(monkeypatch, at_call=6)  # steps 1-5 logged, the last checkpoint is step-3
     with pytest.raises(RuntimeError, match="planted crash"):
         run(cfg, run_dir=tmp_path)
-    monkeypatch.undo()
+    monkeypatch.setattr(train.loop, "compute_loss", real)
     client = mlflow_client(tmp_path)
     run_id = (tmp_path / MLFLOW_RUN_ID).read_text().strip()
     assert client.get_run(run_id).info.status == "FAILED"

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -463,9 +464,11 @@ def train(
         s.run_dir.mkdir(parents=True, exist_ok=True)
         # The file is the checkpoint's history: steps after it (from a killed run) are dropped.
         (s.run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in s.progress.history))
-    # One bar for the run (the stage): steps with ETA, loss, lr and throughput; only the main process draws.
+    # One bar for the run (the stage): steps with ETA, loss, lr and throughput; only the main process
+    # draws. Into a log file (not a terminal) it redraws every 30 s, not every 0.1 s.
     bar = tqdm(
-        total=s.total_steps, initial=s.progress.step, disable=not s.main, desc=desc, unit="step", dynamic_ncols=True
+        total=s.total_steps, initial=s.progress.step, disable=not s.main, desc=desc, unit="step", dynamic_ncols=True,
+        mininterval=0.1 if sys.stderr.isatty() else 30,
     )
     started = time.perf_counter()
     s.model.train()

@@ -185,11 +185,10 @@ def run_name(run_dir: Path) -> str:
     return "/".join(Path(run_dir).resolve().parts[-2:])
 
 
-def init_kwargs(names: Sequence[str], run_dir: Path) -> dict[str, dict[str, Any]]:
-    """What accelerate passes to the trackers it builds by name."""
+def init_kwargs(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """What accelerate passes to the trackers it builds by name (`wandb.init`, `trackio.init`)."""
     name = run_name(run_dir)
-    kwargs = {"wandb": {"name": name, "dir": str(run_dir)}, "trackio": {"name": name}}
-    return {k: v for k, v in kwargs.items() if k in names}
+    return {"wandb": {"name": name, "dir": str(run_dir)}, "trackio": {"name": name}}
 
 
 @contextmanager
@@ -199,8 +198,9 @@ def opened(accelerator: Accelerator, project: str, hparams: Mapping[str, Any], r
     if not accelerator.log_with:
         yield
         return
-    names = [t if isinstance(t, str) else t.name for t in accelerator.log_with]
-    accelerator.init_trackers(project, config=flatten(hparams), init_kwargs=init_kwargs(names, run_dir))
+    if accelerator.is_main_process:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)  # W&B writes its files there from the start
+    accelerator.init_trackers(project, config=flatten(hparams), init_kwargs=init_kwargs(run_dir))
     status = "FAILED"
     try:
         yield
