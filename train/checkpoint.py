@@ -200,9 +200,10 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
 
 def clear_run_outputs(run_dir: Path) -> None:
     """Removes a previous run's results (trainer.overwrite=true)."""
-    for name in ("final", "best", "checkpoints"):
+    # tensorboard/, mlruns/, mlflow_run_id: what train/tracking.py writes (trainer.report_to).
+    for name in ("final", "best", "checkpoints", "tensorboard", "mlruns"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    for name in ("eval.json", "metrics.jsonl"):
+    for name in ("eval.json", "metrics.jsonl", "mlflow_run_id"):
         (run_dir / name).unlink(missing_ok=True)
 
 

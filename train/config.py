@@ -215,6 +215,12 @@ class TrainerConfig:
     # batch). 0 = one forward pass. Pays with random batches (bucket_windows=0) on a CPU.
     forward_chunk_rows: int = 0
     num_workers: int = 0
+    # Experiment trackers that get the config, loss, lr, throughput and dev/test figures:
+    # tensorboard (event files in <run dir>/tensorboard), mlflow (a file store in <run dir>/mlruns
+    # unless MLFLOW_TRACKING_URI is set), wandb, trackio; [] or [none] = only metrics.jsonl.
+    report_to: list[str] = field(default_factory=list)
+    # The trackers' project (MLflow experiment, W&B/Trackio project).
+    project_name: str = "embed-train"
 
 
 @dataclass

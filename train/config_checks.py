@@ -144,6 +144,10 @@ def check_train_config(cfg: DictConfig) -> None:
             loss_spec(cfg.task.name.value, cfg.loss.name.value)
         except ConfigError as e:
             problems.append(str(e).rstrip("."))
+    if "report_to" in trainer:
+        from train.tracking import report_to_problems
+
+        problems += report_to_problems(list(trainer.report_to))
     dims = list(cfg.loss.matryoshka_dims)
     if any(d < 1 for d in dims) or len(set(dims)) != len(dims):
         problems.append(f"loss.matryoshka_dims={dims} (must be distinct integers ≥ 1)")

@@ -22,6 +22,7 @@ from sentence_transformers.sentence_transformer.evaluation import (
 )
 
 from train.inference import encode
+from train.progress import long_eval
 
 SIMILARITIES = ["cosine", "dot", "euclidean", "manhattan"]
 MAIN_METRIC = "spearman_cosine"
@@ -29,13 +30,15 @@ RETRIEVAL_MAIN_METRIC = "retrieval_ndcg@10"
 
 
 def encode_sharded(model: SentenceTransformer, sentences: Sequence[str], batch_size: int, truncate_dim: int | None = None) -> np.ndarray:
-    """`encode` split over the processes and gathered back in order (one process: plain encode)."""
+    """`encode` split over the processes and gathered back in order (one process: plain encode).
+    A long list shows a bar on the main process (train/progress.py)."""
     state = PartialState()
+    progress = long_eval(len(sentences))
     if state.num_processes == 1:
-        embeddings = encode(model, sentences, batch_size)
+        embeddings = encode(model, sentences, batch_size, progress)
     else:
         with state.split_between_processes(list(sentences)) as share:
-            mine = encode(model, share, batch_size)
+            mine = encode(model, share, batch_size, progress)
         parts = gather_object([mine])
         embeddings = np.concatenate(parts) if parts else mine
     return embeddings[:, :truncate_dim] if truncate_dim else embeddings

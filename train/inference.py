@@ -9,14 +9,15 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from train.data.batching import pad
+from train.progress import eval_bar
 
 
-def encode(model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def encode(model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Sentence embeddings (float32, input order) equal to `model.encode(sentences)`.
 
     sentence-transformers sorts by character length and tokenizes batch by batch; here the
     fast tokenizer runs once over everything (in parallel) and batches are cut by token length,
-    so a batch pads to at most its own longest sentence.
+    so a batch pads to at most its own longest sentence. `progress`: a bar over the batches.
     """
     if len(sentences) == 0:
         return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
@@ -37,7 +38,8 @@ def encode(model: SentenceTransformer, sentences: Sequence[str], batch_size: int
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
+            starts = range(0, len(order), batch_size)
+            for start in eval_bar(starts, len(starts), "embedding", progress):
                 input_ids, mask = pad([ids[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id, left)
                 features = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
                 if with_types:

@@ -2,7 +2,8 @@
 
 It gets plain objects (a model, a loss, tokenized rows, a task's `TrainStep`, an evaluation
 function, the trainer settings) and writes into the run dir: metrics.jsonl, checkpoints/step-N/,
-best/, final/. Nothing here knows a batch layout, reads files of a dataset format or the config.
+best/, final/; what it writes to metrics.jsonl also goes to the accelerator's trackers, if any
+(train/tracking.py). Nothing here knows a batch layout, reads files of a dataset format or the config.
 Read `train` first: it calls the rest top-down.
 """
 
@@ -14,6 +15,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,9 +31,10 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from train import checkpoint
+from train import checkpoint, tracking
 from train.checkpoint import ACCELERATE_STATE, Progress, latest_checkpoint, load_progress, prune
 from train.config import TrainerConfig
 from train.errors import Preempted, UserError
@@ -152,9 +155,10 @@ def compute_loss(
     return step.loss(model, loss_fn, batch, autocast)
 
 
-def make_accelerator(settings: TrainerConfig) -> Accelerator:
+def make_accelerator(settings: TrainerConfig, log_with: list | None = None) -> Accelerator:
     # The accelerator's settings are a process-wide singleton; a Hydra sweep (one process)
     # or a multi-stage run may change mixed precision between runs. The process group stays.
+    # `log_with`: trackers (train/tracking.py `build`); run.py opens and closes them.
     AcceleratorState._reset_state()
     fsdp_on_cpu()
     return Accelerator(
@@ -163,6 +167,7 @@ def make_accelerator(settings: TrainerConfig) -> Accelerator:
         # The backbone's pooler (BERT) gets no gradient from a sentence-embedding loss.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         fsdp_plugin=fsdp_plugin(),
+        log_with=log_with or None,
     )
 
 
@@ -188,12 +193,19 @@ class Session:
     progress: Progress
     evaluate: Callable[[nn.Module], dict[str, float]] | None
     main_metric: str
+    unit: str = "pairs"  # what a training row is: throughput is <unit>/s
     pairs: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
     running_loss: float = 0.0
     running_n: int = 0
     eval_seconds: float = 0.0
+    # Throughput: training time only (data, forward, backward, update; not evaluation or checkpoints).
+    last_tick: float = 0.0  # when the previous step's bookkeeping ended
+    step_rows: int = 0  # rows of this process since then
+    window_rows: int = 0  # rows (all processes) and seconds since the last log line
+    window_seconds: float = 0.0
+    rate: float | None = None  # rows/s, smoothed, for the bar
 
     @property
     def main(self) -> bool:
@@ -233,7 +245,7 @@ def _schedule(accelerator: Accelerator, optimizer: torch.optim.Optimizer, n_batc
 def setup(
     model: nn.Module, loss_fn: nn.Module, rows: list[dict[str, Any]], collate: Callable, sampler: Any, step_fn: TrainStep,
     settings: TrainerConfig, run_dir: Path, accelerator: Accelerator | None, resume_from: Path | None,
-    evaluate: Callable | None, main_metric: str,
+    evaluate: Callable | None, main_metric: str, unit: str = "pairs",
 ) -> Session:
     """Prepares model, optimizer, loader and schedule with accelerate, and loads a checkpoint."""
     accelerator = accelerator or make_accelerator(settings)
@@ -273,7 +285,7 @@ def setup(
         log.info("Resumed from %s at step %d (epoch %d, batch %d)", resume_from, progress.step, progress.epoch, progress.batches_in_epoch)
     return Session(
         accelerator, model, loss_fn, optimizer, scheduler, loader, sampler, step_fn, settings, Path(run_dir), plain,
-        loss_params, manual_sync, total_steps, n_epochs, progress, evaluate, main_metric,
+        loss_params, manual_sync, total_steps, n_epochs, progress, evaluate, main_metric, unit,
     )
 
 
@@ -315,8 +327,20 @@ def count(s: Session, batch: dict[str, Any], loss: torch.Tensor, finite: bool) -
         s.running_n += 1
     stats = s.step_fn.stats(batch)
     s.pairs += stats.rows
+    s.step_rows += stats.rows
     s.real_tokens += stats.real_tokens
     s.padded_tokens += stats.padded_tokens
+
+
+def time_step(s: Session) -> None:
+    """After an optimizer step: its time and rows into the log window and the bar's smoothed rate."""
+    seconds = time.perf_counter() - s.last_tick
+    rows = s.step_rows * s.accelerator.num_processes  # every process trains an equal share of the batch
+    s.step_rows = 0
+    s.window_rows += rows
+    s.window_seconds += seconds
+    if seconds > 0:
+        s.rate = rows / seconds if s.rate is None else 0.3 * rows / seconds + 0.7 * s.rate  # tqdm's smoothing
 
 
 def run_eval(s: Session) -> dict[str, float]:
@@ -334,7 +358,8 @@ def run_eval(s: Session) -> dict[str, float]:
 
 
 def log_and_evaluate(s: Session, epoch: int, last: bool, epoch_end: bool) -> None:
-    """After an optimizer step: the metrics.jsonl line (mean loss, lr) and dev figures when due."""
+    """After an optimizer step: the metrics.jsonl line (mean loss, lr, throughput) and dev figures
+    when due, also sent to the trackers."""
     settings, p, step = s.settings, s.progress, s.progress.step
     entry: dict[str, Any] = {}
     where = dict(step=step, epoch=round(epoch + p.batches_in_epoch / len(s.loader), 4))
@@ -342,7 +367,10 @@ def log_and_evaluate(s: Session, epoch: int, last: bool, epoch_end: bool) -> Non
         # The mean over processes: each rank's loss covers only its own share of the batch.
         local = torch.tensor(s.running_loss / max(s.running_n, 1), device=s.accelerator.device)
         entry.update(where, loss=s.accelerator.reduce(local, "mean").item(), lr=s.scheduler.get_last_lr()[0])
+        if s.window_seconds > 0:
+            entry[f"{s.unit}_per_second"] = round(s.window_rows / s.window_seconds, 2)
         s.running_loss, s.running_n = 0.0, 0
+        s.window_rows, s.window_seconds = 0, 0.0
     due = settings.eval_every > 0 and step % settings.eval_every == 0 or settings.eval_every <= 0 and epoch_end
     if s.evaluate is not None and (last or due):
         entry.update(where, **{f"dev_{k}": v for k, v in run_eval(s).items() if k != "n_pairs"})
@@ -351,6 +379,7 @@ def log_and_evaluate(s: Session, epoch: int, last: bool, epoch_end: bool) -> Non
         if s.main:
             with open(s.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
+        s.accelerator.log(tracking.scalars(entry), step=step)  # main process only
 
 
 def checkpoint_if_due(s: Session, epoch_end: bool, stop: "StopOnSignal") -> None:
@@ -373,6 +402,7 @@ def checkpoint_if_due(s: Session, epoch_end: bool, stop: "StopOnSignal") -> None
 def run_epochs(s: Session, bar: tqdm) -> None:
     """From the checkpoint's place (epoch, batch) to the last optimizer step."""
     p = s.progress
+    s.last_tick = time.perf_counter()
     with StopOnSignal() as stop:
         for epoch in range(p.epoch, s.n_epochs):
             s.sampler.use_epoch(epoch)
@@ -385,8 +415,9 @@ def run_epochs(s: Session, bar: tqdm) -> None:
                 if not s.accelerator.sync_gradients:
                     continue
                 p.step += 1
+                time_step(s)
+                bar.set_postfix(bar_figures(s), refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{s.running_loss / max(s.running_n, 1):.4f}", lr=f"{s.scheduler.get_last_lr()[0]:.2e}")
                 last = p.step >= s.total_steps
                 epoch_end = p.batches_in_epoch >= len(s.loader)
                 log_and_evaluate(s, epoch, last, epoch_end)
@@ -395,6 +426,15 @@ def run_epochs(s: Session, bar: tqdm) -> None:
                 if last:
                     return
                 checkpoint_if_due(s, epoch_end, stop)
+                s.last_tick = time.perf_counter()
+
+
+def bar_figures(s: Session) -> dict[str, str]:
+    """The training bar's postfix: mean loss since the last log line, lr, throughput."""
+    figures = {"loss": f"{s.running_loss / max(s.running_n, 1):.4f}", "lr": f"{s.scheduler.get_last_lr()[0]:.2e}"}
+    if s.rate is not None:
+        figures[f"{s.unit}/s"] = f"{s.rate:.1f}"
+    return figures
 
 
 def train(
@@ -410,24 +450,34 @@ def train(
     resume_from: Path | None = None,
     accelerator: Accelerator | None = None,
     main_metric: str = "",
+    unit: str = "pairs",
+    desc: str = "train",
 ) -> LoopResult:
     """Trains `model` in place and returns where things went.
 
     `sampler` yields index batches and has `use_epoch(epoch)`; `step_fn` (the task's) turns a
     collated batch into a loss. `evaluate(model)` gives dev figures; `main_metric` picks best/.
+    `unit` names a row in throughput (pairs/s, images/s); `desc` labels the progress bar (the stage).
     """
-    s = setup(model, loss_fn, rows, collate, sampler, step_fn, settings, run_dir, accelerator, resume_from, evaluate, main_metric)
+    s = setup(model, loss_fn, rows, collate, sampler, step_fn, settings, run_dir, accelerator, resume_from, evaluate, main_metric, unit)
     if s.main:
         s.run_dir.mkdir(parents=True, exist_ok=True)
         # The file is the checkpoint's history: steps after it (from a killed run) are dropped.
         (s.run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in s.progress.history))
-    bar = tqdm(total=s.total_steps, initial=s.progress.step, disable=not s.main, desc="train", dynamic_ncols=True)
+    # One bar for the run (the stage): steps with ETA, loss, lr and throughput; only the main process
+    # draws. Into a log file (not a terminal) it redraws every 30 s, not every 0.1 s.
+    bar = tqdm(
+        total=s.total_steps, initial=s.progress.step, disable=not s.main, desc=desc, unit="step", dynamic_ncols=True,
+        mininterval=0.1 if sys.stderr.isatty() else 30,
+    )
     started = time.perf_counter()
     s.model.train()
-    # Closed on every way out (an error, a signal), so no half bar is left on the terminal.
+    # Closed on every way out (an error, a signal), so no half bar is left on the terminal. Log
+    # records go out through tqdm.write meanwhile: printed above the bar, never into it.
     try:
-        if s.progress.step < s.total_steps:
-            run_epochs(s, bar)
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+            if s.progress.step < s.total_steps:
+                run_epochs(s, bar)
     finally:
         bar.close()
     seconds = time.perf_counter() - started - s.eval_seconds  # training only: evaluation is not throughput

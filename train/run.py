@@ -17,24 +17,24 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
-from train import checkpoint
+from train import checkpoint, tracking
 from train.builders import build_loss_from, build_model, card_facts, model_outputs, run_dir_from_hydra, setup_logging
-from train.checkpoint import check_run_dir, resolve_resume
+from train.checkpoint import check_run_dir, load_progress, resolve_resume
 from train.config import LossConfig, TrainerConfig, to_plain
 from train.config_checks import check_train_config
-from train.loop import train
+from train.loop import make_accelerator, train
 from train.model_card import RunFacts, write_cards, write_stages_card
 from train.tasks import get_task
 
 log = logging.getLogger("train")
 
 
-def train_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """One training run (one stage) into run_dir; returns eval.json's content."""
-    return _train_stage(cfg, run_dir)[0]
+def train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> dict[str, Any]:
+    """One training run (one stage) into run_dir; returns eval.json's content. `label` names its progress bar."""
+    return _train_stage(cfg, run_dir, label)[0]
 
 
-def _train_stage(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], RunFacts]:
+def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[dict[str, Any], RunFacts]:
     """train_stage, plus the facts its model cards tell (a multi-stage run's final card reuses them)."""
     settings: TrainerConfig = to_plain(cfg.trainer)
     loss_cfg: LossConfig = to_plain(cfg.loss)
@@ -56,20 +56,29 @@ def _train_stage(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], RunFac
     dims = list(loss_cfg.matryoshka_dims)
     evaluate, main_metric = task.evaluator(sets, settings.eval_batch_size, dims)
     before = task.baseline_figures(model, sets, settings.eval_batch_size) if task.baseline_figures else {}
-    result = train(
-        model=model,
-        loss_fn=loss,
-        rows=rows,
-        collate=collate,
-        sampler=sampler,
-        step_fn=task.train_step(spec, collate),
-        evaluate=evaluate,
-        run_dir=run_dir,
-        settings=settings,
-        resume_from=resume_from,
-        main_metric=main_metric,
-    )
-    report = {**before, **task.final_figures(model, result.progress, evaluate, sets, settings.eval_batch_size, dims)}
+    resumed_step = load_progress(resume_from).step if resume_from is not None else None
+    trackers = tracking.build(settings.report_to, run_dir, settings.project_name, resumed_step)
+    accelerator = make_accelerator(settings, log_with=trackers)
+    # The trackers get the resolved config, the loop's metrics and, at the last step, the test figures.
+    with tracking.opened(accelerator, settings.project_name, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), run_dir):
+        result = train(
+            model=model,
+            loss_fn=loss,
+            rows=rows,
+            collate=collate,
+            sampler=sampler,
+            step_fn=task.train_step(spec, collate),
+            evaluate=evaluate,
+            run_dir=run_dir,
+            settings=settings,
+            resume_from=resume_from,
+            accelerator=accelerator,
+            main_metric=main_metric,
+            unit=task.unit,
+            desc=label,
+        )
+        report = {**before, **task.final_figures(model, result.progress, evaluate, sets, settings.eval_batch_size, dims)}
+        tracking.log_final(accelerator, report, result.progress.step)
     out = {
         **report,
         "task": task.name,
@@ -146,7 +155,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             if not (stage_dir / "checkpoints").is_dir():
                 OmegaConf.update(stage_cfg, "trainer.resume", None, merge=False)  # a stage not started yet
             log.info("=== %s ===", name)
-            results[name], facts = _train_stage(stage_cfg, stage_dir)
+            results[name], facts = _train_stage(stage_cfg, stage_dir, label=name)
         previous = stage_dir / "final"
     out = {**results[stages[-1][0]], "stages": results}
     if PartialState().is_main_process:

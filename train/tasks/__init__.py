@@ -30,6 +30,8 @@ class Task:
     load_data: Callable[[Any, str], tuple[dict[str, Any], dict[str, Any]]]
     # (model, eval sets, batch size) -> figures of the model before training, or None
     baseline_figures: Callable[..., dict[str, Any]] | None = None
+    # What a training row is, for throughput (the progress bar, trackers, metrics.jsonl): <unit>/s.
+    unit: str = "pairs"
 
 
 def get_task(name: str) -> Task:

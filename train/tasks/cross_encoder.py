@@ -25,6 +25,7 @@ from train.data.shapes import Shape
 from train.builders import load_text_task_data
 from train.losses import LossSpec
 from train.models import build_cross_encoder
+from train.progress import long_eval
 from train.tasks import Task
 from train.tasks.base import BatchStats
 
@@ -179,14 +180,18 @@ def evaluate_set(model: Any, ds: Any, batch_size: int) -> dict[str, float]:
     shape = _shape_of(ds)
     if shape == Shape.query_candidates:
         samples = reranking_samples(ds)
-        evaluator: Any = ev.CrossEncoderRerankingEvaluator(samples, at_k=10, batch_size=batch_size, write_csv=False)
+        scored = sum(len(x["positive"]) + len(x["negative"]) for x in samples)
+        evaluator: Any = ev.CrossEncoderRerankingEvaluator(
+            samples, at_k=10, batch_size=batch_size, write_csv=False, show_progress_bar=long_eval(scored)
+        )
         n = {"n_queries": len(samples)}
     else:
         pairs = list(zip(ds["sentence1"], ds["sentence2"]))
+        bar = long_eval(len(pairs))
         if shape == Shape.scored_pairs:
-            evaluator = ev.CrossEncoderCorrelationEvaluator(pairs, ds["score"], batch_size=batch_size, write_csv=False)
+            evaluator = ev.CrossEncoderCorrelationEvaluator(pairs, ds["score"], batch_size=batch_size, write_csv=False, show_progress_bar=bar)
         else:
-            evaluator = ev.CrossEncoderClassificationEvaluator(pairs, ds["label"], batch_size=batch_size, write_csv=False)
+            evaluator = ev.CrossEncoderClassificationEvaluator(pairs, ds["label"], batch_size=batch_size, write_csv=False, show_progress_bar=bar)
         n = {"n_pairs": len(pairs)}
     was_training = model.training
     model.eval()

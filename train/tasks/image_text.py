@@ -32,6 +32,7 @@ from train.image_text_model import (
     text_encoder_of,
 )
 from train.losses import LossSpec
+from train.progress import eval_bar, long_eval
 from train.tasks import Task
 from train.tasks.base import BatchStats
 
@@ -156,10 +157,11 @@ def training_inputs(
 # --- Evaluation -------------------------------------------------------------------------------
 
 
-def encode_images(model: Any, rows: Sequence[dict[str, Any]], batch_size: int) -> np.ndarray:
-    """Embeddings of the rows' images, decoded a batch at a time (bounded memory)."""
+def encode_images(model: Any, rows: Sequence[dict[str, Any]], batch_size: int, progress: bool = False) -> np.ndarray:
+    """Embeddings of the rows' images, decoded a batch at a time (bounded memory); `progress`: a bar."""
     out = []
-    for start in range(0, len(rows), batch_size):
+    starts = range(0, len(rows), batch_size)
+    for start in eval_bar(starts, len(starts), "embedding images", progress):
         chunk = load_images(rows[start : start + batch_size])
         out.append(model.encode(chunk, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True))
     return np.concatenate(out) if out else np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
@@ -184,8 +186,10 @@ def evaluate_split(model: Any, ds: Any, batch_size: int, chunk: int = 1024) -> d
     model.eval()
     try:
         with torch.no_grad():
-            text_emb = model.encode(captions, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True)
-            image_emb = encode_images(model, rows, batch_size)
+            text_emb = model.encode(
+                captions, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=long_eval(len(captions))
+            )
+            image_emb = encode_images(model, rows, batch_size, long_eval(len(rows)))
     finally:
         model.train(was_training)
     ks = [k for k in RECALL_AT if k <= len(captions)] or [1]
@@ -278,4 +282,5 @@ TASK = Task(
     print_report=print_report,
     load_data=build_image_text_data,
     baseline_figures=baseline_figures,
+    unit="images",
 )
