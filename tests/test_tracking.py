@@ -232,6 +232,10 @@ def test_config_flattens_and_metrics_map_to_tracker_names():
 # --- Progress --------------------------------------------------------------------------------
 
 
+# Built at run time: a warning's source-line echo in stderr (warnings.showwarning) must not match it.
+MID_RUN_LINE = " ".join(("A", "LINE", "IN", "MID-RUN"))
+
+
 def test_the_bar_shows_steps_eta_and_pairs_per_second_and_log_lines_print_above_it(tiny_cfg, tmp_path, monkeypatch, capsys):
     # A console handler on the root logger, as Hydra configures one; a log record in mid-run.
     handler = logging.StreamHandler(sys.stderr)
@@ -242,7 +246,7 @@ def test_the_bar_shows_steps_eta_and_pairs_per_second_and_log_lines_print_above_
     def compute_loss(*a, **k):
         calls["n"] += 1
         if calls["n"] == 4:
-            logging.getLogger("train").warning("A LINE IN MID-RUN")
+            logging.getLogger("train").warning(MID_RUN_LINE)
         return real(*a, **k)
 
     monkeypatch.setattr(train.loop, "compute_loss", compute_loss)
@@ -254,8 +258,8 @@ def test_the_bar_shows_steps_eta_and_pairs_per_second_and_log_lines_print_above_
     last = err.split("\r")[-2:]  # the bar's final draw
     assert any("train: 100%" in part and "6/6" in part and "pairs/s=" in part and "loss=" in part for part in last), err[-2000:]
     # The record is a line of its own: the bar was cleared before it (tqdm.write), not written into.
-    line = next(line for line in err.split("\n") if "A LINE IN MID-RUN" in line)
-    assert line.split("\r")[-1].startswith("A LINE IN MID-RUN"), repr(line)
+    line = next(line for line in err.split("\n") if MID_RUN_LINE in line)
+    assert line.split("\r")[-1].startswith(MID_RUN_LINE), repr(line)
     assert all("pairs_per_second" in entry for entry in jsonl(tmp_path))
 
 
