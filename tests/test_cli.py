@@ -137,17 +137,22 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
-def test_bad_input_is_one_paragraph_and_leaves_no_result(tiny_model_dir, tmp_path, case):
-    extra, expected = BAD_INPUTS[case]
-    run_dir = tmp_path / "run"
-    done = cli("train", *tiny_args(tiny_model_dir, run_dir), *extra)
+def assert_one_paragraph_and_no_result(done, expected: list[str], run_dir) -> None:
+    """Exit 2 with every expected phrase in the message, no traceback, and no result in the run dir."""
     assert done.returncode == 2, done.stderr[-2000:]
     for words in expected:
         assert words in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     leftovers = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
     assert not leftovers & {"final", "best", "checkpoints", "eval.json", "metrics.jsonl"}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_is_one_paragraph_and_leaves_no_result(tiny_model_dir, tmp_path, case):
+    extra, expected = BAD_INPUTS[case]
+    run_dir = tmp_path / "run"
+    done = cli("train", *tiny_args(tiny_model_dir, run_dir), *extra)
+    assert_one_paragraph_and_no_result(done, expected, run_dir)
 
 
 IMAGES = FIXTURES / "images"
@@ -177,12 +182,7 @@ def test_bad_image_text_input_is_one_paragraph_and_leaves_no_result(tiny_model_d
     extra, expected = IMAGE_TEXT_BAD_INPUTS[case]
     run_dir = tmp_path / "run"
     done = cli("train", *tiny_image_text_overrides(tiny_model_dir, f"hydra.run.dir={run_dir}", *extra))
-    assert done.returncode == 2, done.stderr[-2000:]
-    for words in expected:
-        assert words in done.stderr, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    leftovers = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
-    assert not leftovers & {"final", "best", "checkpoints", "eval.json", "metrics.jsonl"}
+    assert_one_paragraph_and_no_result(done, expected, run_dir)
 
 
 def test_evaluate_refuses_a_set_it_cannot_score_and_bad_settings(tiny_model_dir, tmp_path):

@@ -101,13 +101,28 @@ def _score(model, splits, args) -> float:
     return evaluate_sts(model, sts_evaluator(splits["dev"], 64))["spearman_cosine"]
 
 
-def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+def timed_train(task_name: str, model, loss, spec, train_split, settings, precision: str, device: str):
+    """Our side's timed span: the task's training inputs and the loop, into a throwaway run dir.
+    Returns the loop's result and the seconds it took."""
     from accelerate import Accelerator
 
-    from train.config import MixedPrecision, TrainerConfig
-    from train.losses import build_loss
     from train.loop import train
     from train.tasks import get_task
+
+    task = get_task(task_name)
+    started = time.perf_counter()
+    rows, collate, sampler = task.training_inputs(train_split, model, spec, settings)
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train(
+            model, loss, rows, collate, sampler, task.train_step(spec, collate), None, Path(run_dir), settings,
+            accelerator=Accelerator(mixed_precision=precision, cpu=device == "cpu"),
+        )
+        return result, time.perf_counter() - started
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from train.config import MixedPrecision, TrainerConfig
+    from train.losses import build_loss
 
     model, splits = _common(args)
     precision = _precision(args.precision, args.device)
@@ -126,16 +141,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         bucket_windows=args.bucket_windows,
         forward_chunk_rows=args.chunk_rows,
     )
-    task = get_task(args.task)
     loss, spec = build_loss("bce" if args.task == "cross_encoder" else "cosent", model, task=args.task)
-    started = time.perf_counter()
-    rows, collate, sampler = task.training_inputs(splits["train"], model, spec, settings)
-    with tempfile.TemporaryDirectory() as run_dir:
-        result = train(
-            model, loss, rows, collate, sampler, task.train_step(spec, collate), None, Path(run_dir), settings,
-            accelerator=Accelerator(mixed_precision=precision, cpu=args.device == "cpu"),
-        )
-        seconds = time.perf_counter() - started
+    result, seconds = timed_train(args.task, model, loss, spec, splits["train"], settings, precision, args.device)
     counts = {"pairs": result.pairs, "real_tokens": result.real_tokens, "padded_tokens": result.padded_tokens}
     return {
         "seconds": seconds,

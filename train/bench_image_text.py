@@ -81,13 +81,9 @@ def _score(model, splits, args) -> float:
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from accelerate import Accelerator
-
-    from train.bench import _peak_memory, _precision
+    from train.bench import _peak_memory, _precision, timed_train
     from train.config import MixedPrecision, TrainerConfig
     from train.losses import build_loss
-    from train.loop import train
-    from train.tasks import get_task
 
     model, splits = _model(args), _splits(args)
     precision = _precision(args.precision, args.device)
@@ -96,16 +92,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         mixed_precision=MixedPrecision(precision), seed=args.seed, eval_every=10**9, save_every=10**9, log_every=10**9,
         num_workers=args.workers,
     )
-    task = get_task("image_text")
     loss, spec = build_loss("clip", model, task="image_text", learn_scale=False)
-    started = time.perf_counter()
-    rows, collate, sampler = task.training_inputs(splits["train"], model, spec, settings)
-    with tempfile.TemporaryDirectory() as run_dir:
-        result = train(
-            model, loss, rows, collate, sampler, task.train_step(spec, collate), None, Path(run_dir), settings,
-            accelerator=Accelerator(mixed_precision=precision, cpu=args.device == "cpu"),
-        )
-        seconds = time.perf_counter() - started
+    result, seconds = timed_train("image_text", model, loss, spec, splits["train"], settings, precision, args.device)
     # The task's batch statistics count the text tokens its tower ran (each distinct caption once).
     counts = {"images": result.pairs, "text_tokens": result.real_tokens}
     return {

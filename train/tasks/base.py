@@ -36,3 +36,15 @@ class TrainStep(Protocol):
 
     def stats(self, batch: dict[str, Any]) -> BatchStats:
         ...
+
+
+def dev_and_test(model: Any, progress: Any, evaluate: Callable | None, test_set: Any, score: Callable[[Any, Any], dict]) -> dict[str, Any]:
+    """The final model's dev figures (the loop's last evaluation when it was at the last step)
+    and its test figures (`score(model, test_set)`)."""
+    report: dict[str, Any] = {}
+    if evaluate is not None:
+        fresh = progress.last_eval is not None and progress.last_eval_step == progress.step
+        report["dev"] = progress.last_eval if fresh else evaluate(model)
+    if test_set is not None:
+        report["test"] = score(model, test_set)
+    return report

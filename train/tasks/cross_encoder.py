@@ -27,7 +27,7 @@ from train.losses import LossSpec
 from train.models import build_cross_encoder
 from train.progress import long_eval
 from train.tasks import Task
-from train.tasks.base import BatchStats
+from train.tasks.base import BatchStats, dev_and_test
 
 log = logging.getLogger("train")
 
@@ -214,13 +214,7 @@ def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int] = ()) -
 
 
 def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int] = ()) -> dict[str, Any]:
-    report: dict[str, Any] = {}
-    if evaluate is not None:
-        fresh = progress.last_eval is not None and progress.last_eval_step == progress.step
-        report["dev"] = progress.last_eval if fresh else evaluate(model)
-    if sets.get("test") is not None:
-        report["test"] = evaluate_set(model, sets["test"], batch_size)
-    return report
+    return dev_and_test(model, progress, evaluate, sets.get("test"), lambda m, ds: evaluate_set(m, ds, batch_size))
 
 
 def format_table(report: dict[str, dict[str, float]]) -> str:
