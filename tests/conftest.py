@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(os.environ.get("EMBED_DATA_DIR", ROOT.parent / "shared" / "data"))
+# The data cache of every run the tests start (and of their subprocesses): one per test session,
+# not the checkout's data/.cache. Tests of the cache itself give each run a folder of its own.
+os.environ.setdefault("EMBED_CACHE_DIR", tempfile.mkdtemp(prefix="embed-test-cache-"))
 
 register_configs()
 

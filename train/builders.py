@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 from sentence_transformers import SentenceTransformer
 
 from train.config import DataConfig, LossConfig, ModelConfig, PoolingConfig, to_plain
-from train.data.presets import load_splits, load_sts_splits
+from train.data.corpus import CacheSettings, Corpus, load_corpus
+from train.data.presets import DataSpec, check_source, data_spec, load_spec_splits, load_sts_splits
 from train.data.readers import CandidateColumns, Columns, ScoreRange
 from train.data.checks import check_scorable, report_overlap
 from train.errors import DataError, Preempted, UserError
@@ -82,33 +83,39 @@ def model_outputs(loss: DictConfig | LossConfig, task: str) -> int:
     return loss_spec(task, c.name.value).num_labels({"num_labels": c.num_labels})
 
 
-def build_data(
-    data: DictConfig | DataConfig, splits: tuple[str, ...], shape: str = "scored_pairs", eval_shape: str | None = None
-) -> dict[str, datasets.Dataset]:
-    """The splits of `data` in the shape a loss trains on (train/losses.py)."""
-    d: DataConfig = to_plain(data) if isinstance(data, DictConfig) else data
-    return load_splits(
+def data_spec_of(d: DataConfig, shape: str = "scored_pairs") -> DataSpec:
+    """Where the data's splits come from and how they are read, as plain arguments."""
+    return data_spec(
         d.name,
-        shape,
-        splits=splits,
-        data_dir=Path(d.dir),
+        Path(d.dir),
         # data.path is the one file: what train.evaluate scores, or the corpus of data=text_file.
-        paths={"train": d.train_path or (d.path if shape != "scored_pairs" else None), "dev": d.dev_path, "test": d.test_path},
-        fmt=d.format,
-        columns=Columns(d.columns.sentence1, d.columns.sentence2, d.columns.score),
-        label_column=d.columns.label,
-        negative_column=d.columns.negative,
-        scores=ScoreRange(d.score_min, d.score_max),
-        on_bad_row=d.on_bad_row.value,
-        hard_negatives=d.hard_negatives,
-        max_train_samples=d.max_train_samples,
-        max_eval_samples=d.max_eval_samples,
+        {"train": d.train_path or (d.path if shape != "scored_pairs" else None), "dev": d.dev_path, "test": d.test_path},
+        d.format,
+        Columns(d.columns.sentence1, d.columns.sentence2, d.columns.score),
+        d.columns.label,
+        d.columns.negative,
+        ScoreRange(d.score_min, d.score_max),
+        d.on_bad_row.value,
+        CandidateColumns(d.columns.query, d.columns.positive, d.columns.negatives, d.columns.scores),
         hub_id=d.hub_id,
         hub_config=d.hub_config,
         hub_splits=dict(d.hub_splits),
-        candidate_columns=CandidateColumns(d.columns.query, d.columns.positive, d.columns.negatives, d.columns.scores),
-        eval_shape=eval_shape,
     )
+
+
+def build_data(
+    data: DictConfig | DataConfig, splits: tuple[str, ...], shape: str = "scored_pairs", eval_shape: str | None = None
+) -> dict[str, datasets.Dataset]:
+    """The splits of `data` in the shape a loss trains on (train/losses.py), in memory."""
+    d: DataConfig = to_plain(data) if isinstance(data, DictConfig) else data
+    return load_spec_splits(data_spec_of(d, shape), shape, splits, d.max_train_samples, d.max_eval_samples, d.hard_negatives, eval_shape)
+
+
+def build_corpus(data: DictConfig | DataConfig, shape: str, split: str = "train") -> Corpus | None:
+    """A split of `data` through the cache (read and converted once, memory-mapped), or None."""
+    d: DataConfig = to_plain(data) if isinstance(data, DictConfig) else data
+    limit = d.max_train_samples if split == "train" else d.max_eval_samples
+    return load_corpus(data_spec_of(d, shape), split, shape, d.hard_negatives, CacheSettings.make(d.cache_dir, d.num_proc), limit)
 
 
 def build_sts_eval_data(data: DictConfig | DataConfig, own: dict[str, datasets.Dataset]) -> dict[str, datasets.Dataset]:
@@ -125,10 +132,16 @@ def _eval_set_name(data: DictConfig, split: str) -> str:
 
 
 def load_text_task_data(data: DictConfig, shape: str, task: str, eval_shape: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A text task's splits and the sets that score it (dev, test, retrieval_dev), checked."""
-    splits = build_data(data, ("train", "dev", "test"), shape, eval_shape)
-    if "train" not in splits:
+    """A text task's splits (train: a cached Corpus; dev, test: in memory) and the sets that score
+    it (dev, test, retrieval_dev), checked."""
+    d: DataConfig = to_plain(data)
+    spec = data_spec_of(d, shape)
+    check_source(spec, shape)
+    train = build_corpus(d, shape)
+    if train is None:
         raise DataError(f"data={data.name}: no train split to train on (set data.train_path).")
+    evaluation = load_spec_splits(spec, shape, ("dev", "test"), 0, d.max_eval_samples, d.hard_negatives, eval_shape, require=False)
+    splits: dict[str, Any] = {"train": train, **evaluation}
     if task == "bi_encoder":
         sets: dict[str, Any] = build_sts_eval_data(data, splits)
         dev = splits.get("dev")
@@ -149,7 +162,7 @@ def load_text_task_data(data: DictConfig, shape: str, task: str, eval_shape: str
     named = [(s, ds) for s, ds in splits.items() if s != "train"]
     if data.sts_dev:
         named += [(f"{data.sts_dev} {s}", ds) for s, ds in sets.items() if s in ("dev", "test")]
-    report_overlap(splits["train"], named)
+    report_overlap(train, named)
     return splits, sets
 
 

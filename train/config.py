@@ -152,6 +152,11 @@ class DataConfig:
     caption_template: str = "a photo of a {label}"
     # fashion_mnist: the ten class names in label order (null = the English names).
     class_names: Optional[list[str]] = None
+    # Where a training split is kept once read and tokenized: every later run, resume and process
+    # maps it instead of reading the files again (safe to delete). null: $EMBED_CACHE_DIR, else data/.cache.
+    cache_dir: Optional[str] = None
+    # Processes that tokenize a training split into the cache; null = the machine's cores.
+    num_proc: Optional[int] = None
 
 
 @dataclass

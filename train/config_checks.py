@@ -50,6 +50,7 @@ TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.projection_dim": (lambda v: v >= 1, "an integer ≥ 1, or null"),
     "data.max_train_samples": _AT_LEAST_0,
     "data.max_eval_samples": _AT_LEAST_0,
+    "data.num_proc": (lambda v: v >= 1, "an integer ≥ 1, or null (the machine's cores)"),
 }
 
 EVALUATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {

@@ -215,7 +215,7 @@ class Session:
         return savable_model(self.accelerator, self.model, self.plain)
 
 
-def _make_loader(rows: list[dict[str, Any]], sampler: Any, collate: Callable, settings: TrainerConfig, device: torch.device) -> DataLoader:
+def _make_loader(rows: Any, sampler: Any, collate: Callable, settings: TrainerConfig, device: torch.device) -> DataLoader:
     return DataLoader(
         rows,
         batch_sampler=sampler,
@@ -243,7 +243,7 @@ def _schedule(accelerator: Accelerator, optimizer: torch.optim.Optimizer, n_batc
 
 
 def setup(
-    model: nn.Module, loss_fn: nn.Module, rows: list[dict[str, Any]], collate: Callable, sampler: Any, step_fn: TrainStep,
+    model: nn.Module, loss_fn: nn.Module, rows: Any, collate: Callable, sampler: Any, step_fn: TrainStep,
     settings: TrainerConfig, run_dir: Path, accelerator: Accelerator | None, resume_from: Path | None,
     evaluate: Callable | None, main_metric: str, unit: str = "pairs",
 ) -> Session:
@@ -440,7 +440,7 @@ def bar_figures(s: Session) -> dict[str, str]:
 def train(
     model: nn.Module,
     loss_fn: nn.Module,
-    rows: list[dict[str, Any]],
+    rows: Any,
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
     sampler: Any,
     step_fn: TrainStep,
@@ -455,7 +455,8 @@ def train(
 ) -> LoopResult:
     """Trains `model` in place and returns where things went.
 
-    `sampler` yields index batches and has `use_epoch(epoch)`; `step_fn` (the task's) turns a
+    `rows` is a map-style dataset (a list, or a memory-mapped datasets.Dataset, which the loader
+    gathers a batch at a time); `sampler` yields index batches and has `use_epoch(epoch)`; `step_fn` (the task's) turns a
     collated batch into a loss. `evaluate(model)` gives dev figures; `main_metric` picks best/.
     `unit` names a row in throughput (pairs/s, images/s); `desc` labels the progress bar (the stage).
     """

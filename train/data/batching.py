@@ -22,17 +22,19 @@ TEXT_COLUMNS = ("sentence1", "sentence2", "anchor", "positive", "negative")
 LABEL_COLUMNS = {"score": torch.float32, "label": torch.long}
 
 
-def text_columns(ds: datasets.Dataset) -> list[str]:
+def text_columns(ds: Any) -> list[str]:
+    """The text columns of a Dataset or corpus (anything with column_names), in canonical order."""
     return [c for c in TEXT_COLUMNS if c in ds.column_names]
 
 
-def label_column(ds: datasets.Dataset) -> str | None:
+def label_column(ds: Any) -> str | None:
     return next((c for c in LABEL_COLUMNS if c in ds.column_names), None)
 
 
 def tokenize_columns(ds: datasets.Dataset, tokenizer: Any, max_length: int) -> datasets.Dataset:
     """Adds `ids_<column>` for each text column (token ids with special tokens, truncated to
-    max_length) and `length`, the longest of a row's columns."""
+    max_length) and `length`, the longest of a row's columns. In memory: for small sets; a
+    training corpus is tokenized into the cache (train/data/tokens.py)."""
     columns = text_columns(ds)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
@@ -44,12 +46,20 @@ def tokenize_columns(ds: datasets.Dataset, tokenizer: Any, max_length: int) -> d
     return ds.map(encode, batched=True, batch_size=1000, desc="Tokenizing", keep_in_memory=True)
 
 
+def _shuffled(n: int, rng: np.random.Generator) -> np.ndarray:
+    # rng.permutation(n) draws the same order; int32 halves it (40 MB for 10M rows).
+    order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    rng.shuffle(order)
+    return order
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Yields index batches; every example exactly once per epoch.
 
     Each epoch: shuffle all indices (seeded by seed and epoch), cut them into windows of
     `batch_size * window_batches`, sort each window by length and cut it into batches, then
-    shuffle the order of all batches. `window_batches=0` gives plain random batches.
+    shuffle the order of all batches. `window_batches=0` gives plain random batches. An epoch
+    is one int32 array of indices (4 bytes a row) that batches are sliced from as they are drawn.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, window_batches: int = 50) -> None:
@@ -60,97 +70,163 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.window_batches = window_batches
         self.epoch = 0
+        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def use_epoch(self, epoch: int) -> None:
         # Not `set_epoch`: accelerate calls that with its own iteration count, which restarts
         # at 0 after skip_first_batches and would replay epoch 0's order on resume.
         self.epoch = epoch
 
-    def batches(self, epoch: int) -> list[list[int]]:
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the epoch's index order, the start of each batch in it, in the order drawn)."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1], self._cache[2]
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.lengths))
+        n, size = len(self.lengths), self.batch_size
+        order = _shuffled(n, rng)
+        starts = np.arange(0, n, size)
         if self.window_batches > 0:
-            window = self.batch_size * self.window_batches
-            chunks = []
-            for start in range(0, len(order), window):
+            window = size * self.window_batches
+            for start in range(0, n, window):
                 part = order[start : start + window]
-                chunks.append(part[np.argsort(self.lengths[part], kind="stable")])
-            order = np.concatenate(chunks) if chunks else order
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
-        if self.window_batches > 0:
+                order[start : start + window] = part[np.argsort(self.lengths[part], kind="stable")]
             # A short batch stays last: accelerate's per-rank sharding expects only the last one short.
-            short = [b for b in batches if len(b) < self.batch_size]
-            full = [b for b in batches if len(b) == self.batch_size]
-            batches = [full[i] for i in rng.permutation(len(full))] + short
-        return batches
+            full = n // size
+            starts = np.concatenate([starts[:full][rng.permutation(full)], starts[full:]])
+        self._cache = (epoch, order, starts)
+        return order, starts
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        order, starts = self._plan(epoch)
+        return [order[s : s + self.batch_size].tolist() for s in starts]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches(self.epoch))
+        order, starts = self._plan(self.epoch)
+        for s in starts:
+            yield order[s : s + self.batch_size].tolist()
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def text_hashes(texts: Sequence[Sequence[str]]) -> np.ndarray:
+    """(rows, columns) 32-bit hashes of each row's texts."""
+    from train.data.text_hash import hash32
+
+    rows = [tuple(t) for t in texts]
+    width = max((len(r) for r in rows), default=0)
+    if any(len(r) != width for r in rows):
+        raise ValueError("every row must hold the same number of texts")
+    return hash32(t for r in rows for t in r).reshape(len(rows), width)
 
 
 class NoDuplicatesBatchSampler(Sampler[list[int]]):
     """Random batches in which no text occurs twice, for in-batch-negative losses: a duplicate
     would be scored as a negative of itself.
 
-    `texts[i]` holds example i's texts (hashes are enough). An example that clashes with the
-    batch being filled waits at the front of the queue for the next one, so every example is
-    used once an epoch in one pass over the data. With `group > 1` (several processes sharing
-    their negatives), groups of `group * batch_size` are duplicate-free and cut into `group`
-    consecutive batches, which accelerate hands to the ranks in turn; groups that cannot be
-    filled are dropped (`dropped` counts their rows) so that every rank gets only full batches.
+    `texts`: a (rows, columns) array of text hashes (train/data/corpus.py keeps one for every
+    corpus), or each row's texts. An example that clashes with the batch being filled waits at
+    the front of the queue for the next one, so every example is used once an epoch in one
+    pass over the data. With `group > 1` (several processes sharing their negatives), groups of
+    `group * batch_size` are duplicate-free and cut into `group` consecutive batches, which
+    accelerate hands to the ranks in turn; groups that cannot be filled are dropped (`dropped`
+    counts their rows) so that every rank gets only full batches.
+
+    Groups are checked many at a time in numpy; only one that holds a clash is filled row by
+    row. An epoch is one int32 array of indices (4 bytes a row).
     """
 
-    def __init__(self, texts: Sequence[Sequence[Any]], batch_size: int, seed: int = 0, group: int = 1) -> None:
-        self.texts = [frozenset(t) for t in texts]
+    def __init__(self, texts: Any, batch_size: int, seed: int = 0, group: int = 1) -> None:
+        hashes = texts if isinstance(texts, np.ndarray) else text_hashes(texts)
+        self.hashes = hashes.reshape(len(hashes), -1)
         self.batch_size = batch_size
         self.seed = seed
         self.group = group
         self.epoch = 0
         self.dropped = 0
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self._cache: tuple[int, np.ndarray, int, list[list[int]]] | None = None
 
     def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def batches(self, epoch: int) -> list[list[int]]:
+    def _clean(self, groups: np.ndarray) -> np.ndarray:
+        """For each row of `groups` (index groups), whether no text occurs in two of its rows."""
+        m, size = groups.shape
+        width = self.hashes.shape[1]
+        h = np.asarray(self.hashes[groups.ravel()]).reshape(m, size * width)
+        owner = np.repeat(np.arange(size), width)
+        by_hash = np.argsort(h, axis=1, kind="stable")
+        h = np.take_along_axis(h, by_hash, axis=1)
+        owner = owner[by_hash]
+        clash = (h[:, 1:] == h[:, :-1]) & (owner[:, 1:] != owner[:, :-1])
+        return ~clash.any(axis=1)
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray, int, list[list[int]]]:
+        """(order, full, tail): the first `full` indices of `order` are full groups in turn; `tail`
+        the groups formed after the queue first ran short (the end of the epoch)."""
         if self._cache is not None and self._cache[0] == epoch:
-            return self._cache[1]
+            return self._cache[1], self._cache[2], self._cache[3]
         rng = np.random.default_rng([self.seed, epoch])
-        pending = deque(rng.permutation(len(self.texts)).tolist())
-        size = self.batch_size * self.group
-        groups: list[list[int]] = []
-        while pending:
-            batch: list[int] = []
-            seen: set = set()
-            skipped: list[int] = []
-            while pending and len(batch) < size:
-                i = pending.popleft()
-                if seen.isdisjoint(self.texts[i]):
-                    batch.append(i)
-                    seen.update(self.texts[i])
+        order = _shuffled(len(self.hashes), rng)
+        n, size = len(order), self.batch_size * self.group
+        pending: deque[int] = deque()  # read from `order` but not placed: the front of the queue
+        read = placed = 0
+        tail: list[list[int]] = []
+        run = 1  # groups to check at once; doubles while they are clean
+        while read < n or pending:
+            if not pending and not tail and n - read >= size:
+                m = min(run, (n - read) // size)
+                clean = self._clean(order[read : read + m * size].reshape(m, size))
+                good = m if clean.all() else int(np.argmin(clean))
+                read += good * size
+                placed = read  # clean groups are already in place
+                run = min(run * 2, max(1, 65536 // size)) if good == m else 1
+                if good == m:
+                    continue
+            group, skipped, seen = [], [], set()
+            while len(group) < size and (pending or read < n):
+                if pending:
+                    i = pending.popleft()
+                else:
+                    i, read = int(order[read]), read + 1
+                texts = set(self.hashes[i].tolist())
+                if seen.isdisjoint(texts):
+                    group.append(i)
+                    seen |= texts
                 else:
                     skipped.append(i)
             pending.extendleft(reversed(skipped))
-            groups.append(batch)
+            if len(group) == size and not tail:
+                order[placed : placed + size] = group
+                placed += size
+            else:
+                tail.append(group)
         if self.group > 1:
             # accelerate hands batch i to rank i % group and skips a round whose last batch is
             # short, so a short group would silently cost a step: keep full groups only. A group
             # is short when every row left clashes with it (end of epoch, or few distinct anchors).
-            self.dropped = sum(len(g) for g in groups if len(g) < size)
-            groups = [g for g in groups if len(g) == size]
-        out = [g[r * self.batch_size : (r + 1) * self.batch_size] for g in groups for r in range(self.group)]
-        out = [b for b in out if b]
-        self._cache = (epoch, out)
-        return out
+            self.dropped = sum(len(g) for g in tail if len(g) < size)
+            tail = [g for g in tail if len(g) == size]
+        tail = [g[r * self.batch_size : (r + 1) * self.batch_size] for g in tail for r in range(self.group)]
+        tail = [b for b in tail if b]
+        self._cache = (epoch, order, placed, tail)
+        return order, placed, tail
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        return list(self._iter(epoch))
+
+    def _iter(self, epoch: int) -> Iterator[list[int]]:
+        order, full, tail = self._plan(epoch)
+        for start in range(0, full, self.batch_size):
+            yield order[start : start + self.batch_size].tolist()
+        yield from tail
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches(self.epoch))
+        return self._iter(self.epoch)
 
     def __len__(self) -> int:
-        return len(self.batches(self.epoch))
+        order, full, tail = self._plan(self.epoch)
+        return full // self.batch_size + len(tail)
 
 
 def pad(sequences: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,17 +20,17 @@ from typing import Any
 import datasets
 
 from train.data.readers import (
-    Columns,
-    ScoreRange,
-    canonical_pairs,
-    pair_getter,
     CandidateColumns,
-    read_candidates_file,
-    read_nli_file,
-    read_pairs_file,
-    read_sts_file,
-    read_stsb_official,
-    read_text_lines,
+    Columns,
+    RowSource,
+    ScoreRange,
+    candidates_file_source,
+    nli_file_source,
+    pair_getter,
+    pairs_file_source,
+    sts_file_source,
+    stsb_official_source,
+    text_lines_source,
 )
 from train.data.shapes import to_shape
 from train.errors import DataError
@@ -47,7 +47,7 @@ BUNDLED_DIR = Path(__file__).resolve().parents[2] / "data"
 class Preset:
     folder: str
     files: dict[str, tuple[str, ...]]  # split -> file names inside `folder` (concatenated)
-    read: Callable[[Path, ScoreRange, str], datasets.Dataset]
+    reader: Callable[[Path, ScoreRange, str], RowSource]
     kind: str = "sts"  # sts: scored pairs; nli: premise/hypothesis/label
     # How to fetch missing files: file name -> URL, or one archive holding them all.
     urls: dict[str, str] = field(default_factory=dict)
@@ -57,16 +57,16 @@ class Preset:
     bundled: bool = False  # shipped under BUNDLED_DIR/<folder>
 
 
-def _read_korsts(path: Path, scores: ScoreRange, on_bad_row: str) -> datasets.Dataset:
-    return read_sts_file(path, "tsv", Columns("sentence1", "sentence2", "score"), scores, on_bad_row)
+def _read_korsts(path: Path, scores: ScoreRange, on_bad_row: str) -> RowSource:
+    return sts_file_source(path, "tsv", Columns("sentence1", "sentence2", "score"), scores, on_bad_row)
 
 
-def _read_stsb(path: Path, scores: ScoreRange, on_bad_row: str) -> datasets.Dataset:
-    return read_stsb_official(path, scores, on_bad_row)
+def _read_stsb(path: Path, scores: ScoreRange, on_bad_row: str) -> RowSource:
+    return stsb_official_source(path, scores, on_bad_row)
 
 
-def _read_kornli(path: Path, scores: ScoreRange, on_bad_row: str) -> datasets.Dataset:
-    return read_nli_file(path, "tsv", Columns("sentence1", "sentence2", "gold_label"), on_bad_row)
+def _read_kornli(path: Path, scores: ScoreRange, on_bad_row: str) -> RowSource:
+    return nli_file_source(path, "tsv", Columns("sentence1", "sentence2", "gold_label"), on_bad_row)
 
 
 _KORNLU = "https://raw.githubusercontent.com/kakaobrain/KorNLUDatasets/master"
@@ -75,7 +75,7 @@ PRESETS: dict[str, Preset] = {
     "korsts": Preset(
         folder="korsts",
         files={"train": ("sts-train.tsv",), "dev": ("sts-dev.tsv",), "test": ("sts-test.tsv",)},
-        read=_read_korsts,
+        reader=_read_korsts,
         urls={f"sts-{s}.tsv": f"{_KORNLU}/KorSTS/sts-{s}.tsv" for s in ("train", "dev", "test")},
         source="kakaobrain/KorNLUDatasets (KorSTS), CC BY-SA 4.0",
         bundled=True,
@@ -83,7 +83,7 @@ PRESETS: dict[str, Preset] = {
     "stsb": Preset(
         folder="stsb",
         files={"train": ("sts-train.csv",), "dev": ("sts-dev.csv",), "test": ("sts-test.csv",)},
-        read=_read_stsb,
+        reader=_read_stsb,
         archive_url="https://ixa2.si.ehu.eus/stswiki/images/4/48/Stsbenchmark.tar.gz",
         archive_member_dir="stsbenchmark",
         source="STS Benchmark (STS Wiki)",
@@ -96,7 +96,7 @@ PRESETS: dict[str, Preset] = {
             "dev": ("xnli.dev.ko.tsv",),
             "test": ("xnli.test.ko.tsv",),
         },
-        read=_read_kornli,
+        reader=_read_kornli,
         kind="nli",
         urls={
             name: f"{_KORNLU}/KorNLI/{name}"
@@ -108,7 +108,7 @@ PRESETS: dict[str, Preset] = {
     "kor_xnli": Preset(
         folder="kornli-xnli",
         files={"train": ("xnli.test.ko.tsv",), "dev": ("xnli.dev.ko.tsv",)},
-        read=_read_kornli,
+        reader=_read_kornli,
         kind="nli",
         urls={name: f"{_KORNLU}/KorNLI/{name}" for name in ("xnli.dev.ko.tsv", "xnli.test.ko.tsv")},
         source="kakaobrain/KorNLUDatasets (KorNLI XNLI), CC BY-SA 4.0",
@@ -177,16 +177,68 @@ def preset_files(name: str, data_dir: str | Path, splits: tuple[str, ...]) -> di
     return {s: paths for s, paths in wanted.items() if all(p.exists() for p in paths)}
 
 
-def read_preset(name: str, paths: list[Path], scores: ScoreRange, on_bad_row: str) -> datasets.Dataset:
-    parts = [PRESETS[name].read(p, scores, on_bad_row) for p in paths]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-
-
 def source_kind(name: str) -> str:
     """What a data option holds: sts (scored pairs), nli, pairs, candidates or text."""
     if name in PRESETS:
         return PRESETS[name].kind
     return {"nli_file": "nli", "pairs_file": "pairs", "candidates_file": "candidates", "text_file": "text"}.get(name, "sts")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a dataset's splits come from and how its files are read: the plain arguments a
+    data config becomes (train/builders.py). Picklable, so that a subprocess can read it too."""
+
+    name: str
+    data_dir: Path = Path("data")
+    paths: tuple[tuple[str, str], ...] = ()  # (split, file) for the *_file options
+    fmt: str | None = None
+    columns: Columns = Columns()
+    label_column: str = "gold_label"
+    negative_column: str | None = None
+    scores: ScoreRange = ScoreRange()
+    on_bad_row: str = "error"
+    candidate_columns: CandidateColumns = CandidateColumns()
+    hub_id: str | None = None
+    hub_config: str | None = None
+    hub_splits: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return source_kind(self.name)
+
+    def path(self, split: str) -> str | None:
+        return dict(self.paths).get(split)
+
+
+def split_sources(spec: DataSpec, split: str) -> list[RowSource] | None:
+    """The files (readers, not yet read) of one split, or None when the source has no such split.
+    A preset's missing files are downloaded here."""
+    name = spec.name
+    if name in PRESETS:
+        files = preset_files(name, spec.data_dir, (split,)).get(split)
+        return [PRESETS[name].reader(f, spec.scores, spec.on_bad_row) for f in files] if files else None
+    if name == "hub":
+        return _hub_source(spec, split)
+    path = spec.path(split)
+    if not path:
+        return None
+    if name == "sts_file":
+        return [sts_file_source(path, spec.fmt, spec.columns, spec.scores, spec.on_bad_row)]
+    if name == "nli_file":
+        return [nli_file_source(path, spec.fmt, Columns(spec.columns.sentence1, spec.columns.sentence2, spec.label_column), spec.on_bad_row)]
+    if name == "pairs_file":
+        return [pairs_file_source(path, spec.fmt, spec.columns.sentence1, spec.columns.sentence2, spec.negative_column, spec.on_bad_row)]
+    if name == "candidates_file":
+        return [candidates_file_source(path, spec.fmt, spec.candidate_columns, spec.on_bad_row)]
+    if name == "text_file":
+        return [text_lines_source(path)]
+    raise DataError(f"data.name={name!r} is unknown; use one of {', '.join([*PRESETS, 'sts_file', 'nli_file', 'pairs_file', 'candidates_file', 'text_file', 'hub'])}.")
+
+
+def read_sources(sources: list[RowSource]) -> datasets.Dataset:
+    parts = [s.to_dataset() for s in sources]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def _limit(ds: datasets.Dataset, n: int) -> datasets.Dataset:
@@ -212,61 +264,55 @@ def load_sts_splits(
 
     `splits` lists what the caller wants; a preset's missing test split is simply absent.
     """
-    paths = paths or {}
-    out: dict[str, datasets.Dataset] = {}
-    if name in PRESETS:
-        if PRESETS[name].kind != "sts":
-            raise DataError(f"data={name} is {PRESETS[name].kind} data, not scored pairs: use it with loss=mnrl, triplet or softmax.")
-        for split, paths in preset_files(name, data_dir, splits).items():
-            out[split] = read_preset(name, paths, scores, on_bad_row)
-    elif name == "sts_file":
-        for split in splits:
-            if paths.get(split):
-                out[split] = read_sts_file(paths[split], fmt, columns, scores, on_bad_row)
-        if not out:
-            asked = ", ".join(f"data.{s}_path" for s in splits)
-            raise DataError(f"data=sts_file needs a file: set {asked}.")
-    elif name == "hub":
-        out = _load_hub(hub_id, hub_config, hub_splits or {}, splits, columns, scores, on_bad_row)
-    else:
-        raise DataError(f"data.name={name!r} is unknown; use one of {', '.join([*PRESETS, 'sts_file', 'hub'])}.")
-    return {
-        split: _limit(ds, max_train_samples if split == "train" else max_eval_samples) for split, ds in out.items()
-    }
+    spec = data_spec(name, data_dir, paths, fmt, columns, scores=scores, on_bad_row=on_bad_row,
+                     hub_id=hub_id, hub_config=hub_config, hub_splits=hub_splits)
+    return load_spec_splits(spec, "scored_pairs", splits, max_train_samples, max_eval_samples)
 
 
-def _load_hub(
-    hub_id: str | None,
-    hub_config: str | None,
-    hub_splits: dict[str, str],
-    splits: tuple[str, ...],
-    columns: Columns,
-    scores: ScoreRange,
-    on_bad_row: str,
-) -> dict[str, datasets.Dataset]:
-    if not hub_id:
+def data_spec(
+    name: str,
+    data_dir: str | Path = "data",
+    paths: dict[str, str | None] | None = None,
+    fmt: str | None = None,
+    columns: Columns = Columns(),
+    label_column: str = "gold_label",
+    negative_column: str | None = None,
+    scores: ScoreRange = ScoreRange(),
+    on_bad_row: str = "error",
+    candidate_columns: CandidateColumns = CandidateColumns(),
+    hub_id: str | None = None,
+    hub_config: str | None = None,
+    hub_splits: dict[str, str] | None = None,
+) -> DataSpec:
+    return DataSpec(
+        name, Path(data_dir), tuple((k, str(v)) for k, v in (paths or {}).items() if v), fmt, columns, label_column,
+        negative_column, scores, on_bad_row, candidate_columns, hub_id, hub_config, tuple((hub_splits or {}).items()),
+    )
+
+
+def _hub_source(spec: DataSpec, split: str) -> list[RowSource] | None:
+    if not spec.hub_id:
         raise DataError("data=hub needs data.hub_id (a Hugging Face dataset id, e.g. sentence-transformers/stsb).")
-    out = {}
-    for split in splits:
-        hub_split = hub_splits.get(split, split)
-        try:
-            raw = datasets.load_dataset(hub_id, hub_config, split=hub_split)
-        except ValueError as e:  # an unknown split name
-            if split == "test":
-                continue
-            raise DataError(f"data.hub_id={hub_id}: no split {hub_split!r} ({e}).") from None
-        except Exception as e:
-            raise DataError(
-                f"data.hub_id={hub_id}: could not load the dataset ({type(e).__name__}: {e}). "
-                "It needs network access to the Hub; offline, export it to files and use data=sts_file."
-            ) from None
-        out[split] = canonical_pairs(
-            ((f"row {i + 1}", r) for i, r in enumerate(raw)),
-            f"{hub_id}[{hub_split}]",
-            pair_getter(columns, scores),
-            on_bad_row,
-        )
-    return out
+    hub_split = dict(spec.hub_splits).get(split, split)
+    try:
+        raw = datasets.load_dataset(spec.hub_id, spec.hub_config, split=hub_split)
+    except ValueError as e:  # an unknown split name
+        if split == "test":
+            return None
+        raise DataError(f"data.hub_id={spec.hub_id}: no split {hub_split!r} ({e}).") from None
+    except Exception as e:
+        raise DataError(
+            f"data.hub_id={spec.hub_id}: could not load the dataset ({type(e).__name__}: {e}). "
+            "It needs network access to the Hub; offline, export it to files and use data=sts_file."
+        ) from None
+    where = f"{spec.hub_id}[{hub_split}]"
+
+    def records():
+        return ((f"row {i + 1}", r) for i, r in enumerate(raw))
+
+    settings = {"kind": "sts", "hub": where, "config": spec.hub_config, "fingerprint": raw._fingerprint,
+                "columns": [spec.columns.sentence1, spec.columns.sentence2, spec.columns.score], "scores": [spec.scores.low, spec.scores.high]}
+    return [RowSource(where, ("sentence1", "sentence2", "score"), records, pair_getter(spec.columns, spec.scores), spec.on_bad_row, settings)]
 
 
 def load_splits(
@@ -288,56 +334,64 @@ def load_splits(
     eval_shape: str | None = None,
     **hub: Any,
 ) -> dict[str, datasets.Dataset]:
-    """Any source in the shape a loss needs (see train/data/shapes.py): STS data for the STS
-    losses; NLI presets/files, pairs files, query-with-candidates files or a text file for the
+    """Any source in the shape a loss needs (see train/data/shapes.py), in memory: STS data for the
+    STS losses; NLI presets/files, pairs files, query-with-candidates files or a text file for the
     others. Dev/test come in `eval_shape` (default: (anchor, positive) for retrieval evaluation)."""
-    if shape == "scored_pairs" and name != "candidates_file":
-        return load_sts_splits(
-            name, splits, data_dir, paths, fmt, columns, scores, on_bad_row,
-            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, **hub,
-        )
-    paths = paths or {}
-    raw: dict[str, datasets.Dataset] = {}
-    if name in PRESETS:
-        kind = PRESETS[name].kind
-        for split, files in preset_files(name, data_dir, splits).items():
-            raw[split] = read_preset(name, files, scores, on_bad_row)
-    elif name == "nli_file":
-        kind = "nli"
-        for split in splits:
-            if paths.get(split):
-                raw[split] = read_nli_file(paths[split], fmt, Columns(columns.sentence1, columns.sentence2, label_column), on_bad_row)
-    elif name == "pairs_file":
-        kind = "pairs"
-        for split in splits:
-            if paths.get(split):
-                raw[split] = read_pairs_file(paths[split], fmt, columns.sentence1, columns.sentence2, negative_column, on_bad_row)
-    elif name == "candidates_file":
-        kind = "candidates"
-        for split in splits:
-            if paths.get(split):
-                raw[split] = read_candidates_file(paths[split], fmt, candidate_columns, on_bad_row)
-    elif name == "text_file":
-        kind = "text"
-        for split in splits:
-            if paths.get(split):
-                raw[split] = read_text_lines(paths[split])
-    else:
+    spec = data_spec(name, data_dir, paths, fmt, columns, label_column, negative_column, scores, on_bad_row, candidate_columns, **hub)
+    return load_spec_splits(spec, shape, splits, max_train_samples, max_eval_samples, hard_negatives, eval_shape)
+
+
+def check_source(spec: DataSpec, shape: str) -> None:
+    """Refuses a source that cannot feed `shape` before anything is read."""
+    if spec.name not in PRESETS and spec.name not in ("sts_file", "nli_file", "pairs_file", "candidates_file", "text_file", "hub"):
+        raise DataError(f"data.name={spec.name!r} is unknown; use one of {', '.join([*PRESETS, 'sts_file', 'nli_file', 'pairs_file', 'candidates_file', 'text_file', 'hub'])}.")
+    kind = spec.kind
+    if shape == "scored_pairs" and kind not in ("sts", "candidates"):
+        raise DataError(f"data={spec.name} is {kind} data, not scored pairs: use it with loss=mnrl, triplet or softmax.")
+    if shape != "scored_pairs" and kind == "sts":
         raise DataError(
-            f"data={name} holds scored sentence pairs, but this loss trains on {shape.replace('_', ' ')}: "
+            f"data={spec.name} holds scored sentence pairs, but this loss trains on {shape.replace('_', ' ')}: "
             "use NLI data (data=kornli, kor_xnli, nli_file), pairs (data=pairs_file) or text (data=text_file)."
         )
-    if name not in PRESETS and not raw:
-        raise DataError(f"data={name} needs a file: set data.train_path (and data.dev_path), or data.path.")
+
+
+def split_shape(spec: DataSpec, split: str, shape: str, eval_shape: str | None) -> str | None:
+    """The shape a split is loaded in: the loss's for train; for dev/test `eval_shape`, by default
+    (anchor, positive) for retrieval evaluation of pair-like data, scored pairs for STS data, and
+    none for plain text."""
+    if split == "train" or spec.kind == "sts":
+        return shape
+    if spec.kind == "text":
+        return None
+    return eval_shape or ("triplets" if spec.kind in ("nli", "pairs", "candidates") else None)
+
+
+def load_spec_splits(
+    spec: DataSpec,
+    shape: str,
+    splits: tuple[str, ...] = SPLITS,
+    max_train_samples: int = 0,
+    max_eval_samples: int = 0,
+    hard_negatives: bool = True,
+    eval_shape: str | None = None,
+    require: bool = True,
+) -> dict[str, datasets.Dataset]:
+    """The asked splits that the source has, in memory; `require`: a file option without any of
+    them is an error."""
+    check_source(spec, shape)
     out = {}
-    for split, ds in raw.items():
-        # Bi-encoder dev/test are kept as (anchor, positive) for retrieval evaluation, whatever the loss.
-        default_eval = "triplets" if kind in ("nli", "pairs", "candidates") else None
-        split_shape = shape if split == "train" else (eval_shape or default_eval if kind != "text" else None)
-        if split_shape is None:
+    found = False
+    for split in splits:
+        sources = split_sources(spec, split)
+        found = found or sources is not None
+        target = split_shape(spec, split, shape, eval_shape)
+        if sources is None or target is None:
             continue
         # Candidate lists keep their negatives in dev/test; NLI triplets only in train.
-        keep_negatives = hard_negatives and (split == "train" or kind == "candidates")
-        out[split] = to_shape(ds, kind, split_shape, keep_negatives, f"data={name} ({split})")
-        out[split] = _limit(out[split], max_train_samples if split == "train" else max_eval_samples)
+        keep_negatives = hard_negatives and (split == "train" or spec.kind == "candidates")
+        ds = to_shape(read_sources(sources), spec.kind, target, keep_negatives, f"data={spec.name} ({split})")
+        out[split] = _limit(ds, max_train_samples if split == "train" else max_eval_samples)
+    if require and not found and spec.name not in PRESETS:
+        asked = ", ".join(f"data.{s}_path" for s in splits)
+        raise DataError(f"data={spec.name} needs a file: set {asked} (or data.path).")
     return out

@@ -7,11 +7,12 @@ row is reported as `file, line N: reason`. Readers know nothing of models or bat
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,14 @@ def _records_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=10_000)
+        number = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                yield f"row {number}", record
     except Exception as e:  # pyarrow raises several types for a file that is not parquet
         raise DataError(f"{path}: not a readable Parquet file ({e}).") from None
-    for number, record in enumerate(table.to_pylist(), start=1):
-        yield f"row {number}", record
 
 
 _READERS = {
@@ -195,30 +199,45 @@ def _has_path(record: Any, dotted: str) -> bool:
 
 
 def read_records(path: Path, fmt: str, wanted: dict[str, str]) -> Iterable[tuple[str, Any]]:
-    """The records of a file, after checking that it has each column in `wanted`
+    """The records of a file, streamed, after checking that it has each column in `wanted`
     ({config key: column name or dot path}); a column the file lacks is one error that lists
-    the columns it has, not a bad row per line. CSV/TSV are checked against their header and
-    stream; JSON/JSONL/parquet records are read whole (a column only needs to occur in one)."""
+    the columns it has, not a bad row per line. CSV/TSV are checked against their header;
+    JSON/JSONL/parquet against their records (a column only needs to occur in one). A JSON
+    array is one document and is read whole: write large corpora as JSONL, CSV/TSV or parquet."""
     if fmt in ("csv", "tsv"):
         columns = _header(path, "," if fmt == "csv" else "\t")
-        records: Iterable[tuple[str, Any]] = _READERS[fmt](path)
-        present = columns.__contains__
-        empty = not columns
-    else:
-        records = list(_READERS[fmt](path))
-        dicts = [r for _, r in records if isinstance(r, dict)]
-        present = lambda column: any(_has_path(r, column) for r in dicts)  # noqa: E731
-        columns = list(dict.fromkeys(k for r in dicts for k in r))
-        empty = not records
-    if empty:  # canonical_rows says the file holds no rows
-        return records
+        if columns:
+            _check_columns(path, wanted, columns.__contains__, columns)
+        return _READERS[fmt](path)
+    # JSON(L)/parquet: a column only needs to occur in one record. The first records usually
+    # settle it; only when they do not is the file scanned once before it is read.
+    records = iter(_READERS[fmt](path))
+    head = list(itertools.islice(records, _PEEK))
+    if not head:  # canonical_rows says the file holds no rows
+        return head
+    if all(any(_has_path(r, c) for _, r in head) for c in wanted.values() if c):
+        return itertools.chain(head, records)
+    seen: dict[str, None] = {}
+    found = {c: False for c in wanted.values() if c}
+    for _, record in itertools.chain(head, records):
+        if isinstance(record, dict):
+            seen.update(dict.fromkeys(record))
+            for c in found:
+                found[c] = found[c] or _has_path(record, c)
+    _check_columns(path, wanted, found.__getitem__, list(seen))
+    return _READERS[fmt](path)
+
+
+_PEEK = 1000
+
+
+def _check_columns(path: Path, wanted: dict[str, str], present: Callable[[str], bool], columns: list) -> None:
     absent = [f"{key}={column!r}" for key, column in wanted.items() if column and not present(column)]
     if absent:
         raise DataError(
             f"{path}: no column {', '.join(absent)}. The file's columns are: {', '.join(map(str, columns)) or 'none'}. "
             "Set data.columns.<name> to one of them."
         )
-    return records
 
 
 def _lookup(record: Any, dotted: str) -> Any:
@@ -259,24 +278,58 @@ def _score(value: Any, column: str, scores: ScoreRange) -> float:
     return (score - scores.low) / (scores.high - scores.low)
 
 
-def canonical_rows(
-    records: Iterable[tuple[str, Any]],
-    source: str,
-    get_row: Callable[[Any], tuple],
-    names: tuple[str, ...],
-    on_bad_row: str = "error",
-) -> datasets.Dataset:
-    """Checks each record with `get_row(record) -> tuple` (one value per name) and builds the Dataset.
+# The Arrow type of each canonical column: what the in-memory Dataset and the cache both hold.
+_STRING = datasets.Value("string")
+FEATURES: dict[str, Any] = {
+    **{name: _STRING for name in ("sentence1", "sentence2", "anchor", "positive", "negative", "query", "text")},
+    "score": datasets.Value("float32"),
+    "label": datasets.Value("int64"),
+    "candidates": datasets.List(_STRING),
+    "labels": datasets.List(datasets.Value("float64")),
+}
 
-    A bad record raises `DataError` naming the source and place, or is skipped and counted
-    when `on_bad_row == "skip"`.
-    """
-    values: list[list[Any]] = [[] for _ in names]
-    bad: Counter[str] = Counter()
+
+def features_of(names: Iterable[str]) -> datasets.Features:
+    return datasets.Features({name: FEATURES[name] for name in names})
+
+
+@dataclass
+class Tally:
+    """What checking a file's records found: rows read, bad rows by reason, the first bad one."""
+
+    total: int = 0
+    kept: int = 0
+    bad: Counter = field(default_factory=Counter)
     first_bad: str | None = None
-    total = 0
+
+    def finish(self, source: str, log_skipped: bool = True) -> None:
+        if self.total == 0:
+            raise DataError(f"{source}: the file holds no rows.")
+        if not self.kept:
+            raise DataError(f"{source}: all {self.total} rows are bad (first: {self.first_bad}).")
+        if self.bad and log_skipped:
+            log.warning("%s: %s", source, self.describe_bad())
+
+    def describe_bad(self) -> str:
+        reasons = "; ".join(f"{n} × {reason}" for reason, n in self.bad.most_common())
+        return f"skipped {sum(self.bad.values())} bad rows of {self.total} ({reasons}; first: {self.first_bad})"
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows_read": self.total, "bad_rows": sum(self.bad.values()), "skipped": self.describe_bad() if self.bad else None}
+
+
+def checked_rows(
+    records: Iterable[tuple[str, Any]], source: str, get_row: Callable[[Any], tuple], on_bad_row: str, tally: Tally,
+    log_skipped: bool = True,
+) -> Iterator[tuple]:
+    """Each record checked by `get_row(record) -> tuple` (one value per column), streamed.
+
+    A bad record raises `DataError` naming the source and place, or is skipped and counted in
+    `tally` when `on_bad_row == "skip"`. At the end, `tally.finish` refuses a file without a good
+    row and logs what was skipped (unless the caller reports it: `log_skipped=False`).
+    """
     for where, record in records:
-        total += 1
+        tally.total += 1
         try:
             if isinstance(record, _BadRecord):
                 raise _BadRow(record.reason)
@@ -288,27 +341,55 @@ def canonical_rows(
                 raise DataError(
                     f"{source}, {where}: {e}. Fix the row, or set data.on_bad_row=skip to skip bad rows."
                 ) from None
-            bad[str(e).split(" (")[0]] += 1
-            first_bad = first_bad or f"{where}: {e}"
+            tally.bad[str(e).split(" (")[0]] += 1
+            tally.first_bad = tally.first_bad or f"{where}: {e}"
             continue
-        for column, value in zip(values, row):
-            column.append(value)
-    if total == 0:
-        raise DataError(f"{source}: the file holds no rows.")
-    if not values[0]:
-        raise DataError(f"{source}: all {total} rows are bad (first: {first_bad}).")
-    if bad:
-        reasons = "; ".join(f"{n} × {reason}" for reason, n in bad.most_common())
-        log.warning("%s: skipped %d bad rows of %d (%s; first: %s)", source, sum(bad.values()), total, reasons, first_bad)
-    return datasets.Dataset.from_dict(dict(zip(names, values)))
+        tally.kept += 1
+        yield row
+    tally.finish(source, log_skipped)
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """The checked rows of one file (or a Hub split), read lazily: each `rows()` reads it anew,
+    so a corpus larger than memory streams into the cache (train/data/corpus.py)."""
+
+    source: str  # how messages name it
+    names: tuple[str, ...]  # its canonical columns
+    records: Callable[[], Iterable[tuple[str, Any]]]  # (place, record), e.g. ("line 3", {...})
+    get_row: Callable[[Any], tuple]
+    on_bad_row: str = "error"
+    # What determines the rows besides the file's bytes (a cache key): columns, score range, ...
+    settings: dict[str, Any] = field(default_factory=dict)
+    file: Path | None = None  # None: not a file (a Hub split; `settings` identify it)
+
+    def rows(self, tally: Tally | None = None, log_skipped: bool = True) -> Iterator[tuple]:
+        return checked_rows(self.records(), self.source, self.get_row, self.on_bad_row, tally or Tally(), log_skipped)
+
+    def to_dataset(self) -> datasets.Dataset:
+        values: list[list[Any]] = [[] for _ in self.names]
+        for row in self.rows():
+            for column, value in zip(values, row):
+                column.append(value)
+        return datasets.Dataset.from_dict(dict(zip(self.names, values)), features=features_of(self.names))
+
+
+def canonical_rows(
+    records: Iterable[tuple[str, Any]],
+    source: str,
+    get_row: Callable[[Any], tuple],
+    names: tuple[str, ...],
+    on_bad_row: str = "error",
+) -> datasets.Dataset:
+    """Checks each record with `get_row(record) -> tuple` (one value per name) and builds the Dataset."""
+    return RowSource(source, names, lambda: records, get_row, on_bad_row).to_dataset()
 
 
 def canonical_pairs(
     records: Iterable[tuple[str, Any]], source: str, get_row: Callable[[Any], tuple], on_bad_row: str = "error"
 ) -> datasets.Dataset:
     """Scored pairs: Dataset(sentence1, sentence2, score as float32 in [0, 1])."""
-    ds = canonical_rows(records, source, get_row, ("sentence1", "sentence2", "score"), on_bad_row)
-    return ds.cast_column("score", datasets.Value("float32"))
+    return canonical_rows(records, source, get_row, ("sentence1", "sentence2", "score"), on_bad_row)
 
 
 def pair_getter(columns: Columns, scores: ScoreRange) -> Callable[[dict[str, Any]], tuple[str, str, float]]:
@@ -331,6 +412,32 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: is a directory, expected a data file.")
 
 
+def _file_source(path: Path, fmt: str, wanted: dict[str, str | None], names: tuple[str, ...], get_row, on_bad_row: str, **settings) -> RowSource:
+    wanted = {k: v for k, v in wanted.items() if v}
+    return RowSource(
+        str(path), names, lambda: read_records(path, fmt, wanted), get_row, on_bad_row,
+        {"format": fmt, "columns": wanted, **settings}, path,
+    )
+
+
+def sts_file_source(
+    path: str | Path,
+    fmt: str | None = None,
+    columns: Columns = Columns(),
+    scores: ScoreRange = ScoreRange(),
+    on_bad_row: str = "error",
+) -> RowSource:
+    """Any csv/tsv/json/jsonl/parquet file of scored sentence pairs; columns may be dot paths."""
+    path = Path(path)
+    _check_file(path)
+    fmt = infer_format(path, fmt)
+    wanted = {f"data.columns.{k}": getattr(columns, k) for k in ("sentence1", "sentence2", "score")}
+    return _file_source(
+        path, fmt, wanted, ("sentence1", "sentence2", "score"), pair_getter(columns, scores), on_bad_row,
+        kind="sts", scores=[scores.low, scores.high],
+    )
+
+
 def read_sts_file(
     path: str | Path,
     fmt: str | None = None,
@@ -338,16 +445,14 @@ def read_sts_file(
     scores: ScoreRange = ScoreRange(),
     on_bad_row: str = "error",
 ) -> datasets.Dataset:
-    """Any csv/tsv/json/jsonl/parquet file of scored sentence pairs; columns may be dot paths."""
-    path = Path(path)
-    _check_file(path)
-    fmt = infer_format(path, fmt)
-    wanted = {f"data.columns.{k}": getattr(columns, k) for k in ("sentence1", "sentence2", "score")}
-    records = read_records(path, fmt, wanted)
-    return canonical_pairs(records, str(path), pair_getter(columns, scores), on_bad_row)
+    return sts_file_source(path, fmt, columns, scores, on_bad_row).to_dataset()
 
 
 def read_stsb_official(path: str | Path, scores: ScoreRange = ScoreRange(), on_bad_row: str = "error") -> datasets.Dataset:
+    return stsb_official_source(path, scores, on_bad_row).to_dataset()
+
+
+def stsb_official_source(path: str | Path, scores: ScoreRange = ScoreRange(), on_bad_row: str = "error") -> RowSource:
     """The STS Benchmark distribution files: tab-separated, no header, fields
     genre, filename, year, id, score, sentence1, sentence2 and sometimes extra trailing
     source fields; quote characters are text, not CSV quoting."""
@@ -363,7 +468,10 @@ def read_stsb_official(path: str | Path, scores: ScoreRange = ScoreRange(), on_b
             raise _BadRow(f"expected at least 7 tab-separated fields, found {len(fields)}")
         return _nonempty(fields[5], "sentence1"), _nonempty(fields[6], "sentence2"), _score(fields[4], "score", scores)
 
-    return canonical_pairs(records(), str(path), get_row, on_bad_row)
+    return RowSource(
+        str(path), ("sentence1", "sentence2", "score"), records, get_row, on_bad_row,
+        {"format": "stsb", "kind": "sts", "scores": [scores.low, scores.high]}, path,
+    )
 
 
 def _nonempty(text: str, column: str) -> str:
@@ -392,6 +500,15 @@ def read_nli_file(
     columns: Columns = Columns("sentence1", "sentence2", "gold_label"),
     on_bad_row: str = "error",
 ) -> datasets.Dataset:
+    return nli_file_source(path, fmt, columns, on_bad_row).to_dataset()
+
+
+def nli_file_source(
+    path: str | Path,
+    fmt: str | None = None,
+    columns: Columns = Columns("sentence1", "sentence2", "gold_label"),
+    on_bad_row: str = "error",
+) -> RowSource:
     """Premise/hypothesis/label records -> Dataset(sentence1, sentence2, label: 0 entailment,
     1 neutral, 2 contradiction). KorNLI TSV, KLUE-NLI JSON and any file through `columns`
     (sentence1 = premise, sentence2 = hypothesis, score = the label column). Rows whose label
@@ -408,18 +525,23 @@ def read_nli_file(
         )
 
     wanted = {"data.columns.sentence1": columns.sentence1, "data.columns.sentence2": columns.sentence2, "data.columns.label": columns.score}
-    records = read_records(path, fmt, wanted)
-    return canonical_rows(records, str(path), get_row, ("sentence1", "sentence2", "label"), on_bad_row)
+    return _file_source(path, fmt, wanted, ("sentence1", "sentence2", "label"), get_row, on_bad_row, kind="nli")
 
 
 def read_text_lines(path: str | Path) -> datasets.Dataset:
     """One sentence a line (blank lines skipped) -> Dataset(text)."""
+    return text_lines_source(path).to_dataset()
+
+
+def text_lines_source(path: str | Path) -> RowSource:
     path = Path(path)
     _check_file(path)
-    texts = [line.strip() for _, line in _read_lines(path)]
-    if not texts:
-        raise DataError(f"{path}: the file holds no rows.")
-    return datasets.Dataset.from_dict({"text": texts})
+
+    def records() -> Iterator[tuple[str, list[str]]]:
+        for number, line in _read_lines(path):
+            yield f"line {number}", [line]
+
+    return RowSource(str(path), ("text",), records, lambda fields: (fields[0].strip(),), "error", {"format": "lines", "kind": "text"}, path)
 
 
 def read_pairs_file(
@@ -430,7 +552,18 @@ def read_pairs_file(
     negative: str | None = None,
     on_bad_row: str = "error",
 ) -> datasets.Dataset:
-    """(anchor, positive[, negative]) text records -> Dataset with those columns."""
+    return pairs_file_source(path, fmt, anchor, positive, negative, on_bad_row).to_dataset()
+
+
+def pairs_file_source(
+    path: str | Path,
+    fmt: str | None = None,
+    anchor: str = "anchor",
+    positive: str = "positive",
+    negative: str | None = None,
+    on_bad_row: str = "error",
+) -> RowSource:
+    """(anchor, positive[, negative]) text records -> rows with those columns."""
     path = Path(path)
     _check_file(path)
     fmt = infer_format(path, fmt)
@@ -441,8 +574,7 @@ def read_pairs_file(
         return tuple(_sentence(record, column) for column in fields)
 
     wanted = {"data.columns.sentence1": anchor, "data.columns.sentence2": positive, "data.columns.negative": negative}
-    records = read_records(path, fmt, {k: v for k, v in wanted.items() if v})
-    return canonical_rows(records, str(path), get_row, names, on_bad_row)
+    return _file_source(path, fmt, wanted, names, get_row, on_bad_row, kind="pairs")
 
 
 # --- Query with candidates (rerankers) -------------------------------------------------------
@@ -498,6 +630,12 @@ def _plain_number(value: Any, column: str) -> float:
 def read_candidates_file(
     path: str | Path, fmt: str | None = None, columns: CandidateColumns = CandidateColumns(), on_bad_row: str = "error"
 ) -> datasets.Dataset:
+    return candidates_file_source(path, fmt, columns, on_bad_row).to_dataset()
+
+
+def candidates_file_source(
+    path: str | Path, fmt: str | None = None, columns: CandidateColumns = CandidateColumns(), on_bad_row: str = "error"
+) -> RowSource:
     """JSON/JSONL/parquet records of a query, its positive(s) and a list of negatives ->
     Dataset(query, candidates, labels). This is what `python -m train.mine` writes."""
     path = Path(path)
@@ -508,5 +646,7 @@ def read_candidates_file(
     wanted = {"data.columns.query": columns.query, "data.columns.positive": columns.positive}
     if columns.scores:
         wanted["data.columns.scores"] = columns.scores
-    records = read_records(path, fmt, wanted)
-    return canonical_rows(records, str(path), candidates_getter(columns), ("query", "candidates", "labels"), on_bad_row)
+    return _file_source(
+        path, fmt, wanted, ("query", "candidates", "labels"), candidates_getter(columns), on_bad_row,
+        kind="candidates", negatives=columns.negatives,
+    )

@@ -3,15 +3,26 @@ losses and tasks.
 
 NLI becomes triplets the way SBERT/SimCSE build them: the premise is the anchor, a hypothesis
 it entails is the positive, and a hypothesis it contradicts is the hard negative.
+
+A conversion is a `Plan`: for each output column, which rows of which input column it gathers
+(premises are grouped by a 64-bit hash of their text, in numpy). The same plan becomes an
+in-memory Dataset (`to_shape`, dev and test sets) or is written to the cache chunk by chunk
+(`Plan.chunks`, a training corpus of millions of rows), without a Python object a row.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from enum import Enum
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from train.data.text_hash import hash64
 
 from train.errors import DataError
 
@@ -47,125 +58,296 @@ COLUMNS = {
 }
 
 
-def nli_to_triplets(ds: datasets.Dataset, hard_negatives: bool = True, source: str = "") -> datasets.Dataset:
+@dataclass
+class Take:
+    """An output column gathered from an input column: row i is source[index[i]]."""
+
+    source: pa.ChunkedArray | pa.Array
+    index: np.ndarray
+
+
+@dataclass
+class TakeLists:
+    """A list column: row i holds source[index[offsets[i]:offsets[i + 1]]]."""
+
+    source: pa.ChunkedArray | pa.Array
+    offsets: np.ndarray
+    index: np.ndarray
+
+
+@dataclass
+class Values:
+    """An output column given whole (labels computed by the conversion)."""
+
+    values: pa.Array
+
+
+@dataclass
+class Plan:
+    columns: dict[str, Take | TakeLists | Values]
+    rows: int
+    notes: list[str] = field(default_factory=list)  # what the conversion left out, for the log
+
+    def chunk(self, start: int, stop: int) -> pa.Table:
+        out = {}
+        for name, spec in self.columns.items():
+            if isinstance(spec, Take):
+                out[name] = gather(spec.source, spec.index[start:stop])
+            elif isinstance(spec, TakeLists):
+                offsets = spec.offsets[start : stop + 1]
+                values = gather(spec.source, spec.index[offsets[0] : offsets[-1]])
+                out[name] = pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32()), values)
+            else:
+                out[name] = spec.values.slice(start, stop - start)
+        return pa.table(out)
+
+    def chunks(self, size: int = 10_000) -> Iterator[pa.Table]:
+        for start in range(0, self.rows, size):
+            yield self.chunk(start, min(start + size, self.rows))
+
+
+def gather(column: pa.ChunkedArray | pa.Array, index: np.ndarray) -> pa.Array:
+    """column[index] chunk by chunk: pyarrow's own take on a chunked array first concatenates
+    every chunk, which reads a whole memory-mapped column to gather a few rows."""
+    index = np.asarray(index, dtype=np.int64)
+    if isinstance(column, pa.Array):
+        return column.take(pa.array(index))
+    if column.num_chunks == 1:
+        return column.chunk(0).take(pa.array(index))
+    starts = np.cumsum([0] + [len(c) for c in column.chunks])
+    which = np.searchsorted(starts, index, side="right") - 1
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(column.num_chunks + 1))
+    parts = [
+        column.chunk(k).take(pa.array(index[order[bounds[k] : bounds[k + 1]]] - starts[k]))
+        for k in np.flatnonzero(np.diff(bounds))
+    ]
+    if not parts:
+        return pa.array([], column.type)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return pa.concat_arrays(parts).take(pa.array(inverse))
+
+
+def _table(ds: datasets.Dataset | pa.Table) -> pa.Table:
+    return ds if isinstance(ds, pa.Table) else ds.data.table
+
+
+def _texts(column: pa.ChunkedArray) -> Iterator[str]:
+    for chunk in column.chunks:
+        yield from chunk.to_pylist()
+
+
+def _premise_groups(premise_hash: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` (ascending) grouped by premise, the groups in order of their first row: (rows sorted
+    by group then position, each group's start in it; the last start is len(rows))."""
+    h = premise_hash[rows]
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    group = rank[inverse.reshape(-1)]
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], np.arange(len(first) + 1))
+    return rows[order], starts
+
+
+def nli_triplets_plan(ds: datasets.Dataset | pa.Table, hard_negatives: bool = True, source: str = "") -> Plan:
     """(premise, hypothesis, label) -> (anchor, positive[, negative]).
 
     Every entailed hypothesis gives one example. With hard negatives, it gets a contradicted
     hypothesis of the same premise (cycling through them when there are fewer), and premises
     without any contradiction are left out and counted. Without, plain (anchor, positive) pairs.
+    Premises come in the order of their first entailment, hypotheses in file order.
     """
-    entailed: dict[str, list[str]] = defaultdict(list)
-    contradicted: dict[str, list[str]] = defaultdict(list)
-    for premise, hypothesis, label in zip(ds["sentence1"], ds["sentence2"], ds["label"]):
-        if label == ENTAILMENT:
-            entailed[premise].append(hypothesis)
-        elif label == CONTRADICTION:
-            contradicted[premise].append(hypothesis)
-    anchors, positives, negatives = [], [], []
-    dropped = 0
-    for premise, hyps in entailed.items():
-        negs = contradicted.get(premise, [])
-        for i, hyp in enumerate(hyps):
-            if hard_negatives and not negs:
-                dropped += 1
-                continue
-            anchors.append(premise)
-            positives.append(hyp)
-            if hard_negatives:
-                negatives.append(negs[i % len(negs)])
-    if not anchors:
+    t = _table(ds)
+    labels = t.column("label").to_numpy()
+    premise_hash = hash64(_texts(t.column("sentence1")))
+    entailed, starts = _premise_groups(premise_hash, np.flatnonzero(labels == ENTAILMENT))
+    notes = []
+    columns: dict[str, Take] = {"anchor": Take(t.column("sentence1"), entailed), "positive": Take(t.column("sentence2"), entailed)}
+    if hard_negatives:
+        # Each premise's contradictions, found by the premise's hash among the entailed groups.
+        group_hash = premise_hash[entailed[starts[:-1]]]
+        by_hash = np.argsort(group_hash)
+        contradicted = np.flatnonzero(labels == CONTRADICTION)
+        where = np.searchsorted(group_hash[by_hash], premise_hash[contradicted])
+        where = np.minimum(where, max(len(by_hash) - 1, 0))
+        found = (group_hash[by_hash][where] == premise_hash[contradicted]) if len(by_hash) else np.zeros(len(contradicted), bool)
+        c_group = by_hash[where[found]]
+        c_rows = contradicted[found][np.argsort(c_group, kind="stable")]
+        c_count = np.bincount(c_group, minlength=len(starts) - 1)
+        c_start = np.concatenate([[0], np.cumsum(c_count)])
+        group = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+        position = np.arange(len(entailed)) - starts[group]
+        keep = c_count[group] > 0
+        dropped = int((~keep).sum())
+        negatives = c_rows[(c_start[group] + position % np.maximum(c_count[group], 1))[keep]]
+        columns = {
+            "anchor": Take(t.column("sentence1"), entailed[keep]),
+            "positive": Take(t.column("sentence2"), entailed[keep]),
+            "negative": Take(t.column("sentence2"), negatives),
+        }
+        if dropped:
+            notes.append(f"{source}: {dropped} entailment pairs have no contradiction of the same premise; left out (data.hard_negatives=false keeps them)")
+    rows = len(columns["anchor"].index)
+    if not rows:
         raise DataError(
             f"{source or 'NLI data'}: no (premise, entailed hypothesis"
             + (", contradicted hypothesis) triplets" if hard_negatives else ") pairs")
             + " could be built"
             + (" — try data.hard_negatives=false." if hard_negatives else ".")
         )
-    if dropped:
-        log.info("%s: %d entailment pairs have no contradiction of the same premise; left out (data.hard_negatives=false keeps them)", source, dropped)
-    columns = {"anchor": anchors, "positive": positives}
-    if hard_negatives:
-        columns["negative"] = negatives
-    return datasets.Dataset.from_dict(columns)
+    return Plan(columns, rows, notes)
+
+
+def nli_to_triplets(ds: datasets.Dataset, hard_negatives: bool = True, source: str = "") -> datasets.Dataset:
+    return materialize(nli_triplets_plan(ds, hard_negatives, source))
+
+
+TEXT_SOURCE_COLUMNS = ("text", "anchor", "positive", "negative", "sentence1", "sentence2")
+
+
+def texts_pairs_plan(ds: datasets.Dataset | pa.Table) -> Plan:
+    """Unsupervised SimCSE input: every distinct sentence of the source as (x, x), in order of
+    first occurrence (column after column)."""
+    t = _table(ds)
+    names = [c for c in t.column_names if c in TEXT_SOURCE_COLUMNS]
+    every = pa.chunked_array([chunk for name in names for chunk in t.column(name).chunks], pa.string())
+    _, first = np.unique(hash64(_texts(every)), return_index=True)
+    first.sort()
+    return Plan({"anchor": Take(every, first), "positive": Take(every, first)}, len(first))
 
 
 def texts_to_pairs(ds: datasets.Dataset) -> datasets.Dataset:
-    """Unsupervised SimCSE input: every distinct sentence of the source as (x, x)."""
-    seen: dict[str, None] = {}
-    for column in ds.column_names:
-        if column in ("text", "anchor", "positive", "negative", "sentence1", "sentence2"):
-            for text in ds[column]:
-                seen.setdefault(text, None)
-    texts = list(seen)
-    return datasets.Dataset.from_dict({"anchor": texts, "positive": texts})
+    return materialize(texts_pairs_plan(ds))
+
+
+def nli_candidates_plan(ds: datasets.Dataset | pa.Table, source: str = "") -> Plan:
+    """(premise, hypothesis, label) -> (query, candidates, labels): a premise's entailed hypotheses
+    score 1, its contradicted ones 0 (neutral ones are left out: neither relevant nor not)."""
+    t = _table(ds)
+    labels = t.column("label").to_numpy()
+    premise_hash = hash64(_texts(t.column("sentence1")))
+    rows, starts = _premise_groups(premise_hash, np.flatnonzero((labels == ENTAILMENT) | (labels == CONTRADICTION)))
+    relevant = (labels[rows] == ENTAILMENT).astype(np.float64)
+    has_relevant = np.add.reduceat(relevant, starts[:-1]) > 0 if len(rows) else np.zeros(0, bool)
+    if not has_relevant.any():
+        raise DataError(f"{source or 'NLI data'}: no premise has an entailed hypothesis, so no query has a relevant candidate.")
+    sizes = np.diff(starts)[has_relevant]
+    keep_row = np.repeat(has_relevant, np.diff(starts))
+    kept, kept_labels = rows[keep_row], relevant[keep_row]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    return Plan(
+        {
+            "query": Take(t.column("sentence1"), kept[offsets[:-1]]),
+            "candidates": TakeLists(t.column("sentence2"), offsets, kept),
+            "labels": Values(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(kept_labels, pa.float64()))),
+        },
+        len(sizes),
+    )
 
 
 def nli_to_candidates(ds: datasets.Dataset, source: str = "") -> datasets.Dataset:
-    """(premise, hypothesis, label) -> (query, candidates, labels): a premise's entailed hypotheses
-    score 1, its contradicted ones 0 (neutral ones are left out: neither relevant nor not)."""
-    lists: dict[str, tuple[list[str], list[float]]] = {}
-    for premise, hypothesis, label in zip(ds["sentence1"], ds["sentence2"], ds["label"]):
-        if label in (ENTAILMENT, CONTRADICTION):
-            texts, labels = lists.setdefault(premise, ([], []))
-            texts.append(hypothesis)
-            labels.append(1.0 if label == ENTAILMENT else 0.0)
-    kept = {q: v for q, v in lists.items() if 1.0 in v[1]}
-    if not kept:
-        raise DataError(f"{source or 'NLI data'}: no premise has an entailed hypothesis, so no query has a relevant candidate.")
-    return datasets.Dataset.from_dict(
-        {"query": list(kept), "candidates": [v[0] for v in kept.values()], "labels": [v[1] for v in kept.values()]}
+    return materialize(nli_candidates_plan(ds, source))
+
+
+def _flat(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """A list column's values flattened, and each value's row."""
+    values = pa.concat_arrays([c.flatten() for c in column.chunks]) if column.num_chunks else pa.array([], column.type.value_type)
+    parents = np.concatenate([pc.list_parent_indices(c).to_numpy() + start for c, start in zip(column.chunks, np.cumsum([0] + [len(c) for c in column.chunks]))]) if column.num_chunks else np.zeros(0, np.int64)
+    return values, parents
+
+
+def candidates_pairs_plan(ds: datasets.Dataset | pa.Table) -> Plan:
+    """(query, candidates, labels) -> one scored pair per candidate (for pointwise losses)."""
+    t = _table(ds)
+    candidates, parents = _flat(t.column("candidates"))
+    scores, _ = _flat(t.column("labels"))
+    every = np.arange(len(candidates))
+    return Plan(
+        {"sentence1": Take(t.column("query"), parents), "sentence2": Take(candidates, every), "score": Values(scores.cast(pa.float32()))},
+        len(candidates),
     )
 
 
 def candidates_to_pairs(ds: datasets.Dataset) -> datasets.Dataset:
-    """(query, candidates, labels) -> one scored pair per candidate (for pointwise losses)."""
-    s1, s2, scores = [], [], []
-    for query, candidates, labels in zip(ds["query"], ds["candidates"], ds["labels"]):
-        for candidate, label in zip(candidates, labels):
-            s1.append(query)
-            s2.append(candidate)
-            scores.append(float(label))
-    out = datasets.Dataset.from_dict({"sentence1": s1, "sentence2": s2, "score": scores})
-    return out.cast_column("score", datasets.Value("float32"))
+    return materialize(candidates_pairs_plan(ds))
+
+
+def candidates_triplets_plan(ds: datasets.Dataset | pa.Table, source: str = "") -> Plan:
+    """(query, candidates, labels) -> (anchor, best candidate[, best-scored non-positive]): the
+    hard negative column only when every query has one."""
+    t = _table(ds)
+    candidates, parents = _flat(t.column("candidates"))
+    scores = _flat(t.column("labels"))[0].to_numpy(zero_copy_only=False)
+    starts = np.searchsorted(parents, np.arange(t.num_rows + 1))
+    positive = np.empty(t.num_rows, dtype=np.int64)
+    negative = np.full(t.num_rows, -1, dtype=np.int64)
+    for row in range(t.num_rows):
+        s, e = starts[row], starts[row + 1]
+        order = s + np.argsort(-scores[s:e], kind="stable")
+        positive[row] = order[0]
+        lower = order[1:][scores[order[1:]] < scores[order[0]]]
+        if len(lower):
+            negative[row] = lower[0]
+    columns: dict[str, Take] = {"anchor": Take(t.column("query"), np.arange(t.num_rows)), "positive": Take(candidates, positive)}
+    notes = []
+    if (negative >= 0).all():
+        columns["negative"] = Take(candidates, negative)
+    else:
+        notes.append(f"{source}: not every query has a negative candidate; training on (query, positive) pairs")
+    return Plan(columns, t.num_rows, notes)
 
 
 def candidates_to_triplets(ds: datasets.Dataset, source: str = "") -> datasets.Dataset:
-    """(query, candidates, labels) -> (anchor, best candidate[, best-scored non-positive]): the
-    hard negative column only when every query has one."""
-    anchors, positives, negatives = [], [], []
-    for query, candidates, labels in zip(ds["query"], ds["candidates"], ds["labels"]):
-        order = sorted(range(len(candidates)), key=lambda i: -labels[i])
-        anchors.append(query)
-        positives.append(candidates[order[0]])
-        rest = [candidates[i] for i in order[1:] if labels[i] < labels[order[0]]]
-        negatives.append(rest[0] if rest else None)
-    columns = {"anchor": anchors, "positive": positives}
-    if all(n is not None for n in negatives):
-        columns["negative"] = negatives
-    else:
-        log.info("%s: not every query has a negative candidate; training on (query, positive) pairs", source)
-    return datasets.Dataset.from_dict(columns)
+    return materialize(candidates_triplets_plan(ds, source))
+
+
+IDENTITY = {("candidates", "query_candidates"), ("pairs", "triplets"), ("nli", "labeled_pairs"), ("sts", "scored_pairs")}
+
+
+def is_identity(source_kind: str, shape: str) -> bool:
+    """Whether rows of this kind already are in the shape (no conversion, no pass over the whole split)."""
+    return (source_kind, str(shape)) in IDENTITY
+
+
+def shape_plan(ds: datasets.Dataset | pa.Table, source_kind: str, shape: str, hard_negatives: bool, source: str) -> Plan | None:
+    """How a source dataset (kind nli, pairs, text, sts or candidates) becomes the loss's shape;
+    None when it already is."""
+    if source_kind == "candidates":
+        convert = {Shape.query_candidates: lambda: None, Shape.scored_pairs: lambda: candidates_pairs_plan(ds),
+                   Shape.triplets: lambda: candidates_triplets_plan(ds, source)}
+        if shape in convert:
+            return convert[Shape(shape)]()
+    if shape == "query_candidates" and source_kind == "nli":
+        return nli_candidates_plan(ds, source)
+    if shape == "texts":
+        return texts_pairs_plan(ds)
+    if shape == "triplets":
+        if source_kind == "nli":
+            return nli_triplets_plan(ds, hard_negatives, source)
+        if source_kind == "pairs":
+            return None
+        if source_kind == "text":
+            return texts_pairs_plan(ds)
+    if shape == "labeled_pairs" and source_kind == "nli":
+        return None
+    if shape == "scored_pairs" and source_kind == "sts":
+        return None
+    raise DataError(f"{source}: {source_kind} data cannot feed a loss that trains on {shape.replace('_', ' ')}.")
+
+
+def materialize(plan: Plan) -> datasets.Dataset:
+    """A plan as an in-memory Dataset; its notes are logged."""
+    for note in plan.notes:
+        log.info("%s", note)
+    table = plan.chunk(0, plan.rows)
+    from train.data.readers import features_of
+
+    return datasets.Dataset(table.cast(features_of(table.column_names).arrow_schema))
 
 
 def to_shape(ds: datasets.Dataset, source_kind: str, shape: str, hard_negatives: bool, source: str) -> datasets.Dataset:
     """Converts a source dataset (kind nli, pairs, text, sts or candidates) to the loss's shape."""
-    if source_kind == "candidates":
-        convert = {Shape.query_candidates: lambda: ds, Shape.scored_pairs: lambda: candidates_to_pairs(ds),
-                   Shape.triplets: lambda: candidates_to_triplets(ds, source)}
-        if shape in convert:
-            return convert[Shape(shape)]()
-    if shape == "query_candidates" and source_kind == "nli":
-        return nli_to_candidates(ds, source)
-    if shape == "texts":
-        return texts_to_pairs(ds)
-    if shape == "triplets":
-        if source_kind == "nli":
-            return nli_to_triplets(ds, hard_negatives, source)
-        if source_kind == "pairs":
-            return ds
-        if source_kind == "text":
-            return texts_to_pairs(ds)
-    if shape == "labeled_pairs" and source_kind == "nli":
-        return ds
-    if shape == "scored_pairs" and source_kind == "sts":
-        return ds
-    raise DataError(f"{source}: {source_kind} data cannot feed a loss that trains on {shape.replace('_', ' ')}.")
+    plan = shape_plan(ds, source_kind, shape, hard_negatives, source)
+    return ds if plan is None else materialize(plan)

@@ -17,8 +17,9 @@ class Task:
     build_model: Callable[..., Any]
     # (loss shape) -> the shape of dev/test splits (None: the data's default)
     eval_shape: Callable[[str], str | None]
-    # (train split, model, loss spec, trainer settings, processes) -> rows, collate, sampler
-    training_inputs: Callable[..., tuple[list, Callable, Any]]
+    # (train split: a cached Corpus for text tasks, model, loss spec, trainer settings, processes)
+    # -> rows (a map-style dataset), collate, sampler
+    training_inputs: Callable[..., tuple[Any, Callable, Any]]
     # (loss spec, collate of training_inputs) -> TrainStep
     train_step: Callable[[Any, Any], Any]
     # (eval sets, batch size, matryoshka dims) -> (evaluate(model) or None, main metric)

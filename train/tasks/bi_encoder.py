@@ -12,20 +12,15 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 
 from train.config import TrainerConfig
-from train.data.batching import (
-    BucketBatchSampler,
-    Collator,
-    NoDuplicatesBatchSampler,
-    embed_batch,
-    label_column,
-    text_columns,
-    tokenize_columns,
-)
+from train.data.batching import BucketBatchSampler, Collator, NoDuplicatesBatchSampler, embed_batch, label_column, text_columns
 from train.data.checks import check_batch_fits
+from train.data.corpus import Corpus
+from train.data.tokens import token_table
 from train.evaluation import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrieval, evaluate_sts_dims, format_table, retrieval_evaluator
 from train.builders import load_text_task_data
 from train.losses import LossSpec
@@ -63,14 +58,17 @@ class BiEncoderStep:
 
 
 def training_inputs(
-    train_split: Any, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
-) -> tuple[list[dict[str, Any]], Collator, Any]:
-    """Tokenized rows, the collator and the batch sampler for a training split."""
+    corpus: Corpus, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
+) -> tuple[datasets.Dataset, Collator, Any]:
+    """The corpus's token ids (from the token cache: memory-mapped, gathered a batch at a time),
+    the collator and the batch sampler."""
     tokenizer = model.tokenizer
-    train_ds = tokenize_columns(train_split, tokenizer, model.max_seq_length)
-    columns = tuple(text_columns(train_split))
-    label = label_column(train_split)
-    rows = train_ds.select_columns([f"ids_{c}" for c in columns] + ([label] if label else [])).to_list()
+    tokens = token_table(corpus, tokenizer, model.max_seq_length, "columns")
+    columns = tuple(text_columns(corpus))
+    label = label_column(corpus)
+    rows = tokens.dataset.select_columns([f"ids_{c}" for c in columns])
+    if label:
+        rows = datasets.concatenate_datasets([rows, corpus.dataset.select_columns([label])], axis=1)
     collate = Collator(
         pad_token_id=tokenizer.pad_token_id,
         padding_side=tokenizer.padding_side,
@@ -82,13 +80,12 @@ def training_inputs(
     )
     if spec.shape in ("triplets", "texts"):
         # In-batch negatives: a text twice in a (global) batch would be its own negative.
-        texts = list(zip(*(train_split[c] for c in columns)))
-        sampler = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=num_processes)
+        sampler = NoDuplicatesBatchSampler(corpus.text_hashes(columns), settings.batch_size, settings.seed, group=num_processes)
         if len(sampler) and sampler.dropped:
             log.info("%d of %d rows fit no duplicate-free global batch of %d in epoch 1 and are left out of it (each epoch shuffles anew)",
                      sampler.dropped, len(rows), settings.batch_size * num_processes)
     else:
-        sampler = BucketBatchSampler(train_ds["length"], settings.batch_size, settings.seed, settings.bucket_windows)
+        sampler = BucketBatchSampler(tokens.lengths, settings.batch_size, settings.seed, settings.bucket_windows)
     check_batch_fits(len(rows), settings.batch_size, num_processes, len(sampler) // num_processes)
     return rows, collate, sampler
 

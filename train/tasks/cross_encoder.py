@@ -1,9 +1,9 @@
 """The cross-encoder (reranker): both texts through one model, one score (or NLI logits) out.
 
 Training calls sentence-transformers' own cross-encoder losses with the batch's texts; only the
-model's `preprocess` is swapped, for the step, with a lookup into pairs tokenized once before
-training (a pair the data did not hold, such as an in-batch negative of MNRL, is tokenized
-then, as the library would). Rows are batched by length like the bi-encoder's. Dev figures:
+model's `preprocess` is swapped, for the step, with a lookup into the pairs' token ids from the
+token cache (train/data/tokens.py; a pair the data did not hold, such as an in-batch negative of
+MNRL, is tokenized then, as the library would). Rows are batched by length like the bi-encoder's. Dev figures:
 Spearman of predicted scores on scored pairs, accuracy on NLI labels, MAP/MRR@10/NDCG@10 on
 queries with candidates.
 """
@@ -15,13 +15,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 
 from train.config import TrainerConfig
 from train.data.batching import BucketBatchSampler, NoDuplicatesBatchSampler, pad
 from train.data.checks import check_batch_fits
+from train.data.corpus import Corpus
 from train.data.shapes import Shape
+from train.data.tokens import row_pairs, token_table
 from train.builders import load_text_task_data
 from train.losses import LossSpec
 from train.models import build_cross_encoder
@@ -34,46 +37,37 @@ log = logging.getLogger("train")
 Pair = tuple[str, str]
 
 
-def row_pairs(row: dict[str, Any]) -> list[Pair]:
-    """The (first text, second text) pairs one canonical row holds, whatever its shape."""
-    if "query" in row:
-        return [(row["query"], c) for c in row["candidates"]]
-    if "anchor" in row:
-        return [(row["anchor"], row[c]) for c in ("positive", "negative") if row.get(c) is not None]
-    return [(row["sentence1"], row["sentence2"])]
-
-
 class PairTokens:
-    """Token ids of text pairs, tokenized once as the model's own `preprocess` would
-    ([CLS] a [SEP] b [SEP], longest-first truncation to max_seq_length), padded per call."""
+    """Model inputs for text pairs, the signature of CrossEncoder.preprocess: a batch's own pairs
+    come from the token cache (`use`), tokenized as the model's `preprocess` would ([CLS] a [SEP]
+    b [SEP], longest-first truncation to max_seq_length); a pair the data did not hold (an
+    in-batch negative of MNRL) is tokenized on the spot, as the library would. Padded per call."""
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.token_types = "token_type_ids" in tokenizer.model_input_names
-        self.cache: dict[Pair, tuple[list[int], list[int] | None]] = {}
+        self.known: dict[Pair, tuple[list[int], list[int] | None]] = {}
         self.real = self.padded = 0  # tokens of the features built since the last reset
 
-    def add(self, pairs: Sequence[Pair]) -> None:
-        new = list(dict.fromkeys(p for p in pairs if p not in self.cache))
-        for start in range(0, len(new), 1000):
-            chunk = new[start : start + 1000]
-            encoded = self.tokenizer(
-                [a for a, _ in chunk], [b for _, b in chunk], truncation=True, max_length=self.max_length,
-                return_attention_mask=False, return_token_type_ids=self.token_types,
-            )
-            types = encoded["token_type_ids"] if self.token_types else [None] * len(chunk)
-            for pair, ids, tt in zip(chunk, encoded["input_ids"], types):
-                self.cache[pair] = (ids, tt)
+    def use(self, known: dict[Pair, tuple[list[int], list[int] | None]]) -> None:
+        """The pre-tokenized pairs of the batch about to be trained on."""
+        self.known = known
 
-    def length(self, pair: Pair) -> int:
-        return len(self.cache[pair][0])
+    def _encode(self, pairs: Sequence[Pair]) -> dict[Pair, tuple[list[int], list[int] | None]]:
+        encoded = self.tokenizer(
+            [a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=self.max_length,
+            return_attention_mask=False, return_token_type_ids=self.token_types,
+        )
+        types = encoded["token_type_ids"] if self.token_types else [None] * len(pairs)
+        return {pair: (ids, tt) for pair, ids, tt in zip(pairs, encoded["input_ids"], types)}
 
     def features(self, pairs: Sequence[Pair], **_: Any) -> dict[str, Any]:
-        """Model inputs for `pairs`; the signature of CrossEncoder.preprocess."""
+        """Model inputs for `pairs`."""
         pairs = [tuple(p) for p in pairs]
-        self.add(pairs)  # pairs the data did not hold (in-batch negatives)
-        entries = [self.cache[p] for p in pairs]
+        missing = [p for p in dict.fromkeys(pairs) if p not in self.known]
+        extra = self._encode(missing) if missing else {}
+        entries = [self.known.get(p) or extra[p] for p in pairs]
         left = self.tokenizer.padding_side == "left"
         input_ids, attention_mask = pad([e[0] for e in entries], self.tokenizer.pad_token_id, left)
         features: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -104,6 +98,7 @@ class CrossEncoderStep:
 
     def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
         self.tokens.real = self.tokens.padded = 0
+        self.tokens.use(batch["known"])
         with tokenized_once(loss_fn.model, self.tokens), autocast():
             return loss_fn(batch["inputs"], batch["labels"])
 
@@ -112,11 +107,12 @@ class CrossEncoderStep:
 
 
 class Collate:
-    """Rows of one shape -> the loss's inputs: a list of text columns and the labels."""
+    """Rows of one shape -> the loss's inputs (a list of text columns), the labels, and the rows'
+    pairs with their cached token ids."""
 
     def __init__(self, shape: Shape, tokens: PairTokens) -> None:
         self.shape = Shape(shape)
-        self.tokens = tokens  # for the train step; collation itself needs only the texts
+        self.tokens = tokens  # for the train step; collation itself needs only the rows
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if self.shape == Shape.query_candidates:
@@ -129,23 +125,26 @@ class Collate:
             label = "score" if self.shape == Shape.scored_pairs else "label"
             inputs = [[r["sentence1"] for r in rows], [r["sentence2"] for r in rows]]
             labels = torch.tensor([r[label] for r in rows], dtype=torch.float32 if label == "score" else torch.long)
-        return {"inputs": inputs, "labels": labels, "rows": len(rows)}
+        known = {}
+        for r in rows:
+            types = r.get("pair_types") or [None] * len(r["pair_ids"])
+            known.update(zip(row_pairs(r), zip(r["pair_ids"], types)))
+        return {"inputs": inputs, "labels": labels, "rows": len(rows), "known": known}
 
 
 def training_inputs(
-    train_split: Any, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
-) -> tuple[list[dict[str, Any]], Collate, Any]:
-    """Rows (texts), the collator and the batch sampler; the pairs are tokenized here, once."""
-    rows = train_split.to_list()
+    corpus: Corpus, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
+) -> tuple[datasets.Dataset, Collate, Any]:
+    """Rows (texts, labels and the token ids of their pairs, from the token cache), the collator
+    and the batch sampler."""
+    cached = token_table(corpus, model.tokenizer, model.max_seq_length, "pairs")
+    rows = datasets.concatenate_datasets([corpus.dataset, cached.dataset], axis=1)
     tokens = PairTokens(model.tokenizer, model.max_seq_length)
-    tokens.add([p for r in rows for p in row_pairs(r)])
     if spec.shape == Shape.triplets:
         # In-batch negatives: a text twice in a (global) batch would be its own negative.
-        texts = [tuple(t for pair in row_pairs(r) for t in pair) for r in rows]
-        sampler: Any = NoDuplicatesBatchSampler(texts, settings.batch_size, settings.seed, group=num_processes)
+        sampler: Any = NoDuplicatesBatchSampler(corpus.hashes, settings.batch_size, settings.seed, group=num_processes)
     else:
-        lengths = [max(tokens.length(p) for p in row_pairs(r)) for r in rows]
-        sampler = BucketBatchSampler(lengths, settings.batch_size, settings.seed, settings.bucket_windows)
+        sampler = BucketBatchSampler(cached.lengths, settings.batch_size, settings.seed, settings.bucket_windows)
     check_batch_fits(len(rows), settings.batch_size, num_processes, len(sampler) // num_processes)
     return rows, Collate(spec.shape, tokens), sampler
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from train.builders import build_image_text_data
 from train.config import TrainerConfig
-from train.data.batching import NoDuplicatesBatchSampler
+from train.data.batching import NoDuplicatesBatchSampler, text_hashes
 from train.data.checks import check_batch_fits
 from train.data.images import open_image
 from train.errors import DataError
@@ -143,7 +143,7 @@ def training_inputs(
     # Keys that must not repeat in a batch. The masked loss needs none (each row is its own key):
     # the sampler only keeps every global batch full. The library's cached loss cannot mask, so
     # there a caption repeats in no batch.
-    keys = [(c,) for c in captions] if cached else [(i,) for i in range(len(rows))]
+    keys = text_hashes([(c,) for c in captions]) if cached else np.arange(len(rows), dtype=np.int64)[:, None]
     sampler = NoDuplicatesBatchSampler(keys, settings.batch_size, settings.seed, group=num_processes)
     if cached and len(caption_ids) < settings.batch_size:
         raise DataError(

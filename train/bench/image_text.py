@@ -81,12 +81,13 @@ def _score(model, splits, args) -> float:
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from train.bench import _peak_memory, _precision, timed_train
+    from train.bench.common import peak_memory, timed_train
+    from train.bench.common import precision as resolve
     from train.config import MixedPrecision, TrainerConfig
     from train.losses import build_loss
 
     model, splits = _model(args), _splits(args)
-    precision = _precision(args.precision, args.device)
+    precision = resolve(args.precision, args.device)
     settings = TrainerConfig(
         epochs=1, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.1, weight_decay=0.0,
         mixed_precision=MixedPrecision(precision), seed=args.seed, eval_every=10**9, save_every=10**9, log_every=10**9,
@@ -98,7 +99,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     counts = {"images": result.pairs, "text_tokens": result.real_tokens}
     return {
         "seconds": seconds, **counts, **_flops(model, counts, seconds, result.mixed_precision, args),
-        "dev_zero_shot": _score(model, splits, args), **_peak_memory(args.device), "precision": result.mixed_precision,
+        "dev_zero_shot": _score(model, splits, args), **peak_memory(args.device), "precision": result.mixed_precision,
     }
 
 
@@ -136,12 +137,13 @@ def _image_table(split) -> Any:
 def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-    from train.bench import _peak_memory, _precision
+    from train.bench.common import peak_memory
+    from train.bench.common import precision as resolve
 
     model, splits = _model(args), _splits(args)
     table = _image_table(splits["train"])
     counts = {"images": 0, "text_tokens": 0}
-    precision = _precision(args.st_precision, args.device)
+    precision = resolve(args.st_precision, args.device)
     loss = TrainerClipLoss(model, counts)
     with tempfile.TemporaryDirectory() as out:
         training_args = SentenceTransformerTrainingArguments(
@@ -157,5 +159,5 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - started
     return {
         "seconds": seconds, **counts, **_flops(model, counts, seconds, precision, args),
-        "dev_zero_shot": _score(model, splits, args), **_peak_memory(args.device), "precision": precision,
+        "dev_zero_shot": _score(model, splits, args), **peak_memory(args.device), "precision": precision,
     }

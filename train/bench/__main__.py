@@ -1,0 +1,3 @@
+from train.bench.cli import main
+
+main()

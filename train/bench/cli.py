@@ -1,0 +1,191 @@
+"""python -m train.bench: the command line; each run happens in a fresh subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from train.bench.common import precision as _precision
+from train.bench.recipes import __doc__ as DOC, run_encode, run_ours, run_st_trainer
+
+
+def _child(kind: str, args: argparse.Namespace, queue) -> None:
+    try:
+        if args.task == "image_text":
+            from train.bench import image_text as side
+
+            st_args = argparse.Namespace(**{**vars(args), "st_precision": _precision(args.precision, args.device)})
+            queue.put(side.run_ours(args) if kind == "ours" else side.run_st_trainer(st_args if kind == "st_trainer_same" else args))
+        elif kind == "ours":
+            queue.put(run_ours(args))
+        elif kind == "st_trainer":
+            queue.put(run_st_trainer(args))
+        elif kind == "st_trainer_same":
+            queue.put(run_st_trainer(argparse.Namespace(**{**vars(args), "st_precision": _precision(args.precision, args.device)})))
+        else:
+            queue.put(run_encode(args, kind.removeprefix("encode_")))
+    except BaseException as e:  # report, don't hang the parent
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+        raise
+
+
+def in_subprocess(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(kind, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(f"{kind}: {result['error']}")
+    return result
+
+
+def summarize(runs: list[dict[str, Any]], unit: str) -> dict[str, float]:
+    total = sum(r["seconds"] for r in runs)
+    out = {"seconds_mean": total / len(runs), f"{unit}_per_s": sum(r[unit] for r in runs) / total}
+    if "real_tokens" in runs[0]:
+        out["real_tokens_per_s"] = sum(r["real_tokens"] for r in runs) / total
+        out["padded_tokens_per_s"] = sum(r["padded_tokens"] for r in runs) / total
+        out["padding_ratio"] = sum(r["padded_tokens"] for r in runs) / sum(r["real_tokens"] for r in runs)
+    for dev in ("dev_spearman", "dev_zero_shot"):
+        if dev in runs[0]:
+            out[f"{dev}_mean"] = sum(r[dev] for r in runs) / len(runs)
+    if "model_tflops_per_s" in runs[0]:
+        out["model_tflops_per_s"] = sum(r["model_tflops_per_s"] * r["seconds"] for r in runs) / total
+        if "mfu" in runs[0]:
+            out["mfu"] = sum(r["mfu"] * r["seconds"] for r in runs) / total
+    out["peak_rss_mb_max"] = max(r["peak_rss_mb"] for r in runs)
+    if "peak_gpu_allocated_mb" in runs[0]:
+        out["peak_gpu_allocated_mb_max"] = max(r["peak_gpu_allocated_mb"] for r in runs)
+    return out
+
+
+def ratios_against(summary: dict[str, dict], ours: str, theirs: str, unit: str) -> dict[str, float]:
+    out = {
+        f"{unit}_per_s": summary[ours][f"{unit}_per_s"] / summary[theirs][f"{unit}_per_s"],
+        "peak_rss": summary[ours]["peak_rss_mb_max"] / summary[theirs]["peak_rss_mb_max"],
+    }
+    for dev in ("dev_spearman", "dev_zero_shot"):
+        if f"{dev}_mean" in summary[ours]:
+            out[f"{dev}_diff"] = summary[ours][f"{dev}_mean"] - summary[theirs][f"{dev}_mean"]
+    return out
+
+
+def print_summary(runs: dict[str, list], summary: dict[str, dict], ratios: dict[str, dict], unit: str) -> None:
+    kinds = list(runs)
+    label = {k: k + (f" ({runs[k][0]['precision']})" if "precision" in runs[k][0] else "") for k in kinds}
+    width = max(len(v) for v in label.values()) + 2
+    print()
+    print(f"{'':<{width}}" + "".join(f"{k:>20}" for k in summary[kinds[0]]))
+    for kind in kinds:
+        print(f"{label[kind]:<{width}}" + "".join(f"{v:>20.4f}" for v in summary[kind].values()))
+    for theirs, r in ratios.items():
+        print(f"ratios (ours / {label[theirs]}): " + ", ".join(f"{k}={v:.3f}" for k, v in r.items()))
+    if unit in ("pairs", "images"):
+        ours = summary[kinds[0]]
+        parts = [f"{r[f'{unit}_per_s']:.2f}x SentenceTransformerTrainer at {'its default' if t == 'st_trainer' else 'equal'} precision "
+                 f"({runs[t][0]['precision']})" for t, r in ratios.items()]
+        print(f"headline: ours ({runs[kinds[0]][0]['precision']}) {ours[f'{unit}_per_s']:.1f} {unit}/s = " + ", ".join(parts))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m train.bench", description=DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="bi_encoder", choices=["bi_encoder", "cross_encoder", "image_text"],
+                   help="bi_encoder: CoSENT against SentenceTransformerTrainer; cross_encoder: BCE (gold/5) against "
+                        "CrossEncoderTrainer; image_text: CLIP's loss on Fashion-MNIST against SentenceTransformerTrainer")
+    p.add_argument("--vit", default="small", choices=["small", "b32"],
+                   help="image_text: the scratch image tower, model=minilm_vit's (28 px) or ViT-B/32-sized (224 px)")
+    p.add_argument("--workers", type=int, default=2, help="image_text: DataLoader worker processes on both sides")
+    p.add_argument("--max-eval-samples", type=int, default=1000, help="image_text: dev images scored")
+    p.add_argument("--model", default="minilm", help="minilm, a Hub id or a local path")
+    p.add_argument("--data", default="stsb", help="a preset: stsb or korsts")
+    p.add_argument("--data-dir", default=os.environ.get("EMBED_DATA_DIR", "data"))
+    p.add_argument("--batch-size", type=int, default=None, help="default 16; --scale 32")
+    p.add_argument("--lr", type=float, default=None, help="default 2e-5; image_text 1e-3 (its image tower starts from scratch)")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--max-steps", type=int, default=None, help="0 = one epoch (the default); --scale: default 2")
+    p.add_argument("--max-train-samples", type=int, default=0)
+    p.add_argument("--bucket-windows", type=int, default=50)
+    p.add_argument("--chunk-rows", type=int, default=0, help="trainer.forward_chunk_rows")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "no", "bf16", "fp16"], help="ours (trainer.mixed_precision)")
+    p.add_argument("--st-precision", default="no", choices=["auto", "no", "bf16", "fp16"],
+                   help="SentenceTransformerTrainer's own precision; default fp32, its TrainingArguments default")
+    p.add_argument("--no-equal-precision", action="store_true",
+                   help="skip the extra SentenceTransformerTrainer run at ours' precision")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="the device's peak TFLOP/s for MFU (default: known GPUs' dense bf16/fp16 peak)")
+    p.add_argument("--seed", type=int, default=42, help="repeat r uses seed + r")
+    p.add_argument("--skip-eval", action="store_true", help="no dev Spearman (speed only)")
+    p.add_argument("--encode", action="store_true", help="benchmark embedding a split instead of training")
+    p.add_argument("--num-proc", type=int, default=None, help="ours: processes that tokenize (data.num_proc); default the cores")
+    scale = p.add_argument_group("scale (train/bench/scale.py)")
+    scale.add_argument("--scale", type=lambda v: [int(n) for n in v.split(",")], default=[],
+                       help="comma-separated corpus sizes: synthetic pairs, MNRL, first and second run of both sides")
+    scale.add_argument("--scale-file", action="append", default=[], help="a pairs JSONL (anchor, positive) to use instead")
+    scale.add_argument("--scale-dir", default="bench_results/scale", help="where the generated files, caches and logs go")
+    scale.add_argument("--processes", type=int, default=1, help="ours under accelerate launch with this many CPU processes")
+    scale.add_argument("--skip-st", action="store_true", help="only this project's runs")
+    scale.add_argument("--keep", action="store_true", help="keep both sides' caches after the runs")
+    scale.add_argument("--timeout", type=float, default=7200, help="seconds a run may take")
+    scale.add_argument("--override", action="append", default=[], help="an extra override for ours (repeatable)")
+    p.add_argument("--out", default=None, help="the JSON report (default bench_results/bench.json, or scale.json)")
+    args = p.parse_args(argv)
+    if args.lr is None:
+        args.lr = 1e-3 if args.task == "image_text" else 2e-5
+    sizing = bool(args.scale or args.scale_file)
+    args.batch_size = args.batch_size or (32 if sizing else 16)
+    args.max_steps = args.max_steps if args.max_steps is not None else (2 if sizing else 0)
+    args.out = args.out or f"bench_results/{'scale' if sizing else 'bench'}.json"
+    if sizing:
+        from train.bench.scale import run_scale
+
+        report = {"args": vars(args), "machine": _machine(), "results": run_scale(args)}
+        _write(report, args.out)
+        return report
+
+    kinds = ("encode_ours", "encode_st") if args.encode else ("ours", "st_trainer")
+    ours_precision = _precision(args.precision, args.device)
+    if not args.encode and not args.no_equal_precision and ours_precision != _precision(args.st_precision, args.device):
+        kinds = (*kinds, "st_trainer_same")
+    unit = "sentences" if args.encode else "images" if args.task == "image_text" else "pairs"
+    runs: dict[str, list] = {k: [] for k in kinds}
+    for repeat in range(args.repeats):
+        order = kinds if repeat % 2 == 0 else kinds[::-1]  # alternate A/B against drift
+        # A new seed each repeat (the same for both sides): dev means average over seeds too.
+        repeat_args = argparse.Namespace(**{**vars(args), "seed": args.seed + repeat})
+        for kind in order:
+            result = {"seed": repeat_args.seed, **in_subprocess(kind, repeat_args)}
+            runs[kind].append(result)
+            print(f"[{repeat + 1}/{args.repeats}] {kind}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in result.items()), flush=True)
+    summary = {k: summarize(v, unit) for k, v in runs.items()}
+    ratios = {theirs: ratios_against(summary, kinds[0], theirs, unit) for theirs in kinds[1:]}
+    print_summary(runs, summary, ratios, unit)
+    report = {"args": vars(args), "machine": _machine(), "runs": runs, "summary": summary, "ratios": ratios}
+    _write(report, args.out)
+    return report
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(), "torch": torch.__version__}
+
+
+def _write(report: dict[str, Any], out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

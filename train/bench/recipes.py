@@ -1,0 +1,231 @@
+"""python -m train.bench: this project's loop against SentenceTransformerTrainer, same recipe.
+
+Each run happens in a fresh subprocess (so peak memory is its own), A and B alternating over
+`--repeats`. Both start from the same backbone with a fresh pooling layer, the same data, loss,
+batch size, learning rate and warm-up; both are scored with the same (fp32) dev evaluator.
+Precision: ours runs at `--precision` (default `auto`, as trainer.mixed_precision);
+SentenceTransformerTrainer at its own default (fp32, `--st-precision`) and, when that differs
+from what ours resolved to, a second time at ours' precision, so that the headline gives both
+the default-precision and the equal-precision ratio.
+
+Timed span, the same on both sides: from a loaded model and the raw training split to the
+trained model in memory. It holds tokenization (ours: into an empty token cache, as a first run
+does), the optimizer, the accelerator and data loader setup and the training loop (ours also
+writes its final/ model dir); no evaluation. Ours reads the raw split into its cache first, as the
+library's side gets its split as a loaded `datasets` table.
+
+    python -m train.bench --model minilm --data stsb                 # one epoch of STS-B train
+    python -m train.bench --task cross_encoder --data stsb          # a reranker, against CrossEncoderTrainer
+    python -m train.bench --model minilm --data korsts --repeats 2
+    python -m train.bench --encode --data stsb                      # embedding speed only
+    python -m train.bench --precision no                            # fp32 on both sides
+    python -m train.bench --task image_text --max-train-samples 10000   # CLIP-style, Fashion-MNIST (train/bench/image_text.py)
+    python -m train.bench --scale 100000,1000000                    # memory and start-up at corpus size (train/bench/scale.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from typing import Any
+
+from train.bench.common import MODEL_PRESETS, peak_memory, timed_train
+from train.bench.common import precision as resolve
+
+
+def _common(args: argparse.Namespace):
+    import torch
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    from train.data.presets import load_sts_splits
+    from train.models import build_sentence_transformer
+
+    name, package = MODEL_PRESETS.get(args.model, (args.model, None))
+    splits = load_sts_splits(args.data, ("train", "dev"), data_dir=args.data_dir, max_train_samples=args.max_train_samples)
+    if args.task == "cross_encoder":
+        from train.models import build_cross_encoder
+
+        # The backbone's weights and a fresh 1-logit head (seeded: both sides start alike).
+        torch.manual_seed(args.seed)
+        model = build_cross_encoder(name, args.max_seq_length, 1, offline_package=package)
+    else:
+        model = build_sentence_transformer(name, args.max_seq_length, "mean", offline_package=package)
+    if args.device != "cpu":
+        model.to(args.device)
+    return model, splits
+
+
+def _utilisation(model, counts: dict[str, Any], seconds: float, precision: str, args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from train.flops import peak_tflops, utilisation
+
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    peak = args.peak_tflops or peak_tflops(device, precision)
+    # Bi-encoder: two sentences a pair (the attention term uses the mean real sentence length);
+    # cross-encoder: one sequence a pair.
+    sequences = counts["pairs"] * (1 if args.task == "cross_encoder" else 2)
+    return utilisation(model[0].auto_model, counts["real_tokens"], sequences, seconds, peak)
+
+
+def _score(model, splits, args) -> float:
+    from train.evaluation import evaluate_sts, sts_evaluator
+
+    if args.skip_eval:
+        return float("nan")
+    if args.task == "cross_encoder":
+        from train.tasks.cross_encoder import evaluate_set
+
+        return evaluate_set(model, splits["dev"], 64)["spearman"]
+    return evaluate_sts(model, sts_evaluator(splits["dev"], 64))["spearman_cosine"]
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from train.config import MixedPrecision, TrainerConfig
+    from train.losses import build_loss
+
+    from train.data.corpus import CacheSettings, load_corpus
+    from train.data.presets import data_spec
+
+    model, splits = _common(args)
+    mixed = resolve(args.precision, args.device)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        # The same split, read into an empty cache: the timed span below tokenizes it, as a first run does.
+        corpus = load_corpus(data_spec(args.data, args.data_dir), "train", "scored_pairs", True,
+                             CacheSettings.make(cache_dir, args.num_proc), args.max_train_samples)
+        return _run_ours(args, model, splits, corpus, mixed)
+
+
+def _run_ours(args: argparse.Namespace, model, splits, corpus, mixed: str) -> dict[str, Any]:
+    from train.config import MixedPrecision, TrainerConfig
+    from train.losses import build_loss
+
+    settings = TrainerConfig(
+        epochs=1,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_ratio=0.1,
+        weight_decay=0.0,
+        mixed_precision=MixedPrecision(mixed),
+        seed=args.seed,
+        eval_every=10**9,
+        save_every=10**9,
+        log_every=10**9,
+        bucket_windows=args.bucket_windows,
+        forward_chunk_rows=args.chunk_rows,
+    )
+    loss, spec = build_loss("bce" if args.task == "cross_encoder" else "cosent", model, task=args.task)
+    result, seconds = timed_train(args.task, model, loss, spec, corpus, settings, mixed, args.device)
+    counts = {"pairs": result.pairs, "real_tokens": result.real_tokens, "padded_tokens": result.padded_tokens}
+    return {
+        "seconds": seconds,
+        **counts,
+        **_utilisation(model, counts, seconds, result.mixed_precision, args),
+        "dev_spearman": _score(model, splits, args),
+        **peak_memory(args.device),
+        "precision": result.mixed_precision,
+    }
+
+
+def _count_batches(loss, counts: dict[str, int]) -> None:
+    """Counts what SentenceTransformerTrainer's loss is given (exactly the trained batches; the
+    data collator also sees the one batch accelerate's loader fetches ahead), changing nothing."""
+
+    def hook(module, inputs) -> None:
+        features, labels = inputs
+        for f in features:
+            counts["real_tokens"] += int(f["attention_mask"].sum())
+            counts["padded_tokens"] += f["attention_mask"].numel()
+        counts["pairs"] += len(labels)
+
+    loss.register_forward_pre_hook(hook)
+
+
+def _count_cross_encoder_batches(model, counts: dict[str, int]) -> None:
+    """CrossEncoderTrainer's losses tokenize inside the step: count what preprocess returns."""
+    preprocess = model.preprocess
+
+    def counted(pairs, *a, **k):
+        features = preprocess(pairs, *a, **k)
+        counts["real_tokens"] += int(features["attention_mask"].sum())
+        counts["padded_tokens"] += features["attention_mask"].numel()
+        counts["pairs"] += len(pairs)
+        return features
+
+    model.preprocess = counted
+
+
+def _st_side(args: argparse.Namespace, model, counts: dict[str, int]):
+    """The library's trainer classes, loss and batch counting for the task."""
+    if args.task == "cross_encoder":
+        from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+        from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+        _count_cross_encoder_batches(model, counts)
+        return CrossEncoderTrainer, CrossEncoderTrainingArguments, BinaryCrossEntropyLoss(model)
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+
+    loss = CoSENTLoss(model)
+    _count_batches(loss, counts)
+    return SentenceTransformerTrainer, SentenceTransformerTrainingArguments, loss
+
+
+def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
+    model, splits = _common(args)
+    counts = {"pairs": 0, "real_tokens": 0, "padded_tokens": 0}
+    precision = resolve(args.st_precision, args.device)
+    Trainer, TrainingArguments, loss = _st_side(args, model, counts)
+
+    with tempfile.TemporaryDirectory() as out:
+        training_args = TrainingArguments(
+            output_dir=out,
+            num_train_epochs=1,
+            max_steps=args.max_steps if args.max_steps > 0 else -1,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=args.lr,
+            warmup_steps=0.1,
+            weight_decay=0.0,
+            seed=args.seed,
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            use_cpu=args.device == "cpu",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            logging_steps=10**9,
+            disable_tqdm=True,
+        )
+        started = time.perf_counter()
+        trainer = Trainer(model=model, args=training_args, train_dataset=splits["train"], loss=loss)
+        trainer.train()
+        seconds = time.perf_counter() - started
+        model.__dict__.pop("preprocess", None)  # stop counting: evaluation is not training
+    return {
+        "seconds": seconds,
+        **counts,
+        **_utilisation(model, counts, seconds, precision, args),
+        "dev_spearman": _score(model, splits, args),
+        **peak_memory(args.device),
+        "precision": precision,
+    }
+
+
+def run_encode(args: argparse.Namespace, which: str) -> dict[str, Any]:
+    """Sentences/s embedding the dev split: our encoder vs SentenceTransformer.encode."""
+    from train.inference import encode
+
+    model, splits = _common(args)
+    sentences = list(splits["dev"]["sentence1"]) + list(splits["dev"]["sentence2"])
+    model.eval()
+    started = time.perf_counter()
+    if which == "ours":
+        encode(model, sentences, batch_size=args.batch_size)
+    else:
+        model.encode(sentences, batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "sentences": len(sentences), **peak_memory(args.device)}
+
+

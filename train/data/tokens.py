@@ -1,0 +1,188 @@
+"""The token cache: a corpus tokenized once per (tokenizer, max_seq_length), on disk, memory-mapped.
+
+Two layouts, one per kind of model input:
+- `columns` (bi-encoder): `ids_<column>` for each text column, each text on its own;
+- `pairs` (cross-encoder): `pair_ids` (and `pair_types` where the model takes token type ids),
+  one token list for each (first text, second text) pair a row holds, as the model's own
+  `preprocess` would tokenize it ([CLS] a [SEP] b [SEP], longest-first truncation).
+Beside them, `length.bin` holds each row's longest sequence (for the length-bucketed sampler).
+
+Tokenization runs over the corpus's shards in `num_proc` processes (each writes its own shard
+file); with one process, or one shard, in this process, where the fast tokenizer's own threads
+use the cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from train.data import cache
+from train.data.corpus import CHUNK_ROWS, Corpus, Every
+
+log = logging.getLogger("train")
+
+
+def row_pairs(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (first text, second text) pairs one canonical row holds, whatever its shape."""
+    if "query" in row:
+        return [(row["query"], c) for c in row["candidates"]]
+    if "anchor" in row:
+        return [(row["anchor"], row[c]) for c in ("positive", "negative") if row.get(c) is not None]
+    return [(row["sentence1"], row["sentence2"])]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """What makes two tokenizers give the same ids: the backend's definition (vocabulary,
+    normalizer, special tokens, post-processor) without its truncation and padding state, which
+    each call sets anew."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        text = json.dumps(definition, sort_keys=True)
+    else:
+        from datasets.fingerprint import Hasher
+
+        text = Hasher.hash(tokenizer)
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode()).hexdigest()[:24]
+
+
+def id_type(tokenizer: Any) -> pa.DataType:
+    # Half the disk and page cache of int32 for vocabularies up to 65,536 (BERT, RoBERTa, MiniLM).
+    return pa.uint16() if len(tokenizer) <= 1 << 16 else pa.int32()
+
+
+@dataclass
+class Tokens:
+    dataset: datasets.Dataset  # the token columns, memory-mapped, one row a corpus row
+    lengths: np.ndarray  # each row's longest sequence (memory-mapped)
+    entry: cache.Entry
+
+
+def token_table(corpus: Corpus, tokenizer: Any, max_length: int, layout: str) -> Tokens:
+    """The corpus's tokens (built if missing). `layout`: "columns" or "pairs"."""
+    types = layout == "pairs" and "token_type_ids" in tokenizer.model_input_names
+    key = {
+        "what": "tokens",
+        "rows": corpus.key,
+        "n": len(corpus),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": max_length,
+        "layout": layout,
+        "token_types": types,
+    }
+    tasks = _tasks(corpus)
+    workers = min(corpus.settings.num_proc, len(tasks))
+
+    def build(out: Path) -> dict[str, Any]:
+        progress = Every(f"Tokenizing {len(corpus):,} rows")
+        args = [(path, rows, i, tokenizer, max_length, layout, types, str(out)) for i, (path, rows) in enumerate(tasks)]
+        if workers > 1:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+                results = []
+                for result in pool.map(_tokenize_shard, *zip(*args)):
+                    results.append(result)
+                    progress(sum(len(r[1]) for r in results), len(corpus))
+        else:
+            results = [_tokenize_shard(*a) for a in args]
+        lengths = np.concatenate([r[1] for r in results]) if results else np.zeros(0, np.int32)
+        dtype = np.uint16 if max_length < 1 << 16 else np.int32
+        lengths.astype(dtype).tofile(out / "length.bin")
+        return {"shards": [r[0] for r in results], "rows": len(lengths), "length_dtype": np.dtype(dtype).name,
+                "real_tokens": int(lengths.sum()), "workers": workers}
+
+    entry = cache.cached(corpus.settings.root, "tokens", key, build, what="token")
+    m = entry.manifest
+    parts = [datasets.Dataset.from_file(str(entry.file(name))) for name in m["shards"]]
+    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    lengths = np.memmap(entry.file("length.bin"), dtype=m["length_dtype"], mode="r") if m["rows"] else np.zeros(0, np.uint16)
+    log.info(
+        "Tokens (%s, max_seq_length %d): %s, cached in %s",
+        layout, max_length, f"tokenized in {m['build_seconds']:.1f} s by {m['workers']} process(es)" if entry.built else "reused", entry.path,
+    )
+    return Tokens(dataset, lengths, entry)
+
+
+def _tasks(corpus: Corpus) -> list[tuple[Path, int]]:
+    """(shard file, rows of it to tokenize): the shards that hold the corpus's first len() rows."""
+    out, left = [], len(corpus)
+    for path, rows in corpus.shards:
+        if left <= 0:
+            break
+        out.append((path, min(rows, left)))
+        left -= rows
+    return out
+
+
+def _worker_init() -> None:
+    # One process a core: the tokenizer's own thread pool would only oversubscribe them.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _tokenize_shard(
+    path: Path, rows: int, index: int, tokenizer: Any, max_length: int, layout: str, types: bool, out: str
+) -> tuple[str, np.ndarray]:
+    """Tokenizes the first `rows` rows of one corpus shard into tokens-<index>.arrow; returns its
+    name and the rows' lengths. Reads the shard as a stream (not mapped): memory stays flat."""
+    from datasets.arrow_writer import ArrowWriter
+
+    name = f"tokens-{index:05d}.arrow"
+    writer: Any = None
+    lengths = []
+    done = 0
+    with pa.OSFile(str(path)) as f:
+        reader = pa.ipc.open_stream(f)
+        for batch in reader:
+            if done >= rows:
+                break
+            batch = batch.slice(0, rows - done)
+            columns, length = encode(batch.to_pydict(), tokenizer, max_length, layout, types)
+            table = pa.table(columns)
+            if writer is None:
+                writer = ArrowWriter(path=str(Path(out) / name), schema=table.schema, writer_batch_size=CHUNK_ROWS)
+            writer.write_table(table)
+            lengths.append(length)
+            done += batch.num_rows
+    writer.finalize()
+    return name, np.concatenate(lengths)
+
+
+def encode(rows: dict[str, list], tokenizer: Any, max_length: int, layout: str, types: bool) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """Token columns of a batch of canonical rows (column -> values), and each row's longest sequence."""
+    ids = pa.list_(id_type(tokenizer))
+    kwargs = dict(truncation=True, max_length=max_length, return_attention_mask=False)
+    if layout == "columns":
+        from train.data.batching import TEXT_COLUMNS
+
+        out, length = {}, None
+        for c in [c for c in TEXT_COLUMNS if c in rows]:
+            encoded = tokenizer(rows[c], return_token_type_ids=False, **kwargs)["input_ids"]
+            out[f"ids_{c}"] = pa.array(encoded, ids)
+            n = np.fromiter(map(len, encoded), np.int32, len(encoded))
+            length = n if length is None else np.maximum(length, n)
+        return out, length
+    names = list(rows)
+    count = len(rows[names[0]])
+    per_row = [row_pairs({k: rows[k][i] for k in names}) for i in range(count)]
+    flat = [p for pairs in per_row for p in pairs]
+    encoded = tokenizer([a for a, _ in flat], [b for _, b in flat], return_token_type_ids=types, **kwargs)
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in per_row])]).astype(np.int32)
+    out = {"pair_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(encoded["input_ids"], ids))}
+    if types:
+        out["pair_types"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(encoded["token_type_ids"], pa.list_(pa.uint8())))
+    n = np.fromiter(map(len, encoded["input_ids"]), np.int32, len(flat))
+    length = np.maximum.reduceat(n, offsets[:-1]) if len(n) else np.zeros(count, np.int32)
+    return out, length
