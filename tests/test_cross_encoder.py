@@ -69,7 +69,7 @@ def test_cross_encoder_resume_from_a_checkpoint_ends_bit_identical(ce_run, tmp_p
 
 
 def test_pairs_tokenized_once_equal_the_models_own_preprocess(tiny_model_dir):
-    from train.data.tokens import encode
+    from train.data.tokens import encode, fast_backend
     from train.models import build_cross_encoder
     from train.tasks.cross_encoder import PairTokens
 
@@ -82,7 +82,9 @@ def test_pairs_tokenized_once_equal_the_models_own_preprocess(tiny_model_dir):
     ]
     # The first two as the token cache writes them; the rest tokenized on demand, as in-batch negatives are.
     rows = {"sentence1": [a for a, _ in pairs[:2]], "sentence2": [b for _, b in pairs[:2]], "score": [1.0, 0.0]}
-    cached, _ = encode(rows, model.tokenizer, model.max_seq_length, "pairs", types=True)
+    backend = fast_backend(model.tokenizer, model.max_seq_length, rows, "pairs", types=True)
+    assert backend is not None  # the Rust backend, as the cache's build uses it
+    cached, _ = encode(rows, model.tokenizer, model.max_seq_length, "pairs", types=True, backend=backend)
     ids, types = cached["pair_ids"].to_pylist(), cached["pair_types"].to_pylist()
     tokens = PairTokens(model.tokenizer, model.max_seq_length)
     tokens.use({pair: (i[0], t[0]) for pair, i, t in zip(pairs[:2], ids, types)})

@@ -100,6 +100,7 @@ def test_the_cached_tokens_are_the_tokenizers_own(tiny_model_dir, tmp_path):
     spec = data_spec("sts_file", paths={"train": str(FIXTURES / "train_small.jsonl")}, scores=ScoreRange(0, 1))
     corpus = load_corpus(spec, "train", "scored_pairs", True, CacheSettings(tmp_path, 2))
     cached = tokens_module.token_table(corpus, model.tokenizer, 12, "columns")
+    assert tokens_module.fast_backend(model.tokenizer, 12, corpus.dataset[:4], "columns", False) is not None
     for column in ("sentence1", "sentence2"):
         expected = model.tokenizer(list(corpus.dataset[column]), truncation=True, max_length=12)["input_ids"]
         assert cached.dataset[f"ids_{column}"] == expected

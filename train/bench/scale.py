@@ -145,6 +145,7 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         size = {"rows": rows, "file_mb": file.stat().st_size / 2**20}
         here = work / f"runs_{file.stem}"
         shutil.rmtree(here, ignore_errors=True)
+        here.mkdir(parents=True)
         runs: dict[str, Measured] = {}
         for attempt in ("first", "second"):
             run_dir = here / f"ours_{attempt}"
