@@ -189,3 +189,58 @@ def test_misspelt_key_or_strategy_fails_at_compose_time():
 def test_mine_config_composes(group, option):
     cfg = compose_config([f"{group}={option}"], "mine")
     assert cfg.split == "train" and cfg.num_negatives == 5 and cfg.out is None
+
+
+def _library_records(pairs, model, extra, cfg) -> list[dict]:
+    """sentence-transformers' own mine_hard_negatives on the same pairs, grouped one record a
+    query as this project's first version of train.mine did: the reference the streamed miner must equal."""
+    import random
+
+    from sentence_transformers.util import mine_hard_negatives
+
+    random.seed(cfg.seed)
+    mined = mine_hard_negatives(
+        pairs, model, anchor_column_name="anchor", positive_column_name="positive", corpus=extra,
+        range_min=cfg.range_min, range_max=cfg.range_max, absolute_margin=cfg.absolute_margin, relative_margin=cfg.relative_margin,
+        max_score=cfg.max_score, num_negatives=cfg.num_negatives, sampling_strategy=cfg.sampling_strategy.value,
+        output_format="labeled-list", output_scores=True, batch_size=cfg.batch_size, verbose=False,
+    )
+    grouped: dict = {}
+    for query, texts, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
+        candidates = list(zip(texts, scores))
+        if query not in grouped:
+            grouped[query] = ([], [c for c in candidates[1:] if c[0] != query])
+        grouped[query][0].append(candidates[0])
+    out = []
+    for query, (positives, negatives) in grouped.items():
+        if negatives:
+            texts = [t for t, _ in positives]
+            out.append({"query": query, "positive": texts[0] if len(texts) == 1 else texts, "negatives": [t for t, _ in negatives],
+                        "scores": [s for _, s in positives + negatives]})
+    return out
+
+
+@pytest.mark.parametrize("overrides", [
+    ["num_negatives=3"],
+    ["num_negatives=4", "relative_margin=0.05", "range_min=1"],
+    ["num_negatives=2", "sampling_strategy=random", "absolute_margin=0.01", "seed=7"],
+    ["num_negatives=3", "max_score=0.9", "search=torch"],
+])
+def test_the_streamed_miner_equals_sentence_transformers_mine_hard_negatives(bi_encoder_dir, tmp_path, overrides):
+    import datasets
+    from sentence_transformers import SentenceTransformer
+
+    rows = [(a, p) for a, p in entailed(NLI).items()] + [("What is a cat?", "A small pet."), ("What is a cat?", "A feline animal.")]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"anchor": a, "positive": p}) + "\n" for a, p in rows))
+    extra = ["The stock market fell.", "Rain is expected tomorrow.", "A new phone was released.", "A man plays a guitar."]
+    (tmp_path / "passages.txt").write_text("\n".join(extra) + "\n")
+    out = tmp_path / "mined.jsonl"
+    cfg = mine_cfg(bi_encoder_dir, out, "data=pairs_file", f"data.path={pairs}", f"corpus={tmp_path / 'passages.txt'}", "scores=true", *overrides)
+    mine_run(cfg, run_dir=tmp_path / "run")
+    ours = read_jsonl(out)
+    theirs = _library_records(datasets.Dataset.from_dict({"anchor": [a for a, _ in rows], "positive": [p for _, p in rows]}),
+                              SentenceTransformer(str(bi_encoder_dir)), extra, cfg)
+    assert [(r["query"], r["positive"], r["negatives"]) for r in ours] == [(r["query"], r["positive"], r["negatives"]) for r in theirs]
+    for a, b in zip(ours, theirs):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)

@@ -213,3 +213,15 @@ def test_config_mistakes_fail_before_anything_loads(tmp_path):
         retrieve_run(cfg, run_dir=tmp_path)
     with pytest.raises(DataError, match="data=korsts has no queries with relevant documents"):
         retrieve_run(compose_config(["data=korsts"], config_name="retrieve"), run_dir=tmp_path)
+
+
+def test_timing_a_sample_of_queries_leaves_the_figures_as_they_were(saved_models, candidates_file, tmp_path):
+    # A million queries cannot each be timed alone; the figures must not depend on how many were.
+    bi, _ = saved_models
+    every = run_retrieve(tmp_path / "a", candidates_file, f"bi_encoder={bi}", "latency_queries=0", "search=torch")
+    sample = run_retrieve(tmp_path / "b", candidates_file, f"bi_encoder={bi}", "latency_queries=2")
+    assert every["latency_queries"] == 6 and sample["latency_queries"] == 2
+    assert sample["corpus_vectors_reused"]  # the same model and corpus: the first run's vectors
+    for key in ("mrr@10", "ndcg@10", "recall@1", "recall@10"):
+        assert sample["systems"][0][key] == every["systems"][0][key]
+    assert any("the first 2 queries" in n for n in sample["notes"])

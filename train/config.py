@@ -264,6 +264,14 @@ class EvaluateConfig(ModelAndData):
     batch_size: int = 64
 
 
+class SearchBackend(str, Enum):
+    # Exact inner-product search over the corpus vectors: faiss's flat index (pip install faiss-cpu),
+    # torch (chunks of the memory-mapped vector file), or auto: faiss when it is installed.
+    auto = "auto"
+    faiss = "faiss"
+    torch = "torch"
+
+
 class SamplingStrategy(str, Enum):
     # sentence-transformers' names: the best-ranked candidates that pass the filters, or a random draw of them.
     top = "top"
@@ -307,6 +315,7 @@ class MineConfig(ModelAndData):
     # Also write "scores": the bi-encoder's cosine of each candidate, positives first.
     scores: bool = False
     batch_size: int = 64
+    search: SearchBackend = SearchBackend.auto
 
 
 def register_configs() -> None:
@@ -350,3 +359,7 @@ class RetrieveConfig(ModelAndData):
     # Score only the first N queries (0 = all); the corpus stays the whole split.
     max_queries: int = 0
     batch_size: int = 64
+    search: SearchBackend = SearchBackend.auto
+    # ms/query is timed query by query (encode, search, rerank), as a search service meets them,
+    # on the first N queries (0 = all); the figures (MRR, NDCG, recall) cover every query.
+    latency_queries: int = 1000

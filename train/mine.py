@@ -4,8 +4,14 @@
     python -m train.mine model=minilm data=kor_xnli split=dev out=mined-dev.jsonl num_negatives=5
     python -m train task=cross_encoder loss=lambda data=candidates_file data.train_path=mined.jsonl
 
-The search and the filters are sentence-transformers' own `util.mine_hard_negatives`. Writes
-`out` (JSONL, one record a query) in the query-with-candidates format data=candidates_file reads:
+The filters are those of sentence-transformers' `util.mine_hard_negatives` (its defaults,
+margins, range and sampling), applied to the same search; what differs is scale. The pairs are
+read through the data cache (memory-mapped), the corpus is embedded chunk by chunk into a file in
+the cache (reused by a later mine or retrieve with the same model and corpus), searched exactly
+(faiss's flat index when `faiss-cpu` is installed, else torch, `search=`), and the queries are
+processed and written a batch at a time, so memory holds one copy of the corpus vectors and no
+Python copy of its texts. Writes `out` (JSONL, one record a query) in the query-with-candidates
+format data=candidates_file reads:
     {"query": "...", "positive": "..." (a list when the query has several), "negatives": ["...", ...]}
 plus "scores" (one a candidate, positives first) with scores=true. A summary goes to mine.json
 in the run dir (outputs/mine/...).
@@ -15,20 +21,25 @@ from __future__ import annotations
 
 import json
 import logging
+from array import array
 import os
 import random
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from statistics import mean
 from typing import Any
 
-import datasets
 import hydra
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
-from train.builders import build_data, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
+from train.builders import build_corpus, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.checkpoint import write_json_atomic
 from train.config import register_configs, to_plain
 from train.config_checks import check_mine_config
+from train.data.corpus import Corpus
+from train.data.texts import Texts, column_hashes, unique_first
 from train.errors import ConfigError, DataError
 
 register_configs()
@@ -37,6 +48,7 @@ log = logging.getLogger("train")
 # The kinds of source that hold (query, positive) pairs; the others (STS scores, plain text)
 # have no positive to mine against.
 PAIR_KINDS = ("nli", "pairs", "candidates")
+QUERY_CHUNK = 16_384  # queries embedded, searched and written at a time
 
 
 def mine_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -45,12 +57,11 @@ def mine_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
     check_mine_config(cfg)
     out = check_out(cfg.out, cfg.overwrite)  # before hours of mining, not after
     pairs = load_pairs(cfg)
-    extra_corpus = read_corpus(cfg.corpus) if cfg.corpus else None
+    extra_corpus = read_corpus(cfg) if cfg.corpus else None
     model = load_bi_encoder(cfg)
-    mined = mine(pairs, model, extra_corpus, cfg)
-    records = to_records(mined, with_scores=cfg.scores)
-    write_jsonl_atomic(out, records)
-    summary = summarize(pairs, records, cfg.num_negatives) | {"out": str(out), "split": cfg.split, "data": cfg.data.name}
+    started = time.perf_counter()
+    summary = mine(pairs, model, extra_corpus, cfg, out)
+    summary |= {"out": str(out), "split": cfg.split, "data": cfg.data.name, "seconds": round(time.perf_counter() - started, 2)}
     report(summary, out)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "mine.json", summary)
@@ -71,8 +82,8 @@ def check_out(out: str | None, overwrite: bool) -> Path:
     return path
 
 
-def load_pairs(cfg: DictConfig) -> datasets.Dataset:
-    """The split's (anchor, positive) pairs from any source the project reads as pairs."""
+def load_pairs(cfg: DictConfig) -> Corpus:
+    """The split's (anchor, positive) pairs from any source the project reads as pairs, through the cache."""
     from train.data.presets import source_kind
 
     d = to_plain(cfg.data)
@@ -86,19 +97,21 @@ def load_pairs(cfg: DictConfig) -> datasets.Dataset:
     d.hard_negatives = False
     if d.path:  # one file stands in for the asked split
         setattr(d, f"{cfg.split}_path", d.path)
-    splits = build_data(d, (cfg.split,), "triplets", eval_shape="triplets")
-    if cfg.split not in splits:
+    pairs = build_corpus(d, "triplets", cfg.split)
+    if pairs is None:
         raise DataError(f"data={d.name} has no {cfg.split} split here. Try another split=, or give the file with data.path=<file>.")
-    ds = splits[cfg.split]
-    if "negative" in ds.column_names:
+    if "negative" in pairs.column_names:
         log.info("data=%s: its own negatives are left out; the mined ones replace them", d.name)
-    return ds.select_columns(["anchor", "positive"])
+    return pairs
 
 
-def read_corpus(path: str) -> list[str]:
-    from train.data.readers import read_text_lines
+def read_corpus(cfg: DictConfig) -> Corpus:
+    """corpus=<file>: one passage a line, its distinct lines through the cache."""
+    from train.data.corpus import CacheSettings, load_corpus
+    from train.data.presets import data_spec
 
-    return list(read_text_lines(path)["text"])  # a list: sentence-transformers concatenates it with one
+    d = to_plain(cfg.data)
+    return load_corpus(data_spec("text_file", paths={"train": cfg.corpus}), "train", "texts", False, CacheSettings.make(d.cache_dir, d.num_proc))
 
 
 def load_bi_encoder(cfg: DictConfig):
@@ -114,78 +127,161 @@ def load_bi_encoder(cfg: DictConfig):
     return load_saved_model(cfg.checkpoint)
 
 
-def mine(pairs: datasets.Dataset, model, extra_corpus: list[str] | None, cfg: DictConfig) -> datasets.Dataset:
-    """sentence-transformers' labeled-list rows: anchor, positive = [the positive, *negatives], labels or scores.
-    One row a (query, positive) pair; a query's rows share its negatives; rows without any are left out."""
-    from sentence_transformers.util import mine_hard_negatives
-
-    random.seed(cfg.seed)  # sampling_strategy=random draws with the `random` module
-    return mine_hard_negatives(
-        pairs,
-        model,
-        anchor_column_name="anchor",
-        positive_column_name="positive",
-        corpus=extra_corpus,
-        range_min=cfg.range_min,
-        range_max=cfg.range_max,
-        absolute_margin=cfg.absolute_margin,
-        relative_margin=cfg.relative_margin,
-        max_score=cfg.max_score,
-        num_negatives=cfg.num_negatives,
-        sampling_strategy=cfg.sampling_strategy.value,
-        output_format="labeled-list",
-        output_scores=cfg.scores,
-        batch_size=cfg.batch_size,
-    )
+def search_depth(cfg: DictConfig, max_positives: int) -> int:
+    """range_max as sentence-transformers derives it when it is not set."""
+    if cfg.range_max is not None:
+        return cfg.range_max
+    if cfg.absolute_margin is not None or cfg.relative_margin is not None or cfg.max_score is not None:
+        return cfg.range_min + cfg.num_negatives * 10 + max_positives
+    return cfg.range_min + cfg.num_negatives + max_positives
 
 
-def to_records(mined: datasets.Dataset, with_scores: bool) -> list[dict[str, Any]]:
-    """One record a query: its positives gathered from its rows, its negatives once."""
-    grouped: dict[str, tuple[list, list]] = {}
-    all_scores = list(mined["scores"]) if with_scores else None
-    for i, (query, texts) in enumerate(zip(mined["anchor"], mined["positive"])):
-        candidates = list(zip(texts, all_scores[i] if with_scores else [None] * len(texts)))
-        if query not in grouped:
-            # The query's own text (when it is also some row's positive) would be a sure false negative.
-            grouped[query] = ([], [c for c in candidates[1:] if c[0] != query])
-        grouped[query][0].append(candidates[0])
-    return [_record(q, pos, neg, with_scores) for q, (pos, neg) in grouped.items() if neg]
+class Layout:
+    """Who is who, as arrays: queries are the distinct anchors (in order of first occurrence), the
+    corpus the distinct texts of the extra passages and then the positives, and each query's
+    distinct positives (as corpus rows, in file order)."""
+
+    def __init__(self, pairs: Corpus, extra: Corpus | None) -> None:
+        anchors, positives = pairs.column("anchor"), pairs.column("positive")
+        anchor_hash, positive_hash = column_hashes(anchors), column_hashes(positives)
+        self.query_rows, query_of_row = unique_first(anchor_hash)
+        self.query_hash = anchor_hash[self.query_rows]
+        extra_column = [extra.column("anchor")] if extra is not None else []
+        extra_hash = column_hashes(extra_column[0]) if extra is not None else np.zeros(0, np.uint64)
+        every_hash = np.concatenate([extra_hash, positive_hash])
+        doc_rows, doc_of = unique_first(every_hash)
+        self.doc_hash = every_hash[doc_rows]
+        self.corpus = Texts.of([*extra_column, positives], doc_rows)
+        self.queries = Texts(anchors, self.query_rows)
+        doc_of_row = doc_of[len(extra_hash) :]
+        # Each (query, positive) once, in file order, grouped by query.
+        _, first = np.unique(query_of_row * len(doc_rows) + doc_of_row, return_index=True)
+        first.sort()
+        by_query = first[np.argsort(query_of_row[first], kind="stable")]
+        self.positive_docs = doc_of_row[by_query]
+        self.positive_starts = np.searchsorted(query_of_row[by_query], np.arange(len(self.query_rows) + 1))
+        self.pairs = len(anchor_hash)
+        # As sentence-transformers counts a query's positives (its rows) for the search depth.
+        self.max_rows_a_query = int(np.bincount(query_of_row).max()) if len(query_of_row) else 0
+
+    def positives(self, q: int) -> np.ndarray:
+        return self.positive_docs[self.positive_starts[q] : self.positive_starts[q + 1]]
 
 
-def _record(query: str, positives: list[tuple], negatives: list[tuple], with_scores: bool) -> dict[str, Any]:
-    texts = [text for text, _ in positives]
-    record: dict[str, Any] = {"query": query, "positive": texts[0] if len(texts) == 1 else texts, "negatives": [t for t, _ in negatives]}
+def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Mines every query's negatives and writes its record to `out` (atomically); returns the summary."""
+    from train.data.corpus import CacheSettings
+    from train.search import Index, cached_vectors, embed, gather
+
+    layout = Layout(pairs, extra)
+    n_queries = len(layout.query_rows)
+    max_positives = layout.max_rows_a_query
+    range_max = search_depth(cfg, max_positives)
+    if cfg.range_min >= range_max or cfg.num_negatives > range_max - cfg.range_min:
+        raise ConfigError(
+            f"range_min={cfg.range_min} and range_max={range_max} leave {max(range_max - cfg.range_min, 0)} ranks, "
+            f"fewer than num_negatives={cfg.num_negatives}: raise range_max or lower range_min."
+        )
+    log.info("%d queries (%d pairs), corpus %d passages; %d candidates a query searched", n_queries, layout.pairs, len(layout.corpus), range_max)
+    d = to_plain(cfg.data)
+    vectors, _, _ = cached_vectors(model, layout.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size)
+    index = Index(vectors, cfg.search.value)
+    random.seed(cfg.seed)  # sampling_strategy=random draws with the `random` module, query by query
+
+    def records() -> Iterator[dict[str, Any]]:
+        for start in range(0, n_queries, QUERY_CHUNK):
+            stop = min(start + QUERY_CHUNK, n_queries)
+            queries = embed(model, layout.queries[start:stop], cfg.batch_size)
+            scores, ids = index.search(queries, range_max + max_positives)
+            positives = [layout.positives(q) for q in range(start, stop)]
+            positive_scores = [gather(vectors, p) @ queries[i] for i, p in enumerate(positives)]
+            negatives, negative_scores = select_negatives(scores, ids, positives, positive_scores, range_max, cfg)
+            texts = layout.queries[start:stop]
+            for i, q in enumerate(range(start, stop)):
+                # The query's own text (when it is also some row's positive) would be a sure false negative.
+                keep = [j for j, doc in enumerate(negatives[i]) if layout.doc_hash[doc] != layout.query_hash[q]]
+                if keep:
+                    yield _record(texts[i], layout.corpus, positives[i], positive_scores[i], negatives[i][keep], negative_scores[i][keep], cfg.scores)
+
+    counts = write_jsonl_atomic(out, records(), count=lambda r: len(r["negatives"]))
+    return summarize(layout.pairs, n_queries, counts, cfg.num_negatives) | {"corpus": len(layout.corpus), "search": index.backend}
+
+
+def select_negatives(
+    scores: np.ndarray, ids: np.ndarray, positives: list[np.ndarray], positive_scores: list[np.ndarray], range_max: int, cfg: DictConfig
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each query's negatives (corpus rows) and their scores, best first, from its search results:
+    sentence-transformers' mine_hard_negatives filters (its positives never, a margin below the
+    query's hardest positive, max_score, ranks range_min..range_max, the top or a random draw)."""
+    scores_t, ids_t = torch.from_numpy(scores.copy()), torch.from_numpy(ids)
+    scores_t[ids_t == -1] = -float("inf")
+    width = max(len(p) for p in positives)
+    pos = torch.full((len(positives), width), -2, dtype=torch.long)
+    pos_scores = torch.full((len(positives), width), float("inf"))
+    for i, (p, s) in enumerate(zip(positives, positive_scores)):
+        pos[i, : len(p)] = torch.from_numpy(p)
+        pos_scores[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
+    scores_t[(ids_t[:, :, None] == pos[:, None, :]).any(-1)] = -float("inf")
+    hardest = pos_scores.min(dim=1).values  # the margin is kept from the query's hardest positive
+    if cfg.absolute_margin is not None:
+        scores_t[scores_t + cfg.absolute_margin > hardest[:, None]] = -float("inf")
+    if cfg.relative_margin is not None:
+        scores_t[scores_t > (hardest - hardest.abs() * cfg.relative_margin)[:, None]] = -float("inf")
+    if cfg.max_score is not None:
+        scores_t[scores_t > cfg.max_score] = -float("inf")
+    best, local = torch.topk(scores_t, k=range_max, dim=1)
+    chosen = ids_t.gather(1, local)
+    best, chosen = best[:, cfg.range_min :], chosen[:, cfg.range_min :]
+    if cfg.sampling_strategy.value == "top":
+        best, chosen = best[:, : cfg.num_negatives], chosen[:, : cfg.num_negatives]
+    else:
+        options = (chosen.size(1) - best.isinf().sum(1)).clamp(min=cfg.num_negatives)
+        picked = torch.tensor([random.sample(range(int(o)), k=cfg.num_negatives) for o in options], dtype=torch.long)
+        best, chosen = best.gather(1, picked), chosen.gather(1, picked)
+        best, order = best.sort(dim=1, descending=True)
+        chosen = chosen.gather(1, order)
+    keep = ~best.isinf()
+    return [chosen[i][keep[i]].numpy() for i in range(len(positives))], [best[i][keep[i]].numpy() for i in range(len(positives))]
+
+
+def _record(query: str, corpus: Texts, positives: np.ndarray, positive_scores: np.ndarray, negatives: np.ndarray,
+            negative_scores: np.ndarray, with_scores: bool) -> dict[str, Any]:
+    texts = [corpus[int(d)] for d in positives]
+    record: dict[str, Any] = {"query": query, "positive": texts[0] if len(texts) == 1 else texts, "negatives": [corpus[int(d)] for d in negatives]}
     if with_scores:
-        record["scores"] = [s for _, s in positives + negatives]
+        record["scores"] = [float(s) for s in positive_scores] + [float(s) for s in negative_scores]
     return record
 
 
-def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    """Readers see the old file or the whole new one, never half of one."""
+def write_jsonl_atomic(path: Path, records: Any, count: Any = None) -> array:
+    """Writes records as they come; readers see the old file or the whole new one, never half of
+    one. Returns `count(record)` of each record written (with `count`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fixed name opened with "x" (not mkstemp, which would leave the file readable by its owner only).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    counts = array("i")
     try:
         with open(tmp, "x", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                if count is not None:
+                    counts.append(count(record))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return counts
 
 
-def summarize(pairs: datasets.Dataset, records: list[dict[str, Any]], asked: int) -> dict[str, Any]:
-    counts = [len(r["negatives"]) for r in records]
-    queries = len(set(pairs["anchor"]))
+def summarize(pairs: int, queries: int, counts: array, asked: int) -> dict[str, Any]:
     return {
-        "pairs": len(pairs),
+        "pairs": pairs,
         "queries": queries,
-        "written": len(records),
-        "left_out_without_negatives": queries - len(records),
+        "written": len(counts),
+        "left_out_without_negatives": queries - len(counts),
         "negatives_asked": asked,
-        "negatives_mean": round(mean(counts), 3) if counts else 0.0,
+        "negatives_mean": round(float(np.mean(counts)), 3) if counts else 0.0,
         "negatives_min": min(counts, default=0),
         "fewer_than_asked": sum(c < asked for c in counts),
     }

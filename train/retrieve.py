@@ -31,11 +31,14 @@ from typing import Any
 
 import hydra
 import numpy as np
+import pyarrow as pa
 import torch
 from omegaconf import DictConfig
 
-from train.builders import build_data, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
-from train.config import register_configs
+from train.builders import build_corpus, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
+from train.config import register_configs, to_plain
+from train.data.corpus import Corpus
+from train.data.texts import Texts, column_hashes, unique_first
 from train.config_checks import check_retrieve_config
 from train.errors import DataError, ModelLoadError
 
@@ -58,7 +61,7 @@ def ranking_metrics(rankings: Sequence[Sequence[int]], relevant: Sequence[set[in
     relevant documents in its top k, as sentence-transformers' InformationRetrievalEvaluator
     computes it, so a query with two relevant documents has Recall@1 of at most 0.5.
     """
-    if len(rankings) != len(relevant) or not rankings:
+    if len(rankings) != len(relevant) or len(rankings) == 0:
         raise ValueError(f"{len(rankings)} rankings for {len(relevant)} queries: need one per query, at least one.")
     sums = dict.fromkeys(METRICS, 0.0)
     for ranking, rel in zip(rankings, relevant):
@@ -79,35 +82,53 @@ def ranking_metrics(rankings: Sequence[Sequence[int]], relevant: Sequence[set[in
 @dataclass
 class RetrievalSet:
     queries: list[str]
-    corpus: list[str]
+    corpus: Sequence[str]  # the documents: a Texts view of the cached split, or a list
     relevant: list[set[int]]  # per query: ids into corpus
 
 
+def pick(corpus: Sequence[str], ids: Sequence[int]) -> list[str]:
+    return corpus.take(ids) if isinstance(corpus, Texts) else [corpus[int(i)] for i in ids]
+
+
 def retrieval_set(ds: Any, corpus_kind: str = "positives", max_queries: int = 0) -> RetrievalSet:
-    """Query-with-candidates rows -> queries, one shared corpus and each query's relevant ids.
+    """Query-with-candidates rows (a Dataset, or the cached Corpus) -> queries, one shared corpus
+    and each query's relevant ids, as arrays over the Arrow columns (no Python copy of the corpus).
 
     The corpus is built from every row, so capping the queries keeps the search as hard as the
     whole split's; a candidate relevant to one query is an ordinary document for the others.
+    Document ids follow first appearance: row by row, a row's relevant candidates, then (with
+    corpus=all) its other candidates.
     """
-    ids: dict[str, int] = {}
-    queries: list[str] = []
-    relevant: list[set[int]] = []
-    for query, candidates, labels in zip(ds["query"], ds["candidates"], ds["labels"]):
-        rel = {ids.setdefault(c, len(ids)) for c, label in zip(candidates, labels) if label > 0}
-        if corpus_kind == "all":
-            for c in candidates:
-                ids.setdefault(c, len(ids))
-        if rel:
-            queries.append(query)
-            relevant.append(rel)
-    if not queries:
+    from train.data.shapes import _flat
+
+    table = ds.dataset.data.table if isinstance(ds, Corpus) else ds.data.table
+    flat, parents = _flat(table.column("candidates"))
+    labels = _flat(table.column("labels"))[0].to_numpy(zero_copy_only=False)
+    relevant_flat = np.flatnonzero(labels > 0)
+    if corpus_kind == "all":
+        every = np.arange(len(flat))
+        seq = np.concatenate([relevant_flat, every])
+        passes = np.concatenate([np.zeros(len(relevant_flat), np.int8), np.ones(len(every), np.int8)])
+        order = np.lexsort((seq, passes, parents[seq]))  # by row, then relevant first, then position
+        seq = seq[order]
+    else:
+        seq = relevant_flat
+    first, doc_of_seq = unique_first(column_hashes(pa.chunked_array([flat]))[seq])
+    doc_of_flat = np.full(len(flat), -1, dtype=np.int64)
+    doc_of_flat[seq[::-1]] = doc_of_seq[::-1]  # any occurrence names the same document
+    kept = np.unique(parents[relevant_flat])  # rows with a relevant candidate, in row order
+    dropped = table.num_rows - len(kept)
+    if not len(kept):
         raise DataError("no query has a relevant candidate (a label > 0), so there is nothing to retrieve.")
-    dropped = len(ds) - len(queries)
     if dropped:
         log.info("%d queries without a relevant candidate left out", dropped)
     if max_queries:
-        queries, relevant = queries[:max_queries], relevant[:max_queries]
-    return RetrievalSet(queries, list(ids), relevant)
+        kept = kept[:max_queries]
+    starts = np.searchsorted(parents[relevant_flat], kept)
+    ends = np.searchsorted(parents[relevant_flat], kept, side="right")
+    relevant = [set(doc_of_flat[relevant_flat[a:b]].tolist()) for a, b in zip(starts, ends)]
+    queries = Texts(table.column("query")).take(kept)
+    return RetrievalSet(queries, Texts(pa.chunked_array([flat]), seq[first]), relevant)
 
 
 def load_retrieval_set(cfg: DictConfig) -> RetrievalSet:
@@ -127,10 +148,10 @@ def load_retrieval_set(cfg: DictConfig) -> RetrievalSet:
         from omegaconf import OmegaConf
 
         data_cfg = OmegaConf.merge(data_cfg, {f"{split}_path": data_cfg.path})
-    splits = build_data(data_cfg, (split,), "query_candidates", "query_candidates")
-    if split not in splits:
+    split_rows = build_corpus(data_cfg, "query_candidates", split)
+    if split_rows is None:
         raise DataError(f"data={cfg.data.name} has no {split} split here. Try split=dev, or give the file with data.{split}_path=<file>.")
-    return retrieval_set(splits[split], cfg.corpus.value, cfg.max_queries)
+    return retrieval_set(split_rows, cfg.corpus.value, cfg.max_queries)
 
 
 # --- Models -----------------------------------------------------------------------------------
@@ -184,28 +205,25 @@ def load_models(cfg: DictConfig) -> tuple[Any, str, Any | None]:
 # --- Systems ----------------------------------------------------------------------------------
 
 
-def embed_corpus(bi: Any, corpus: Sequence[str], batch_size: int) -> tuple[torch.Tensor, float]:
-    """Unit-length corpus embeddings (cosine = dot product) and the seconds they took."""
-    from train.inference import encode
+def bi_encoder_search(bi: Any, queries: Sequence[str], index: Any, depth: int, batch_size: int, timed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """Each query's top `depth` document ids (an array, a row a query), and the seconds (encoding
+    + search) of each of the first `timed` queries (0: all), run one by one as a search service
+    meets them: it embeds a query when it arrives, not in a batch with later ones. The rest are
+    embedded and searched in batches."""
+    from train.search import QUERY_BATCH, embed
 
-    start = time.perf_counter()
-    embeddings = torch.nn.functional.normalize(torch.from_numpy(encode(bi, corpus, batch_size)), dim=-1)
-    return embeddings, time.perf_counter() - start
-
-
-def bi_encoder_search(bi: Any, queries: Sequence[str], corpus_emb: torch.Tensor, depth: int, batch_size: int) -> tuple[list[list[int]], list[float]]:
-    """Each query's top `depth` document ids and its seconds (encoding + search), query by query:
-    a search service embeds a query when it arrives, not in a batch with later ones."""
-    from train.inference import encode
-
-    rankings, seconds = [], []
-    depth = min(depth, len(corpus_emb))
-    for query in queries:
+    depth = min(depth, index.vectors.rows)
+    timed = len(queries) if timed <= 0 else min(timed, len(queries))
+    rankings = np.empty((len(queries), depth), dtype=np.int64)
+    seconds = []
+    for i in range(timed):
         start = time.perf_counter()
-        q = torch.nn.functional.normalize(torch.from_numpy(encode(bi, [query], batch_size)), dim=-1)
-        top = torch.topk((q @ corpus_emb.T)[0], depth).indices.tolist()
+        _, ids = index.search(embed(bi, [queries[i]], batch_size), depth)
         seconds.append(time.perf_counter() - start)
-        rankings.append(top)
+        rankings[i] = ids[0]
+    for start in range(timed, len(queries), QUERY_BATCH):
+        batch = queries[start : start + QUERY_BATCH]
+        rankings[start : start + len(batch)] = index.search(embed(bi, batch, batch_size), depth)[1]
     return rankings, seconds
 
 
@@ -221,46 +239,51 @@ def rerank(
             if progress and i and i % every == 0:
                 log.info("%s: %d/%d queries, %.0f s", progress, i, len(queries), sum(seconds))
             start = time.perf_counter()
-            scores = cross.predict([(query, corpus[d]) for d in shortlist], batch_size=batch_size, show_progress_bar=False)
+            scores = cross.predict(list(zip([query] * len(shortlist), pick(corpus, shortlist))), batch_size=batch_size, show_progress_bar=False)
             order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
             seconds.append(time.perf_counter() - start)
-            rankings.append([shortlist[i] for i in order])
+            rankings.append([int(shortlist[i]) for i in order])
             pairs += len(shortlist)
     return rankings, seconds, pairs
 
 
-def system_row(name: str, rankings, relevant, seconds: Sequence[float], ce_pairs: int, bi_passes: int, **extra: Any) -> dict[str, Any]:
+def system_row(name: str, rankings, relevant, ms_per_query: float, ce_pairs: int, bi_passes: int, **extra: Any) -> dict[str, Any]:
     n = len(rankings)
     return {
         "system": name,
         **extra,
         **ranking_metrics(rankings, relevant),
-        "ms_per_query": 1000.0 * sum(seconds) / n,
+        "ms_per_query": ms_per_query,
         "cross_encoder_pairs_per_query": ce_pairs / n,
         "bi_encoder_passes_per_query": bi_passes,
     }
 
 
+def mean_ms(seconds: Sequence[float]) -> float:
+    return 1000.0 * sum(seconds) / len(seconds) if seconds else 0.0
+
+
 def cross_encoder_rows(cross: Any, data: RetrievalSet, bi_rankings, bi_seconds, ks: Sequence[int], full_max: int, batch_size: int) -> tuple[list[dict], str | None]:
-    """The rerank-top-k rows and the full-corpus row (or why it was skipped)."""
+    """The rerank-top-k rows and the full-corpus row (or why it was skipped). `bi_seconds`: the
+    bi-encoder's timed queries, whose mean a reranking pipeline pays before its cross-encoder."""
     rows = []
     # The first call builds what later calls reuse; it would otherwise be billed to the first query.
     with torch.inference_mode():
-        cross.predict([(data.queries[0], data.corpus[0])], show_progress_bar=False)
+        cross.predict([(data.queries[0], pick(data.corpus, [0])[0])], show_progress_bar=False)
     for k in ks:
-        shortlists = [r[:k] for r in bi_rankings]
+        shortlists = [list(r[:k]) for r in bi_rankings]
         reranked, seconds, pairs = rerank(cross, data.queries, data.corpus, shortlists, batch_size)
         # Below the reranked top k the bi-encoder's order stands, so Recall@10 of k < 10 is defined.
-        rankings = [head + tail[k:] for head, tail in zip(reranked, bi_rankings)]
-        total = [b + c for b, c in zip(bi_seconds, seconds)]
-        rows.append(system_row(f"bi-encoder top-{k} + cross-encoder", rankings, data.relevant, total, pairs, 1, k=k))
+        rankings = [head + list(tail[k:]) for head, tail in zip(reranked, bi_rankings)]
+        ms = mean_ms(bi_seconds) + mean_ms(seconds)
+        rows.append(system_row(f"bi-encoder top-{k} + cross-encoder", rankings, data.relevant, ms, pairs, 1, k=k))
     size, n = len(data.corpus), len(data.queries)
     if size > full_max:
         return rows, f"cross-encoder (full corpus) skipped: corpus {size} > full_rerank_max_corpus={full_max}"
     log.info("cross-encoder (full corpus): %d queries x %d documents = %d pairs", n, size, n * size)
     everything = [list(range(size))] * n
     rankings, seconds, pairs = rerank(cross, data.queries, data.corpus, everything, batch_size, progress="cross-encoder (full corpus)")
-    rows.append(system_row("cross-encoder (full corpus)", rankings, data.relevant, seconds, pairs, 0, k=size))
+    rows.append(system_row("cross-encoder (full corpus)", rankings, data.relevant, mean_ms(seconds), pairs, 0, k=size))
     return rows, None
 
 
@@ -298,11 +321,18 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
     bi, bi_name, cross = load_models(cfg)
     log.info("%d queries, corpus %d documents (corpus=%s)", len(data.queries), len(data.corpus), cfg.corpus.value)
 
-    corpus_emb, embed_seconds = embed_corpus(bi, data.corpus, cfg.batch_size)
+    from train.data.corpus import CacheSettings
+    from train.search import Index, cached_vectors
+
+    d = to_plain(cfg.data)
+    vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size)
+    index = Index(vectors, cfg.search.value)
     ks = sorted(set(cfg.rerank_top_k)) if cross is not None else []
     clamped = [min(k, len(data.corpus)) for k in ks]
-    bi_rankings, bi_seconds = bi_encoder_search(bi, data.queries, corpus_emb, max([METRIC_K, *clamped]), cfg.batch_size)
-    systems = [system_row("bi-encoder", bi_rankings, data.relevant, bi_seconds, 0, 1)]
+    started = time.perf_counter()
+    bi_rankings, bi_seconds = bi_encoder_search(bi, data.queries, index, max([METRIC_K, *clamped]), cfg.batch_size, cfg.latency_queries)
+    search_seconds = time.perf_counter() - started
+    systems = [system_row("bi-encoder", bi_rankings, data.relevant, mean_ms(bi_seconds), 0, 1)]
     notes = []
     if cross is None:
         notes.append("No cross_encoder=<dir>: bi-encoder only.")
@@ -312,7 +342,8 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         )
         systems += rows
         notes += [skipped] if skipped else []
-    notes.append("ms/query: wall time query by query (bi-encoder: encoding + search; rerank: that plus the cross-encoder).")
+    timed = "every query" if len(bi_seconds) == len(data.queries) else f"the first {len(bi_seconds)} queries (latency_queries)"
+    notes.append(f"ms/query: wall time query by query (bi-encoder: encoding + search; rerank: that plus the cross-encoder), over {timed}.")
     report = {
         "data": cfg.data.name,
         "split": cfg.split,
@@ -323,6 +354,10 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         "corpus_size": len(data.corpus),
         "corpus_embed_seconds": embed_seconds,
         "corpus_embed_ms_per_document": 1000.0 * embed_seconds / len(data.corpus),
+        "corpus_vectors_reused": reused,
+        "search": index.backend,
+        "bi_encoder_all_queries_seconds": search_seconds,
+        "latency_queries": len(bi_seconds),
         "threads": torch.get_num_threads(),
         "systems": systems,
         "notes": notes,

@@ -79,6 +79,10 @@ class Corpus:
     def key(self) -> str:
         return self.entry.path.name
 
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One column of the (first len()) rows, as the memory-mapped Arrow column."""
+        return self.dataset.data.table.column(name)
+
     def text_hashes(self, columns: tuple[str, ...]) -> np.ndarray:
         """The hashes of these text columns: the mapped matrix itself when they are all of it."""
         if tuple(columns) == self.text_columns:
