@@ -107,11 +107,12 @@ def cached_vectors(model: Any, texts: Sequence[str], cache_root: Path, batch_siz
     key = {"what": "vectors", "model": model_fingerprint(model), "texts": texts_fingerprint(texts), "dim": dim}
 
     def build(out: Path) -> dict[str, Any]:
+        started = time.perf_counter()
         embed_to_file(model, texts, out / "vectors.f32", batch_size, what)
-        return {"rows": len(texts), "dim": dim}
+        return {"rows": len(texts), "dim": dim, "embed_seconds": time.perf_counter() - started}
 
     entry = cache.cached(cache_root, "vectors", key, build, what=f"{what} embeddings")
-    seconds = entry.manifest["build_seconds"]
+    seconds = entry.manifest["embed_seconds"]
     log.info("%s embeddings (%s texts): %s, cached in %s", what.capitalize(), f"{len(texts):,}",
              f"embedded in {seconds:.1f} s" if entry.built else f"reused (embedded in {seconds:.1f} s)", entry.path)
     return Vectors(entry.file("vectors.f32"), len(texts), dim), seconds, not entry.built

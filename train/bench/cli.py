@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale.add_argument("--keep", action="store_true", help="keep both sides' caches after the runs")
     scale.add_argument("--timeout", type=float, default=7200, help="seconds a run may take")
     scale.add_argument("--override", action="append", default=[], help="an extra override for ours (repeatable)")
+    scale.add_argument("--retrieval", type=int, default=0, help="train.mine and train.retrieve over this many synthetic passages")
+    scale.add_argument("--queries", type=int, default=100_000, help="--retrieval: queries mined and retrieved")
+    scale.add_argument("--search", default="auto", choices=["auto", "faiss", "torch"], help="--retrieval: the search backend")
     p.add_argument("--out", default=None, help="the JSON report (default bench_results/bench.json, or scale.json)")
     args = p.parse_args(argv)
     if args.lr is None:
@@ -146,6 +149,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.batch_size = args.batch_size or (32 if sizing else 16)
     args.max_steps = args.max_steps if args.max_steps is not None else (2 if sizing else 0)
     args.out = args.out or f"bench_results/{'scale' if sizing else 'bench'}.json"
+    if args.retrieval:
+        from train.bench.scale import run_retrieval_scale
+
+        report = {"args": vars(args), "machine": _machine(), "results": run_retrieval_scale(args)}
+        _write(report, args.out if args.out != "bench_results/bench.json" else "bench_results/retrieval.json")
+        return report
     if sizing:
         from train.bench.scale import run_scale
 

@@ -17,6 +17,7 @@ of the training processes'.
 
     python -m train.bench --scale 100000,1000000 --scale-dir /tmp/scale
     python -m train.bench --scale 1000000 --processes 2 --skip-st
+    python -m train.bench --retrieval 1000000 --queries 100000      # train.mine, then train.retrieve, at that size
 """
 
 from __future__ import annotations
@@ -74,14 +75,17 @@ def _vm_hwm_mb(pid: int) -> float:
 
 def _trainers(pid: int) -> list[int]:
     """The processes that train: the command itself, or the workers an accelerate launcher started."""
-    import psutil
+    try:
+        import psutil
+    except ImportError:
+        return [pid]
 
     try:
         parent = psutil.Process(pid)
         children = parent.children(recursive=True)
     except psutil.Error:
         return [pid]
-    workers = [c.pid for c in children if any("train" == a for a in _cmdline(c))]
+    workers = [c.pid for c in children if "train" in _cmdline(c) and "-m" in _cmdline(c)]
     return workers or [pid]
 
 
@@ -189,6 +193,62 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         runs = r["runs"]
         lines.append(f"| {r['rows']:,} " + "".join(cell(runs.get(k)) + " " for k in ("ours_first", "ours_second", "st_first", "st_second")) + "|")
     return "\n".join(lines)
+
+
+# --- Mining and retrieval at corpus size -------------------------------------------------------
+
+
+def synthetic_retrieval(work: Path, passages: int, queries: int, korsts_dir: Path) -> tuple[Path, Path, Path]:
+    """Passage i is a KorSTS second sentence with the number i, its query the first sentence with i:
+    (pairs of the first `queries` for train.mine, the passages one a line, every (query, passage)
+    as query-with-candidates rows for train.retrieve). Both commands then search the same corpus."""
+    pairs, lines, candidates = work / f"pairs_{queries}.jsonl", work / f"passages_{passages}.txt", work / f"candidates_{passages}.jsonl"
+    if not (pairs.exists() and lines.exists() and candidates.exists()):
+        source = synthetic_pairs(work / f"pairs_{passages}.jsonl", passages, korsts_dir)
+        with open(source, encoding="utf-8") as f, open(pairs, "w", encoding="utf-8") as p, \
+                open(lines, "w", encoding="utf-8") as t, open(candidates, "w", encoding="utf-8") as c:
+            for i, line in enumerate(f):
+                row = json.loads(line)
+                t.write(row["positive"] + "\n")
+                c.write(json.dumps({"query": row["anchor"], "positive": row["positive"]}, ensure_ascii=False) + "\n")
+                if i < queries:
+                    p.write(line)
+    return pairs, lines, candidates
+
+
+def run_retrieval_scale(args: argparse.Namespace) -> dict[str, Any]:
+    """`train.mine` of `--queries` queries over `--retrieval` passages, then `train.retrieve` of as
+    many queries over the same corpus (its vectors found in the cache); wall time and peak RSS."""
+    work = Path(args.scale_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    pairs, lines, candidates = synthetic_retrieval(work, args.retrieval, args.queries, Path(args.data_dir) / "korsts")
+    here = work / f"retrieval_{args.retrieval}_{args.queries}"
+    shutil.rmtree(here, ignore_errors=True)
+    here.mkdir(parents=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    common = ["model=minilm", f"data.cache_dir={here / 'cache'}", f"search={args.search}", "batch_size=64"]
+    commands = {
+        "mine": [sys.executable, "-m", "train.mine", *common, "data=pairs_file", f"data.path={pairs}", f"corpus={lines}",
+                 f"out={here / 'mined.jsonl'}", f"hydra.run.dir={here / 'mine'}"],
+        "retrieve": [sys.executable, "-m", "train.retrieve", *common, "data=candidates_file", f"data.dev_path={candidates}",
+                     "split=dev", f"max_queries={args.queries}", "latency_queries=200", f"hydra.run.dir={here / 'retrieve'}"],
+    }
+    results = {}
+    for name, cmd in commands.items():
+        measured = measure(cmd, here / f"{name}.log", here / "never", env, args.timeout)
+        report = here / name / f"{name}.json"
+        results[name] = {**asdict(measured), "report": json.loads(report.read_text()) if report.exists() else None}
+        print(f"{name}: {asdict(measured)}", flush=True)
+    lines_out = [
+        f"{args.queries:,} queries over {args.retrieval:,} passages, MiniLM, search={args.search}",
+        "",
+        "| command | wall time | peak RSS (process tree) | peak RSS (the command's process) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        lines_out.append(f"| train.{name} | {r['wall_s']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GB | {r['trainer_peak_mb'] / 1024:.2f} GB |")
+    print("\n".join(lines_out))
+    return results
 
 
 # --- SentenceTransformerTrainer's side, run as `python -m train.bench.scale --file ...` ------------
