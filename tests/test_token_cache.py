@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -227,3 +225,29 @@ def test_two_processes_share_one_cache(tiny_model_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(entries(cache_dir, "rows")) == 1 and len(entries(cache_dir, "tokens")) == 1
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["num_processes"] == 2
+
+
+@pytest.mark.parametrize("kind", ["pairs", "candidates"])
+def test_train_pairs_that_are_also_dev_pairs_are_reported(tmp_path, caplog, kind):
+    # The pairs corpus is matched by its cached hashes, the candidates corpus a chunk of rows at a time;
+    # either way only real matches count (a pair and its swap are the same pair).
+    import datasets
+
+    from train.data.checks import report_overlap
+
+    path = tmp_path / f"{kind}.jsonl"
+    if kind == "pairs":
+        rows = [{"anchor": f"q{i}", "positive": f"p{i}"} for i in range(50)] + [{"anchor": "q3", "positive": "p3"}]
+        spec = data_spec("pairs_file", paths={"train": str(path)}, columns=Columns("anchor", "positive"))
+        shape = "triplets"
+    else:
+        rows = [{"query": f"q{i}", "positive": f"p{i}", "negatives": [f"n{i}"]} for i in range(50)] + [{"query": "q3", "positive": "p3", "negatives": ["n3"]}]
+        spec = data_spec("candidates_file", paths={"train": str(path)})
+        shape = "query_candidates"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus = load_corpus(spec, "train", shape, True, CacheSettings(tmp_path / "cache", 1))
+    dev = datasets.Dataset.from_dict({"anchor": ["p3", "q7", "zz"], "positive": ["q3", "p8", "p9"]})
+    with caplog.at_level("INFO", logger="train"):
+        report_overlap(corpus, [("dev", dev)])
+    assert "train: 1 of 51 rows repeat an earlier row exactly" in caplog.text
+    assert "2 train rows (1 distinct pairs) also occur in dev, e.g. 'p3 / q3'" in caplog.text

@@ -82,9 +82,6 @@ def _score(model, splits, args) -> float:
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from train.config import MixedPrecision, TrainerConfig
-    from train.losses import build_loss
-
     from train.data.corpus import CacheSettings, load_corpus
     from train.data.presets import data_spec
 

@@ -179,7 +179,7 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         if m["returncode"] != 0:
             return f"| failed ({m['returncode']}) | | "
         first = f"{m['first_step_s']:.1f} s" if m["first_step_s"] is not None else "–"
-        return f"| {first} | {m['peak_rss_mb'] / 1024:.2f} GB | {m['trainer_peak_mb'] / 1024:.2f} GB"
+        return f"| {first} | {m['peak_rss_mb'] / 1024:.2f} GiB | {m['trainer_peak_mb'] / 1024:.2f} GiB"
 
     procs = f", {args.processes} processes" if args.processes > 1 else ""
     lines = [
@@ -246,7 +246,7 @@ def run_retrieval_scale(args: argparse.Namespace) -> dict[str, Any]:
         "| --- | --- | --- | --- |",
     ]
     for name, r in results.items():
-        lines_out.append(f"| train.{name} | {r['wall_s']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GB | {r['trainer_peak_mb'] / 1024:.2f} GB |")
+        lines_out.append(f"| train.{name} | {r['wall_s']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GiB | {r['trainer_peak_mb'] / 1024:.2f} GiB |")
     print("\n".join(lines_out))
     return results
 

@@ -38,6 +38,14 @@ def _pair_keys(ds: Any) -> list[tuple[str, str]] | None:
     return None
 
 
+class _Columns(dict):
+    """A batch of rows (column -> values) where _pair_keys expects a Dataset."""
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self)
+
+
 def _hashable(value):
     return tuple(value) if isinstance(value, list) else value
 
@@ -82,10 +90,18 @@ def _leaks(train: Any, keys: set[tuple[str, str]]) -> tuple[int, set[tuple[str, 
     from train.data.text_hash import hash32, pair_keys
 
     columns = next((p for p in (("sentence1", "sentence2"), ("anchor", "positive")) if set(p) <= set(train.column_names)), None)
-    if not isinstance(train, Corpus) or columns is None:
-        train_keys = _pair_keys(train.dataset if isinstance(train, Corpus) else train) or []
+    if not isinstance(train, Corpus):
+        train_keys = _pair_keys(train) or []
         shared = set(train_keys) & keys
         return sum(k in shared for k in train_keys), shared
+    if columns is None:  # query with candidates: one pair a candidate, checked a chunk of rows at a time
+        leaked, shared = 0, set()
+        for chunk in train.dataset.iter(batch_size=10_000):
+            for key in _pair_keys(_Columns(chunk)) or []:
+                if key in keys:
+                    leaked += 1
+                    shared.add(key)
+        return leaked, shared
     # Hash keys first (8 bytes a row, a million rows at a time); texts only for the matches.
     wanted = np.unique(pair_keys(hash32(a for a, _ in keys), hash32(b for _, b in keys)))
     i, j = (train.text_columns.index(c) for c in columns)
