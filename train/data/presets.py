@@ -246,28 +246,13 @@ def _limit(ds: datasets.Dataset, n: int) -> datasets.Dataset:
 
 
 def load_sts_splits(
-    name: str,
-    splits: tuple[str, ...] = SPLITS,
-    data_dir: str | Path = "data",
-    paths: dict[str, str | None] | None = None,
-    fmt: str | None = None,
-    columns: Columns = Columns(),
-    scores: ScoreRange = ScoreRange(),
-    on_bad_row: str = "error",
-    hub_id: str | None = None,
-    hub_config: str | None = None,
-    hub_splits: dict[str, str] | None = None,
-    max_train_samples: int = 0,
-    max_eval_samples: int = 0,
+    name: str, splits: tuple[str, ...] = SPLITS, data_dir: str | Path = "data", max_train_samples: int = 0, max_eval_samples: int = 0,
+    **source: Any,
 ) -> dict[str, datasets.Dataset]:
-    """`{split: Dataset(sentence1, sentence2, score in [0, 1])}` for the splits that exist.
-
-    `splits` lists what the caller wants; a preset's missing test split is simply absent.
-    """
-    spec = data_spec(name, data_dir, paths, fmt, columns, scores=scores, on_bad_row=on_bad_row,
-                     hub_id=hub_id, hub_config=hub_config, hub_splits=hub_splits)
-    return load_spec_splits(spec, "scored_pairs", splits, max_train_samples, max_eval_samples)
-
+    """`{split: Dataset(sentence1, sentence2, score in [0, 1])}` for the splits that exist, in
+    memory. `splits` lists what the caller wants; a preset's missing test split is simply absent.
+    `source`: the rest of data_spec's arguments (paths, fmt, columns, scores, on_bad_row, hub_*)."""
+    return load_spec_splits(data_spec(name, data_dir, **source), "scored_pairs", splits, max_train_samples, max_eval_samples)
 
 def data_spec(
     name: str,
@@ -319,27 +304,17 @@ def load_splits(
     name: str,
     shape: str,
     splits: tuple[str, ...] = SPLITS,
-    data_dir: str | Path = "data",
-    paths: dict[str, str | None] | None = None,
-    fmt: str | None = None,
-    columns: Columns = Columns(),
-    label_column: str = "gold_label",
-    negative_column: str | None = None,
-    scores: ScoreRange = ScoreRange(),
-    on_bad_row: str = "error",
     hard_negatives: bool = True,
     max_train_samples: int = 0,
     max_eval_samples: int = 0,
-    candidate_columns: CandidateColumns = CandidateColumns(),
     eval_shape: str | None = None,
-    **hub: Any,
+    **source: Any,
 ) -> dict[str, datasets.Dataset]:
     """Any source in the shape a loss needs (see train/data/shapes.py), in memory: STS data for the
     STS losses; NLI presets/files, pairs files, query-with-candidates files or a text file for the
-    others. Dev/test come in `eval_shape` (default: (anchor, positive) for retrieval evaluation)."""
-    spec = data_spec(name, data_dir, paths, fmt, columns, label_column, negative_column, scores, on_bad_row, candidate_columns, **hub)
-    return load_spec_splits(spec, shape, splits, max_train_samples, max_eval_samples, hard_negatives, eval_shape)
-
+    others. Dev/test come in `eval_shape` (default: (anchor, positive) for retrieval evaluation).
+    `source`: data_spec's arguments (data_dir, paths, fmt, columns, label_column, ...)."""
+    return load_spec_splits(data_spec(name, **source), shape, splits, max_train_samples, max_eval_samples, hard_negatives, eval_shape)
 
 def check_source(spec: DataSpec, shape: str) -> None:
     """Refuses a source that cannot feed `shape` before anything is read."""

@@ -438,19 +438,13 @@ def sts_file_source(
     )
 
 
-def read_sts_file(
-    path: str | Path,
-    fmt: str | None = None,
-    columns: Columns = Columns(),
-    scores: ScoreRange = ScoreRange(),
-    on_bad_row: str = "error",
-) -> datasets.Dataset:
-    return sts_file_source(path, fmt, columns, scores, on_bad_row).to_dataset()
+def read_sts_file(*args: Any, **kwargs: Any) -> datasets.Dataset:
+    """sts_file_source's rows, in memory (dev and test sets; a training split goes through the cache)."""
+    return sts_file_source(*args, **kwargs).to_dataset()
 
-
-def read_stsb_official(path: str | Path, scores: ScoreRange = ScoreRange(), on_bad_row: str = "error") -> datasets.Dataset:
-    return stsb_official_source(path, scores, on_bad_row).to_dataset()
-
+def read_stsb_official(*args: Any, **kwargs: Any) -> datasets.Dataset:
+    """stsb_official_source's rows, in memory (dev and test sets; a training split goes through the cache)."""
+    return stsb_official_source(*args, **kwargs).to_dataset()
 
 def stsb_official_source(path: str | Path, scores: ScoreRange = ScoreRange(), on_bad_row: str = "error") -> RowSource:
     """The STS Benchmark distribution files: tab-separated, no header, fields
@@ -494,14 +488,9 @@ def _nli_label(value: Any, column: str) -> int:
     raise _BadRow(f"label {column!r} is {value!r}, expected one of {', '.join(NLI_LABELS)} (or 0/1/2)")
 
 
-def read_nli_file(
-    path: str | Path,
-    fmt: str | None = None,
-    columns: Columns = Columns("sentence1", "sentence2", "gold_label"),
-    on_bad_row: str = "error",
-) -> datasets.Dataset:
-    return nli_file_source(path, fmt, columns, on_bad_row).to_dataset()
-
+def read_nli_file(*args: Any, **kwargs: Any) -> datasets.Dataset:
+    """nli_file_source's rows, in memory (dev and test sets; a training split goes through the cache)."""
+    return nli_file_source(*args, **kwargs).to_dataset()
 
 def nli_file_source(
     path: str | Path,
@@ -528,10 +517,9 @@ def nli_file_source(
     return _file_source(path, fmt, wanted, ("sentence1", "sentence2", "label"), get_row, on_bad_row, kind="nli")
 
 
-def read_text_lines(path: str | Path) -> datasets.Dataset:
-    """One sentence a line (blank lines skipped) -> Dataset(text)."""
-    return text_lines_source(path).to_dataset()
-
+def read_text_lines(*args: Any, **kwargs: Any) -> datasets.Dataset:
+    """text_lines_source's rows, in memory (dev and test sets; a training split goes through the cache)."""
+    return text_lines_source(*args, **kwargs).to_dataset()
 
 def text_lines_source(path: str | Path) -> RowSource:
     path = Path(path)
@@ -544,16 +532,9 @@ def text_lines_source(path: str | Path) -> RowSource:
     return RowSource(str(path), ("text",), records, lambda fields: (fields[0].strip(),), "error", {"format": "lines", "kind": "text"}, path)
 
 
-def read_pairs_file(
-    path: str | Path,
-    fmt: str | None = None,
-    anchor: str = "anchor",
-    positive: str = "positive",
-    negative: str | None = None,
-    on_bad_row: str = "error",
-) -> datasets.Dataset:
-    return pairs_file_source(path, fmt, anchor, positive, negative, on_bad_row).to_dataset()
-
+def read_pairs_file(*args: Any, **kwargs: Any) -> datasets.Dataset:
+    """pairs_file_source's rows, in memory (dev and test sets; a training split goes through the cache)."""
+    return pairs_file_source(*args, **kwargs).to_dataset()
 
 def pairs_file_source(
     path: str | Path,
@@ -627,11 +608,9 @@ def _plain_number(value: Any, column: str) -> float:
     return float(value)
 
 
-def read_candidates_file(
-    path: str | Path, fmt: str | None = None, columns: CandidateColumns = CandidateColumns(), on_bad_row: str = "error"
-) -> datasets.Dataset:
-    return candidates_file_source(path, fmt, columns, on_bad_row).to_dataset()
-
+def read_candidates_file(*args: Any, **kwargs: Any) -> datasets.Dataset:
+    """candidates_file_source's rows, in memory (dev and test sets; a training split goes through the cache)."""
+    return candidates_file_source(*args, **kwargs).to_dataset()
 
 def candidates_file_source(
     path: str | Path, fmt: str | None = None, columns: CandidateColumns = CandidateColumns(), on_bad_row: str = "error"
