@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from train.data.batching import BucketBatchSampler, Collator, embed_batch, pad, tokenize_columns
-from train.data.readers import ScoreRange, read_sts_file
+from train.data.batching import BucketBatchSampler, Collator, embed_batch, pad
+from train.data.corpus import CacheSettings, load_corpus
+from train.data.presets import data_spec
+from train.data.readers import ScoreRange
+from train.data.tokens import token_table
 from train.models import build_sentence_transformer
 from tests.conftest import FIXTURES
 
@@ -53,10 +56,17 @@ def test_buckets_cut_padding():
     assert bucketed < 1.1
 
 
-def test_collator_matches_sentence_transformers_preprocess(tiny_model_dir):
+def cached_rows(model, path, tmp_path) -> tuple[list[dict], np.ndarray]:
+    """A file's rows as training gets them from the data cache: texts, label and token ids; and their lengths."""
+    spec = data_spec("sts_file", paths={"train": str(path)}, scores=ScoreRange(0, 1))
+    corpus = load_corpus(spec, "train", "scored_pairs", True, CacheSettings(tmp_path, 1))
+    tokens = token_table(corpus, model.tokenizer, model.max_seq_length, "columns")
+    return [{**t, **i} for t, i in zip(corpus.dataset.to_list(), tokens.dataset.to_list())], np.asarray(tokens.lengths)
+
+
+def test_collator_matches_sentence_transformers_preprocess(tiny_model_dir, tmp_path):
     model = build_sentence_transformer(str(tiny_model_dir), max_seq_length=16)
-    ds = tokenize_columns(read_sts_file(FIXTURES / "pairs.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 16)
-    rows = ds.to_list()
+    rows, _ = cached_rows(model, FIXTURES / "pairs.jsonl", tmp_path)
     collate = Collator(model.tokenizer.pad_token_id, "right", token_type_ids=True)
     batch = collate(rows)
     texts = [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
@@ -72,10 +82,10 @@ def test_collator_matches_sentence_transformers_preprocess(tiny_model_dir):
     torch.testing.assert_close(merged[:3], separate, rtol=1e-4, atol=1e-5)
 
 
-def test_truncation_to_max_seq_length(tiny_model_dir):
+def test_truncation_to_max_seq_length(tiny_model_dir, tmp_path):
     model = build_sentence_transformer(str(tiny_model_dir), max_seq_length=8)
-    ds = tokenize_columns(read_sts_file(FIXTURES / "train_small.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 8)
-    assert max(ds["length"]) == 8
+    rows, lengths = cached_rows(model, FIXTURES / "train_small.jsonl", tmp_path)
+    assert lengths.max() == 8 and max(len(r["ids_sentence1"]) for r in rows) == 8
 
 
 def test_left_padding():
@@ -84,11 +94,10 @@ def test_left_padding():
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_chunked_forward_gives_the_same_embeddings_with_less_padding(tiny_model_dir):
+def test_chunked_forward_gives_the_same_embeddings_with_less_padding(tiny_model_dir, tmp_path):
     model = build_sentence_transformer(str(tiny_model_dir), max_seq_length=64)
     model.eval()
-    ds = tokenize_columns(read_sts_file(FIXTURES / "train_small.jsonl", scores=ScoreRange(0, 1)), model.tokenizer, 64)
-    rows = ds.to_list()[:16]
+    rows = cached_rows(model, FIXTURES / "train_small.jsonl", tmp_path)[0][:16]
     whole = Collator(model.tokenizer.pad_token_id, token_type_ids=True)(rows)
     chunked = Collator(model.tokenizer.pad_token_id, token_type_ids=True, chunk_rows=5)(rows)
     assert len(chunked["chunks"]) == 7  # 32 sentences in chunks of 5

@@ -1,4 +1,5 @@
-"""From canonical pairs to model batches: tokenize once, batch by length, only pad at collate time.
+"""From canonical rows to model batches: samplers over index arrays, a collator that only pads
+(the ids come tokenized from the token cache, train/data/tokens.py).
 
 Padding is the main waste of CPU/GPU time in sentence-pair training: with random batches of
 16, STS-B batches hold about twice their real tokens. Batches cut from length-sorted windows
@@ -12,7 +13,6 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
 from torch.utils.data import Sampler
@@ -29,21 +29,6 @@ def text_columns(ds: Any) -> list[str]:
 
 def label_column(ds: Any) -> str | None:
     return next((c for c in LABEL_COLUMNS if c in ds.column_names), None)
-
-
-def tokenize_columns(ds: datasets.Dataset, tokenizer: Any, max_length: int) -> datasets.Dataset:
-    """Adds `ids_<column>` for each text column (token ids with special tokens, truncated to
-    max_length) and `length`, the longest of a row's columns. In memory: for small sets; a
-    training corpus is tokenized into the cache (train/data/tokens.py)."""
-    columns = text_columns(ds)
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        kwargs = dict(truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False)
-        out = {f"ids_{c}": tokenizer(batch[c], **kwargs)["input_ids"] for c in columns}
-        out["length"] = [max(len(ids[i]) for ids in out.values()) for i in range(len(batch[columns[0]]))]
-        return out
-
-    return ds.map(encode, batched=True, batch_size=1000, desc="Tokenizing", keep_in_memory=True)
 
 
 def _shuffled(n: int, rng: np.random.Generator) -> np.ndarray:

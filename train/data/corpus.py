@@ -109,7 +109,7 @@ def load_corpus(
     }
     size = sum(s.file.stat().st_size for s in sources if s.file is not None)
     threshold = int(os.environ.get("EMBED_CACHE_SUBPROCESS_BYTES", SUBPROCESS_BYTES))
-    apart = size >= threshold or spec.name == "hub" and threshold <= 0
+    apart = size >= threshold
 
     def build(out: Path) -> dict[str, Any]:
         if not apart:
