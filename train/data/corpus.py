@@ -101,7 +101,8 @@ def load_corpus(
         "what": "rows",
         "kind": spec.kind,
         "shape": shape,
-        "hard_negatives": hard_negatives,
+        # Only NLI -> triplets reads it: other shapes share one entry whatever it says.
+        "hard_negatives": hard_negatives if (spec.kind, str(shape)) == ("nli", "triplets") else None,
         "sources": [
             {"settings": s.settings, "on_bad_row": s.on_bad_row, "file": cache.file_digest(s.file) if s.file else None}
             for s in sources
