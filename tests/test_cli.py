@@ -102,10 +102,10 @@ BAD_INPUTS = {
     "batch size 0, contrastive data": ([*NLI, "trainer.batch_size=0"], ["trainer.batch_size=0 (must be an integer ≥ 1)"]),
     "numeric settings out of range": (
         ["trainer.log_every=0", "trainer.warmup_ratio=1.5", "trainer.lr=0", "trainer.grad_accum=0", "trainer.eval_every=-1",
-         "trainer.save_every=-2", "trainer.keep_last=-1", "trainer.max_steps=-1", "loss.mini_batch_size=0"],
+         "trainer.save_every=-2", "trainer.keep_last=-1", "trainer.max_steps=-1", "loss.mini_batch_size=0", "data.num_proc=0"],
         ["trainer.log_every=0 (must be an integer ≥ 1)", "trainer.warmup_ratio=1.5 (must be a number in [0, 1])",
          "trainer.lr=0.0 (must be a number > 0)", "trainer.grad_accum=0", "trainer.eval_every=-1", "trainer.save_every=-2",
-         "trainer.keep_last=-1", "trainer.max_steps=-1", "loss.mini_batch_size=0"],
+         "trainer.keep_last=-1", "trainer.max_steps=-1", "loss.mini_batch_size=0", "data.num_proc=0 (must be an integer ≥ 1, or null"],
     ),
     "no epochs and no steps": (["trainer.max_steps=0", "trainer.epochs=0"], ["trainer.epochs=0 with trainer.max_steps=0"]),
     "max_seq_length above the position limit": (
