@@ -251,3 +251,25 @@ def test_train_pairs_that_are_also_dev_pairs_are_reported(tmp_path, caplog, kind
         report_overlap(corpus, [("dev", dev)])
     assert "train: 1 of 51 rows repeat an earlier row exactly" in caplog.text
     assert "2 train rows (1 distinct pairs) also occur in dev, e.g. 'p3 / q3'" in caplog.text
+
+
+def test_an_entry_another_process_renamed_into_place_first_is_used(tmp_path, monkeypatch):
+    # Where file locks do not hold (some network filesystems), two builders can race; the second
+    # rename finds the first one's complete entry and uses it instead of failing.
+    from train.data import cache
+
+    key = {"what": "test"}
+
+    def build(out):
+        (out / "a.bin").write_bytes(b"x" * 10)
+        # The other process finishes first, while this build is still writing.
+        other = tmp_path / "kind" / cache.key_digest(key)
+        if not other.exists():
+            other.mkdir(parents=True)
+            (other / "a.bin").write_bytes(b"y" * 10)
+            (other / cache.MANIFEST).write_text(json.dumps({"version": cache.CACHE_VERSION, "key": key, "files": {"a.bin": 10}, "by": "other"}))
+        return {"by": "us"}
+
+    entry = cache.cached(tmp_path, "kind", key, build)
+    assert not entry.built and entry.manifest["by"] == "other" and entry.file("a.bin").read_bytes() == b"y" * 10
+    assert [p.name for p in (tmp_path / "kind").iterdir() if p.name.endswith(".tmp")] == []

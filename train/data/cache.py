@@ -138,7 +138,15 @@ def cached(root: Path, kind: str, key: dict[str, Any], build: Callable[[Path], d
             part.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
             _fsync(part)
             os.replace(part, tmp / MANIFEST)
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                # On a filesystem whose locks do not hold across machines, another process may have
+                # renamed the same entry into place first: then that one is used.
+                found = _valid(path, key)
+                if found is None:
+                    raise
+                return Entry(path, found, built=False)
             _fsync_dir(folder)
         finally:
             if tmp.exists():
