@@ -120,6 +120,17 @@ def test_several_shards_are_tokenized_in_parallel_processes_into_the_same_tokens
     assert four.entry.manifest["workers"] == 2 and len(four.entry.manifest["shards"]) == 4
     assert four.dataset.to_dict() == one.dataset.to_dict()
     assert np.array_equal(np.asarray(four.lengths), np.asarray(one.lengths))
+    # Pieces inside one shard: record batches of 8 rows, pieces of about 13 (rows 0-16, 16-32, 32-50).
+    monkeypatch.setattr(corpus_module, "SHARD_ROWS", 1000)
+    monkeypatch.setattr(corpus_module, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(tokens_module, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(tokens_module, "MIN_PIECE_ROWS", 10)
+    corpus = load_corpus(spec, "train", "triplets", True, CacheSettings(tmp_path / "c", 2))
+    assert len(corpus.shards) == 1
+    three = tokens_module.token_table(corpus, model.tokenizer, 16, "columns")
+    assert len(three.entry.manifest["shards"]) == 3
+    assert three.dataset.to_dict() == one.dataset.to_dict()
+    assert np.array_equal(np.asarray(three.lengths), np.asarray(one.lengths))
 
 
 def test_a_killed_build_leaves_nothing_that_is_used(tmp_path):
@@ -273,3 +284,18 @@ def test_an_entry_another_process_renamed_into_place_first_is_used(tmp_path, mon
     entry = cache.cached(tmp_path, "kind", key, build)
     assert not entry.built and entry.manifest["by"] == "other" and entry.file("a.bin").read_bytes() == b"y" * 10
     assert [p.name for p in (tmp_path / "kind").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_tokenization_is_cut_into_pieces_for_every_process():
+    from train.data.corpus import CHUNK_ROWS
+    from train.data.tokens import MIN_PIECE_ROWS, pieces
+
+    shards = [(Path(f"rows-{i}"), 250_000) for i in range(4)] + [(Path("rows-4"), 70_000)]
+    cut = pieces(shards, 1_070_000, 16)
+    assert len(cut) >= 16  # two a process where the rows allow it
+    assert [(s, e) for _, s, e in cut if _ == Path("rows-4")] == [(0, 70_000)]
+    for path, count in shards:  # contiguous, whole shards, never across one
+        mine = [(s, e) for p, s, e in cut if p == path]
+        assert mine[0][0] == 0 and mine[-1][1] == count and all(a[1] == b[0] for a, b in zip(mine, mine[1:]))
+    assert all(e - s >= MIN_PIECE_ROWS - CHUNK_ROWS and s % CHUNK_ROWS == 0 for p, s, e in cut)
+    assert pieces(shards, 260_000, 2)[-1] == (Path("rows-1"), 0, 10_000)  # only the first 260,000 rows

@@ -84,12 +84,12 @@ def token_table(corpus: Corpus, tokenizer: Any, max_length: int, layout: str) ->
         "layout": layout,
         "token_types": types,
     }
-    tasks = _tasks(corpus)
+    tasks = pieces(corpus.shards, len(corpus), corpus.settings.num_proc)
     workers = min(corpus.settings.num_proc, len(tasks))
 
     def build(out: Path) -> dict[str, Any]:
         progress = Every(f"Tokenizing {len(corpus):,} rows")
-        args = [(path, rows, i, tokenizer, max_length, layout, types, str(out)) for i, (path, rows) in enumerate(tasks)]
+        args = [(path, start, stop, i, tokenizer, max_length, layout, types, str(out)) for i, (path, start, stop) in enumerate(tasks)]
         if workers > 1:
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
                 results = []
@@ -116,14 +116,23 @@ def token_table(corpus: Corpus, tokenizer: Any, max_length: int, layout: str) ->
     return Tokens(dataset, lengths, entry)
 
 
-def _tasks(corpus: Corpus) -> list[tuple[Path, int]]:
-    """(shard file, rows of it to tokenize): the shards that hold the corpus's first len() rows."""
-    out, left = [], len(corpus)
-    for path, rows in corpus.shards:
+MIN_PIECE_ROWS = 50_000  # below this a process costs more to start than it saves
+
+
+def pieces(shards: list[tuple[Path, int]], rows: int, num_proc: int) -> list[tuple[Path, int, int]]:
+    """(shard file, first row, end row) pieces that cover the first `rows` rows: about two a
+    process (so that none waits long for the last), none across shards, none much shorter than
+    MIN_PIECE_ROWS unless its shard is; cut at whole record batches."""
+    size = max(MIN_PIECE_ROWS, -(-rows // (2 * num_proc)))
+    out, left = [], rows
+    for path, count in shards:
+        take = min(count, left)
+        n = max(1, take // size)
+        cuts = [round(k * take / n / CHUNK_ROWS) * CHUNK_ROWS for k in range(n)] + [take]
+        out += [(path, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        left -= take
         if left <= 0:
             break
-        out.append((path, min(rows, left)))
-        left -= rows
     return out
 
 
@@ -133,32 +142,35 @@ def _worker_init() -> None:
 
 
 def _tokenize_shard(
-    path: Path, rows: int, index: int, tokenizer: Any, max_length: int, layout: str, types: bool, out: str
+    path: Path, start: int, stop: int, index: int, tokenizer: Any, max_length: int, layout: str, types: bool, out: str
 ) -> tuple[str, np.ndarray]:
-    """Tokenizes the first `rows` rows of one corpus shard into tokens-<index>.arrow; returns its
-    name and the rows' lengths. Reads the shard as a stream (not mapped): memory stays flat."""
+    """Tokenizes rows start..stop of one corpus shard into tokens-<index>.arrow; returns its name
+    and the rows' lengths. Reads the shard as a stream (not mapped): memory stays flat."""
     from datasets.arrow_writer import ArrowWriter
 
     name = f"tokens-{index:05d}.arrow"
     writer: Any = None
     lengths = []
-    done = 0
+    seen = 0  # rows of the shard passed so far
     backend: Any = None
     with pa.OSFile(str(path)) as f:
         reader = pa.ipc.open_stream(f)
         for batch in reader:
-            if done >= rows:
+            seen += batch.num_rows
+            if seen <= start:
+                continue
+            if seen - batch.num_rows >= stop:
                 break
-            batch = batch.slice(0, rows - done)
-            if done == 0:
-                backend = fast_backend(tokenizer, max_length, batch.slice(0, 64).to_pydict(), layout, types)
-            columns, length = encode(batch.to_pydict(), tokenizer, max_length, layout, types, backend)
+            first = max(start - (seen - batch.num_rows), 0)
+            batch = batch.slice(first, min(stop, seen) - (seen - batch.num_rows) - first)
+            if backend is None:
+                backend = fast_backend(tokenizer, max_length, batch.slice(0, 64).to_pydict(), layout, types) or False
+            columns, length = encode(batch.to_pydict(), tokenizer, max_length, layout, types, backend or None)
             table = pa.table(columns)
             if writer is None:
                 writer = ArrowWriter(path=str(Path(out) / name), schema=table.schema, writer_batch_size=CHUNK_ROWS)
             writer.write_table(table)
             lengths.append(length)
-            done += batch.num_rows
     writer.finalize()
     return name, np.concatenate(lengths)
 
