@@ -131,6 +131,12 @@ def test_several_shards_are_tokenized_in_parallel_processes_into_the_same_tokens
     assert len(three.entry.manifest["shards"]) == 3
     assert three.dataset.to_dict() == one.dataset.to_dict()
     assert np.array_equal(np.asarray(three.lengths), np.asarray(one.lengths))
+    # A piece that starts and ends inside record batches (a shard holding the ends of two files).
+    import datasets
+
+    name, lengths = tokens_module._tokenize_shard(corpus.shards[0][0], 5, 37, 99, model.tokenizer, 16, "columns", False, str(tmp_path))
+    assert datasets.Dataset.from_file(str(tmp_path / name)).to_dict() == one.dataset.select(range(5, 37)).to_dict()
+    assert lengths.tolist() == np.asarray(one.lengths)[5:37].tolist()
 
 
 def test_a_killed_build_leaves_nothing_that_is_used(tmp_path):
