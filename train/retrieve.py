@@ -31,7 +31,6 @@ from typing import Any
 
 import hydra
 import numpy as np
-import pyarrow as pa
 import torch
 from omegaconf import DictConfig
 
@@ -99,11 +98,11 @@ def retrieval_set(ds: Any, corpus_kind: str = "positives", max_queries: int = 0)
     Document ids follow first appearance: row by row, a row's relevant candidates, then (with
     corpus=all) its other candidates.
     """
-    from train.data.shapes import _flat
+    from train.data.shapes import flat_values
 
     table = ds.dataset.data.table if isinstance(ds, Corpus) else ds.data.table
-    flat, parents = _flat(table.column("candidates"))
-    labels = _flat(table.column("labels"))[0].to_numpy(zero_copy_only=False)
+    flat, parents = flat_values(table.column("candidates"))
+    labels = flat_values(table.column("labels"))[0].to_numpy()
     relevant_flat = np.flatnonzero(labels > 0)
     if corpus_kind == "all":
         every = np.arange(len(flat))
@@ -113,7 +112,7 @@ def retrieval_set(ds: Any, corpus_kind: str = "positives", max_queries: int = 0)
         seq = seq[order]
     else:
         seq = relevant_flat
-    first, doc_of_seq = unique_first(column_hashes(pa.chunked_array([flat]))[seq])
+    first, doc_of_seq = unique_first(column_hashes(flat)[seq])
     doc_of_flat = np.full(len(flat), -1, dtype=np.int64)
     doc_of_flat[seq[::-1]] = doc_of_seq[::-1]  # any occurrence names the same document
     kept = np.unique(parents[relevant_flat])  # rows with a relevant candidate, in row order
@@ -128,7 +127,7 @@ def retrieval_set(ds: Any, corpus_kind: str = "positives", max_queries: int = 0)
     ends = np.searchsorted(parents[relevant_flat], kept, side="right")
     relevant = [set(doc_of_flat[relevant_flat[a:b]].tolist()) for a, b in zip(starts, ends)]
     queries = Texts(table.column("query")).take(kept)
-    return RetrievalSet(queries, Texts(pa.chunked_array([flat]), seq[first]), relevant)
+    return RetrievalSet(queries, Texts(flat, seq[first]), relevant)
 
 
 def load_retrieval_set(cfg: DictConfig) -> RetrievalSet:

@@ -251,18 +251,19 @@ def nli_to_candidates(ds: datasets.Dataset, source: str = "") -> datasets.Datase
     return materialize(nli_candidates_plan(ds, source))
 
 
-def _flat(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-    """A list column's values flattened, and each value's row."""
-    values = pa.concat_arrays([c.flatten() for c in column.chunks]) if column.num_chunks else pa.array([], column.type.value_type)
-    parents = np.concatenate([pc.list_parent_indices(c).to_numpy() + start for c, start in zip(column.chunks, np.cumsum([0] + [len(c) for c in column.chunks]))]) if column.num_chunks else np.zeros(0, np.int64)
-    return values, parents
+def flat_values(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """A list column's values flattened (views of its chunks, nothing copied), and each value's row."""
+    values = pa.chunked_array([c.flatten() for c in column.chunks], column.type.value_type)
+    starts = np.cumsum([0] + [len(c) for c in column.chunks])
+    parents = [pc.list_parent_indices(c).to_numpy() + start for c, start in zip(column.chunks, starts)]
+    return values, np.concatenate(parents) if parents else np.zeros(0, np.int64)
 
 
 def candidates_pairs_plan(ds: datasets.Dataset | pa.Table) -> Plan:
     """(query, candidates, labels) -> one scored pair per candidate (for pointwise losses)."""
     t = _table(ds)
-    candidates, parents = _flat(t.column("candidates"))
-    scores, _ = _flat(t.column("labels"))
+    candidates, parents = flat_values(t.column("candidates"))
+    scores, _ = flat_values(t.column("labels"))
     every = np.arange(len(candidates))
     return Plan(
         {"sentence1": Take(t.column("query"), parents), "sentence2": Take(candidates, every), "score": Values(scores.cast(pa.float32()))},
@@ -278,8 +279,8 @@ def candidates_triplets_plan(ds: datasets.Dataset | pa.Table, source: str = "") 
     """(query, candidates, labels) -> (anchor, best candidate[, best-scored non-positive]): the
     hard negative column only when every query has one."""
     t = _table(ds)
-    candidates, parents = _flat(t.column("candidates"))
-    scores = _flat(t.column("labels"))[0].to_numpy(zero_copy_only=False)
+    candidates, parents = flat_values(t.column("candidates"))
+    scores = flat_values(t.column("labels"))[0].to_numpy()
     starts = np.searchsorted(parents, np.arange(t.num_rows + 1))
     positive = np.empty(t.num_rows, dtype=np.int64)
     negative = np.full(t.num_rows, -1, dtype=np.int64)
