@@ -79,7 +79,7 @@ def test_bad_data_row_is_one_clear_message(tiny_model_dir, tmp_path):
     assert not (tmp_path / "run" / "final").exists()
 
 
-NLI = [f"data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}", f"data.dev_path={FIXTURES / 'nli_small.tsv'}", "loss=mnrl"]
+NLI = ["data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}", f"data.dev_path={FIXTURES / 'nli_small.tsv'}", "loss=mnrl"]
 
 # case -> (extra overrides, what the message must say)
 BAD_INPUTS = {

@@ -184,12 +184,15 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path)
         )
     log.info("%d queries (%d pairs), corpus %d passages; %d candidates a query searched", n_queries, layout.pairs, len(layout.corpus), range_max)
     d = to_plain(cfg.data)
-    vectors, _, _ = cached_vectors(model, layout.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size)
+    vectors, embed_seconds, reused = cached_vectors(model, layout.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size)
     index = Index(vectors, cfg.search.value)
     random.seed(cfg.seed)  # sampling_strategy=random draws with the `random` module, query by query
 
     def records() -> Iterator[dict[str, Any]]:
+        started = time.perf_counter()
         for start in range(0, n_queries, QUERY_CHUNK):
+            if start:  # hours on a CPU at a million queries: say how far it is
+                log.info("Mined %s of %s queries, %.0f s", f"{start:,}", f"{n_queries:,}", time.perf_counter() - started)
             stop = min(start + QUERY_CHUNK, n_queries)
             queries = embed(model, layout.queries[start:stop], cfg.batch_size)
             scores, ids = index.search(queries, range_max + max_positives)
@@ -204,7 +207,8 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path)
                     yield _record(texts[i], layout.corpus, positives[i], positive_scores[i], negatives[i][keep], negative_scores[i][keep], cfg.scores)
 
     counts = write_jsonl_atomic(out, records(), count=lambda r: len(r["negatives"]))
-    return summarize(layout.pairs, n_queries, counts, cfg.num_negatives) | {"corpus": len(layout.corpus), "search": index.backend}
+    corpus = {"corpus": len(layout.corpus), "corpus_embed_seconds": round(embed_seconds, 2), "corpus_vectors_reused": reused}
+    return summarize(layout.pairs, n_queries, counts, cfg.num_negatives) | corpus | {"search": index.backend}
 
 
 def select_negatives(

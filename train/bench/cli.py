@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale.add_argument("--override", action="append", default=[], help="an extra override for ours (repeatable)")
     scale.add_argument("--retrieval", type=int, default=0, help="train.mine and train.retrieve over this many synthetic passages")
     scale.add_argument("--queries", type=int, default=100_000, help="--retrieval: queries mined and retrieved")
+    scale.add_argument("--reuse-vectors", action="store_true",
+                       help="--retrieval: keep the corpus embeddings cached by an earlier run of the same size")
     scale.add_argument("--search", default="auto", choices=["auto", "faiss", "torch"], help="--retrieval: the search backend")
     p.add_argument("--out", default=None, help="the JSON report (default bench_results/bench.json, or scale.json)")
     args = p.parse_args(argv)
