@@ -39,23 +39,31 @@ def test_bench_runs_both_trainers_and_writes_comparable_results(tiny_model_dir, 
     from train.models import build_sentence_transformer
 
     out = tmp_path / "bench.json"
+    # A held-out file in the preset's format: the last 40 dev pairs (STS-B's own test split is not here).
+    held_out = tmp_path / "sts-test.csv"
+    held_out.write_text("".join((shared_data / "stsb" / "sts-dev.csv").read_text(encoding="utf-8").splitlines(True)[-40:]), encoding="utf-8")
     # 48 pairs, 3 steps of 16: both sides train on every pair exactly once. lr 0 leaves the weights
-    # as they were, so both must report the dev Spearman of the untrained model.
+    # as they were, so both must report the dev and test Spearman of the untrained model.
     report = bench.main([
         "--model", str(tiny_model_dir), "--data", "stsb", "--data-dir", str(shared_data), "--lr", "0",
         "--max-train-samples", "48", "--max-steps", "3", "--max-seq-length", "32", "--out", str(out),
+        "--test-file", str(held_out),
     ])
     assert json.loads(out.read_text())["ratios"] == report["ratios"]
     splits = load_sts_splits("stsb", ("train", "dev"), shared_data, max_train_samples=48)
     model = build_sentence_transformer(str(tiny_model_dir), 32)
     tokens = sum(int(model.tokenize(splits["train"][c])["attention_mask"].sum()) for c in ("sentence1", "sentence2"))
     zero_shot = evaluate_sts(model, sts_evaluator(splits["dev"], 64))["spearman_cosine"]
+    test = load_sts_splits("stsb", ("test",), shared_data, paths={"test": str(held_out)})["test"]
+    assert len(test) == 40
+    zero_shot_test = evaluate_sts(model, sts_evaluator(test, 64))["spearman_cosine"]
     sides = [k for k in report["runs"] if k.startswith("st_trainer")]
     assert sides[0] == "st_trainer" and report["runs"]["st_trainer"][0]["precision"] == "no"
     for side in ["ours", *sides]:
         run = report["runs"][side][0]
         assert run["pairs"] == 48 and run["real_tokens"] == tokens, side
         assert run["dev_spearman"] == pytest.approx(zero_shot, abs=1e-5), side
+        assert run["test_spearman"] == pytest.approx(zero_shot_test, abs=1e-5), side
         summary = report["summary"][side]
         assert summary["pairs_per_s"] == pytest.approx(48 / run["seconds"])
         flops = training_flops_per_token(matmul_weights(model[0].auto_model), 2, 32, tokens / 96) * tokens
@@ -64,8 +72,10 @@ def test_bench_runs_both_trainers_and_writes_comparable_results(tiny_model_dir, 
     # Bucketed batches pad less than the same pairs in random order.
     assert ours["padding_ratio"] < theirs["padding_ratio"]
     assert report["ratios"]["st_trainer"]["pairs_per_s"] == pytest.approx(ours["pairs_per_s"] / theirs["pairs_per_s"])
+    assert report["ratios"]["st_trainer"]["test_spearman_diff"] == pytest.approx(0.0, abs=1e-5)
     printed = capsys.readouterr().out
     assert "headline: ours (" in printed and "at its default precision (no)" in printed
+    assert "test_spearman over 1 seed(s), mean ± std: ours" in printed
     if len(sides) == 2:  # ours ran in bf16 (native here): the equal-precision ratio is in the headline too
         assert report["runs"]["st_trainer_same"][0]["precision"] == report["runs"]["ours"][0]["precision"] == "bf16"
         assert "at equal precision (bf16)" in printed
@@ -82,3 +92,24 @@ def test_encode_bench_embeds_the_whole_dev_split(tiny_model_dir, shared_data, tm
     assert report["ratios"]["encode_st"]["sentences_per_s"] == pytest.approx(
         summary["encode_ours"]["sentences_per_s"] / summary["encode_st"]["sentences_per_s"]
     )
+
+
+def test_seeds_give_each_side_the_mean_and_spread_over_seeds_0_to_n(monkeypatch):
+    from train.bench import cli
+
+    seen = []
+
+    def fake_run(kind, args):
+        seen.append((kind, args.seed))
+        # A figure that depends on the seed and the side, so the mean and spread are checkable.
+        return {"seconds": 1.0, "pairs": 10, "precision": "no", "peak_rss_mb": 1.0,
+                "dev_spearman": 0.5 + 0.1 * args.seed + (0.01 if kind == "ours" else 0.0)}
+
+    monkeypatch.setattr(cli, "in_subprocess", fake_run)
+    monkeypatch.setattr(cli, "_write", lambda report, out: None)
+    report = cli.main(["--seeds", "3", "--precision", "no", "--st-precision", "no"])
+    assert sorted(seen) == sorted((k, s) for k in ("ours", "st_trainer") for s in (0, 1, 2))
+    ours, theirs = report["summary"]["ours"], report["summary"]["st_trainer"]
+    assert ours["dev_spearman_mean"] == pytest.approx(0.61) and theirs["dev_spearman_mean"] == pytest.approx(0.6)
+    assert ours["dev_spearman_std"] == pytest.approx(0.1)  # the sample standard deviation of .51, .61, .71
+    assert report["ratios"]["st_trainer"]["dev_spearman_diff"] == pytest.approx(0.01)

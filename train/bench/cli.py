@@ -7,12 +7,15 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from train.bench.common import precision as _precision
 from train.bench.recipes import __doc__ as DOC, run_encode, run_ours, run_st_trainer
+
+QUALITY = ("dev_spearman", "test_spearman", "dev_zero_shot")  # the figures averaged over seeds
 
 
 def _child(kind: str, args: argparse.Namespace, queue) -> None:
@@ -54,9 +57,12 @@ def summarize(runs: list[dict[str, Any]], unit: str) -> dict[str, float]:
         out["real_tokens_per_s"] = sum(r["real_tokens"] for r in runs) / total
         out["padded_tokens_per_s"] = sum(r["padded_tokens"] for r in runs) / total
         out["padding_ratio"] = sum(r["padded_tokens"] for r in runs) / sum(r["real_tokens"] for r in runs)
-    for dev in ("dev_spearman", "dev_zero_shot"):
-        if dev in runs[0]:
-            out[f"{dev}_mean"] = sum(r[dev] for r in runs) / len(runs)
+    for figure in QUALITY:
+        if figure in runs[0]:
+            values = [r[figure] for r in runs]
+            out[f"{figure}_mean"] = statistics.fmean(values)
+            # Over seeds: the spread says whether a difference in means is more than seed noise.
+            out[f"{figure}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     if "model_tflops_per_s" in runs[0]:
         out["model_tflops_per_s"] = sum(r["model_tflops_per_s"] * r["seconds"] for r in runs) / total
         if "mfu" in runs[0]:
@@ -72,9 +78,9 @@ def ratios_against(summary: dict[str, dict], ours: str, theirs: str, unit: str) 
         f"{unit}_per_s": summary[ours][f"{unit}_per_s"] / summary[theirs][f"{unit}_per_s"],
         "peak_rss": summary[ours]["peak_rss_mb_max"] / summary[theirs]["peak_rss_mb_max"],
     }
-    for dev in ("dev_spearman", "dev_zero_shot"):
-        if f"{dev}_mean" in summary[ours]:
-            out[f"{dev}_diff"] = summary[ours][f"{dev}_mean"] - summary[theirs][f"{dev}_mean"]
+    for figure in QUALITY:
+        if f"{figure}_mean" in summary[ours] and f"{figure}_mean" in summary[theirs]:
+            out[f"{figure}_diff"] = summary[ours][f"{figure}_mean"] - summary[theirs][f"{figure}_mean"]
     return out
 
 
@@ -87,7 +93,12 @@ def print_summary(runs: dict[str, list], summary: dict[str, dict], ratios: dict[
     for kind in kinds:
         print(f"{label[kind]:<{width}}" + "".join(f"{v:>20.4f}" for v in summary[kind].values()))
     for theirs, r in ratios.items():
-        print(f"ratios (ours / {label[theirs]}): " + ", ".join(f"{k}={v:.3f}" for k, v in r.items()))
+        print(f"ratios (ours / {label[theirs]}): " + ", ".join(f"{k}={v:.4f}" if k.endswith("_diff") else f"{k}={v:.3f}" for k, v in r.items()))
+    for figure in QUALITY:
+        if f"{figure}_mean" in summary[kinds[0]]:
+            n = len(runs[kinds[0]])
+            print(f"{figure} over {n} seed(s), mean ± std: " + ", ".join(
+                f"{label[k]} {summary[k][f'{figure}_mean']:.4f} ± {summary[k][f'{figure}_std']:.4f}" for k in kinds if f"{figure}_mean" in summary[k]))
     if unit in ("pairs", "images"):
         ours = summary[kinds[0]]
         parts = [f"{r[f'{unit}_per_s']:.2f}x SentenceTransformerTrainer at {'its default' if t == 'st_trainer' else 'equal'} precision "
@@ -125,6 +136,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--peak-tflops", type=float, default=0.0,
                    help="the device's peak TFLOP/s for MFU (default: known GPUs' dense bf16/fp16 peak)")
     p.add_argument("--seed", type=int, default=42, help="repeat r uses seed + r")
+    p.add_argument("--seeds", type=int, default=0,
+                   help="run both sides with seeds 0..N-1 (sets --repeats N --seed 0): mean and spread of the figures")
+    p.add_argument("--test-file", default=None,
+                   help="a held-out file in the --data preset's format (e.g. the STS Benchmark's sts-test.csv), scored "
+                        "beside dev; a preset with its own test split (korsts) is scored on it without this")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="both sides; default each side's own (this project 0.01, the library's trainers 0.0)")
     p.add_argument("--skip-eval", action="store_true", help="no dev Spearman (speed only)")
     p.add_argument("--encode", action="store_true", help="benchmark embedding a split instead of training")
     p.add_argument("--num-proc", type=int, default=None, help="ours: processes that tokenize (data.num_proc); default the cores")
@@ -134,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale.add_argument("--scale-file", action="append", default=[], help="a pairs JSONL (anchor, positive) to use instead")
     scale.add_argument("--scale-dir", default="bench_results/scale", help="where the generated files, caches and logs go")
     scale.add_argument("--processes", type=int, default=1, help="ours under accelerate launch with this many CPU processes")
-    scale.add_argument("--skip-st", action="store_true", help="only this project's runs")
+    scale.add_argument("--skip-st", action="store_true", help="only this project's runs (also outside --scale)")
     scale.add_argument("--keep", action="store_true", help="keep both sides' caches after the runs")
     scale.add_argument("--timeout", type=float, default=7200, help="seconds a run may take")
     scale.add_argument("--override", action="append", default=[], help="an extra override for ours (repeatable)")
@@ -145,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale.add_argument("--search", default="auto", choices=["auto", "faiss", "torch"], help="--retrieval: the search backend")
     p.add_argument("--out", default=None, help="the JSON report (default bench_results/bench.json, or scale.json)")
     args = p.parse_args(argv)
+    if args.seeds:
+        args.repeats, args.seed = args.seeds, 0
     if args.lr is None:
         args.lr = 1e-3 if args.task == "image_text" else 2e-5
     sizing = bool(args.scale or args.scale_file)
@@ -168,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours_precision = _precision(args.precision, args.device)
     if not args.encode and not args.no_equal_precision and ours_precision != _precision(args.st_precision, args.device):
         kinds = (*kinds, "st_trainer_same")
+    if args.skip_st:  # a variant of ours against figures the library's side already gave
+        kinds = kinds[:1]
     unit = "sentences" if args.encode else "images" if args.task == "image_text" else "pairs"
     runs: dict[str, list] = {k: [] for k in kinds}
     for repeat in range(args.repeats):

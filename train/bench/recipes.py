@@ -42,7 +42,11 @@ def _common(args: argparse.Namespace):
     from train.models import build_sentence_transformer
 
     name, package = MODEL_PRESETS.get(args.model, (args.model, None))
-    splits = load_sts_splits(args.data, ("train", "dev"), data_dir=args.data_dir, max_train_samples=args.max_train_samples)
+    # The preset's test split where it has one (KorSTS), or --test-file in the preset's format
+    # (the STS Benchmark's sts-test.csv, which is held out of this repository).
+    paths = {"test": args.test_file} if getattr(args, "test_file", None) else None
+    splits = load_sts_splits(args.data, ("train", "dev", "test"), data_dir=args.data_dir, max_train_samples=args.max_train_samples,
+                             paths=paths)
     if args.task == "cross_encoder":
         from train.models import build_cross_encoder
 
@@ -69,16 +73,23 @@ def _utilisation(model, counts: dict[str, Any], seconds: float, precision: str, 
     return utilisation(model[0].auto_model, counts["real_tokens"], sequences, seconds, peak)
 
 
-def _score(model, splits, args) -> float:
+def _scores(model, splits, args) -> dict[str, float]:
+    """Spearman on dev (and test, when there is one) by sentence-transformers' own evaluators."""
     from train.evaluation import evaluate_sts, sts_evaluator
 
     if args.skip_eval:
-        return float("nan")
-    if args.task == "cross_encoder":
-        from train.tasks.cross_encoder import evaluate_set
+        return {"dev_spearman": float("nan")}
+    out = {}
+    for split in ("dev", "test"):
+        if split not in splits:
+            continue
+        if args.task == "cross_encoder":
+            from train.tasks.cross_encoder import evaluate_set
 
-        return evaluate_set(model, splits["dev"], 64)["spearman"]
-    return evaluate_sts(model, sts_evaluator(splits["dev"], 64))["spearman_cosine"]
+            out[f"{split}_spearman"] = evaluate_set(model, splits[split], 64)["spearman"]
+        else:
+            out[f"{split}_spearman"] = evaluate_sts(model, sts_evaluator(splits[split], 64))["spearman_cosine"]
+    return out
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,7 +115,7 @@ def _run_ours(args: argparse.Namespace, model, splits, corpus, mixed: str) -> di
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_ratio=0.1,
-        weight_decay=0.0,
+        weight_decay=TrainerConfig.weight_decay if args.weight_decay is None else args.weight_decay,
         mixed_precision=MixedPrecision(mixed),
         seed=args.seed,
         eval_every=10**9,
@@ -120,7 +131,7 @@ def _run_ours(args: argparse.Namespace, model, splits, corpus, mixed: str) -> di
         "seconds": seconds,
         **counts,
         **_utilisation(model, counts, seconds, result.mixed_precision, args),
-        "dev_spearman": _score(model, splits, args),
+        **_scores(model, splits, args),
         **peak_memory(args.device),
         "precision": result.mixed_precision,
     }
@@ -184,7 +195,7 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
             per_device_train_batch_size=args.batch_size,
             learning_rate=args.lr,
             warmup_steps=0.1,
-            weight_decay=0.0,
+            weight_decay=0.0 if args.weight_decay is None else args.weight_decay,  # 0.0: TrainingArguments' default
             seed=args.seed,
             bf16=precision == "bf16",
             fp16=precision == "fp16",
@@ -204,7 +215,7 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": seconds,
         **counts,
         **_utilisation(model, counts, seconds, precision, args),
-        "dev_spearman": _score(model, splits, args),
+        **_scores(model, splits, args),
         **peak_memory(args.device),
         "precision": precision,
     }

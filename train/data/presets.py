@@ -213,9 +213,12 @@ class DataSpec:
 
 def split_sources(spec: DataSpec, split: str) -> list[RowSource] | None:
     """The files (readers, not yet read) of one split, or None when the source has no such split.
-    A preset's missing files are downloaded here."""
+    A preset's missing files are downloaded here; a path given for a preset's split
+    (data.test_path=…) is read with the preset's reader instead."""
     name = spec.name
     if name in PRESETS:
+        if spec.path(split):  # a file of the preset's format in place of its own (a held-out test set)
+            return [PRESETS[name].reader(Path(spec.path(split)), spec.scores, spec.on_bad_row)]
         files = preset_files(name, spec.data_dir, (split,)).get(split)
         return [PRESETS[name].reader(f, spec.scores, spec.on_bad_row) for f in files] if files else None
     if name == "hub":
