@@ -271,6 +271,21 @@ def test_data_options_give_their_shapes(shared_data, tmp_path):
         build_data(compose_config(["data=hub"]).data, ("train",))
 
 
+def test_a_preset_reads_a_given_file_as_its_split(shared_data):
+    """data=korsts data.test_path=…: a held-out file in the preset's format is that split, not
+    silently ignored for the preset's own test file."""
+    from train.builders import build_data
+    from tests.conftest import FIXTURES
+
+    given = FIXTURES / "korsts_small.tsv"
+    cfg = compose_config(["data=korsts", f"data.dir={shared_data}", f"data.test_path={given}"])
+    test = build_data(cfg.data, ("test",), "scored_pairs")["test"]
+    lines = given.read_text(encoding="utf-8").splitlines()[1:]
+    assert len(test) == len(lines)
+    assert test[0]["sentence1"] == lines[0].split("\t")[5]
+    assert test[0]["score"] == pytest.approx(float(lines[0].split("\t")[4]) / 5)
+
+
 def test_experiments_and_debug_set_what_they_say():
     cfg = compose_config(["experiment=korsts_roberta"])
     assert (cfg.model.name, cfg.data.name, cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.lr) == ("klue/roberta-base", "korsts", 4, 32, 5e-5)

@@ -17,6 +17,7 @@ library's side gets its split as a loaded `datasets` table.
     python -m train.bench --model minilm --data stsb                 # one epoch of STS-B train
     python -m train.bench --task cross_encoder --data stsb          # a reranker, against CrossEncoderTrainer
     python -m train.bench --model minilm --data korsts --repeats 2
+    python -m train.bench --data stsb --seeds 3 --test-file sts-test.csv   # quality over seeds 0-2, dev and a held-out file
     python -m train.bench --encode --data stsb                      # embedding speed only
     python -m train.bench --precision no                            # fp32 on both sides
     python -m train.bench --task image_text --max-train-samples 10000   # CLIP-style, Fashion-MNIST (train/bench/image_text.py)
