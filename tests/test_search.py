@@ -62,3 +62,24 @@ def test_corpus_vectors_are_embedded_once_per_model_and_texts(tiny_model_dir, tm
     assert other.path != vectors.path
     third, _, _ = cached_vectors(model, texts[:-1], tmp_path, batch_size=8)
     assert third.path not in (vectors.path, other.path) and third.rows == 29
+
+
+def test_long_loops_log_their_progress_at_most_every_interval(monkeypatch, caplog):
+    """Embedding, mining and searching at a million rows say how far they are: a line when the
+    interval has passed, none before, with done, total and the seconds since the start."""
+    import logging
+
+    from train import progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    log = progress.ProgressLog("Mining", 100_000, "queries", seconds=30)
+    with caplog.at_level(logging.INFO, logger="train"):
+        now[0] = 120.0
+        log(16_384)  # 20 s: quiet
+        now[0] = 131.0
+        log(32_768)  # 31 s since the start: a line
+        now[0] = 150.0
+        log(49_152)  # 19 s since that line: quiet
+    lines = [r.getMessage() for r in caplog.records if r.name == "train"]
+    assert lines == ["Mining: 32,768 of 100,000 queries, 31 s"]

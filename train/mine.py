@@ -171,6 +171,7 @@ class Layout:
 def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Mines every query's negatives and writes its record to `out` (atomically); returns the summary."""
     from train.data.corpus import CacheSettings
+    from train.progress import ProgressLog
     from train.search import Index, cached_vectors, embed, gather
 
     layout = Layout(pairs, extra)
@@ -189,10 +190,9 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path)
     random.seed(cfg.seed)  # sampling_strategy=random draws with the `random` module, query by query
 
     def records() -> Iterator[dict[str, Any]]:
-        started = time.perf_counter()
+        progress = ProgressLog("Mining", n_queries, "queries")
         for start in range(0, n_queries, QUERY_CHUNK):
-            if start:  # hours on a CPU at a million queries: say how far it is
-                log.info("Mined %s of %s queries, %.0f s", f"{start:,}", f"{n_queries:,}", time.perf_counter() - started)
+            progress(start)
             stop = min(start + QUERY_CHUNK, n_queries)
             queries = embed(model, layout.queries[start:stop], cfg.batch_size)
             scores, ids = index.search(queries, range_max + max_positives)

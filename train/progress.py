@@ -8,6 +8,8 @@ goes away when done (leave=False): the training bar stays the one line on the te
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 
 T = TypeVar("T")
 LONG_EVAL = 2000
+log = logging.getLogger("train")
 
 
 def long_eval(n_items: int) -> bool:
@@ -29,3 +32,19 @@ def eval_bar(iterable: Iterable[T], total: int, desc: str, show: bool, unit: str
         return iterable
     bar: Any = tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
     return bar
+
+
+class ProgressLog:
+    """One log line, `<what>: <done> of <total> <unit>, <s> s`, at most every `seconds`: for the
+    hour-long loops (embedding a million passages, mining or searching 100k queries) that have no bar."""
+
+    def __init__(self, what: str, total: int, unit: str, seconds: float = 30.0) -> None:
+        self.what, self.total, self.unit, self.seconds = what, total, unit, seconds
+        self.clock = time.perf_counter
+        self.started = self.last = self.clock()
+
+    def __call__(self, done: int) -> None:
+        now = self.clock()
+        if now - self.last > self.seconds:
+            self.last = now
+            log.info("%s: %s of %s %s, %.0f s", self.what, f"{done:,}", f"{self.total:,}", self.unit, now - self.started)

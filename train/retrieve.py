@@ -209,6 +209,7 @@ def bi_encoder_search(bi: Any, queries: Sequence[str], index: Any, depth: int, b
     + search) of each of the first `timed` queries (0: all), run one by one as a search service
     meets them: it embeds a query when it arrives, not in a batch with later ones. The rest are
     embedded and searched in batches."""
+    from train.progress import ProgressLog
     from train.search import QUERY_BATCH, embed
 
     depth = min(depth, index.vectors.rows)
@@ -220,12 +221,9 @@ def bi_encoder_search(bi: Any, queries: Sequence[str], index: Any, depth: int, b
         _, ids = index.search(embed(bi, [queries[i]], batch_size), depth)
         seconds.append(time.perf_counter() - start)
         rankings[i] = ids[0]
-    started, every = time.perf_counter(), max(QUERY_BATCH, len(queries) // 10)
-    next_log = timed + every
+    progress = ProgressLog("Bi-encoder search", len(queries), "queries")
     for start in range(timed, len(queries), QUERY_BATCH):
-        if start >= next_log:  # minutes at 100k queries over a million documents: say how far it is
-            log.info("Bi-encoder search: %s of %s queries, %.0f s", f"{start:,}", f"{len(queries):,}", time.perf_counter() - started)
-            next_log += every
+        progress(start)
         batch = queries[start : start + QUERY_BATCH]
         rankings[start : start + len(batch)] = index.search(embed(bi, batch, batch_size), depth)[1]
     return rankings, seconds

@@ -86,16 +86,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def embed_to_file(model: Any, texts: Sequence[str], path: Path, batch_size: int, what: str = "corpus") -> None:
     """Embeds `texts` (any sequence that slices into lists of str) chunk by chunk into `path`."""
     from train.inference import encode
+    from train.progress import ProgressLog
 
-    started = last = time.perf_counter()
+    progress = ProgressLog(f"Embedding the {what}", len(texts), "texts")
     with open(path, "wb") as f:
         for start in range(0, len(texts), EMBED_CHUNK):
             f.write(_unit(encode(model, list(texts[start : start + EMBED_CHUNK]), batch_size)).astype(np.float32).tobytes())
-            now = time.perf_counter()
-            if now - last > 30:
-                last = now
-                done = min(start + EMBED_CHUNK, len(texts))
-                log.info("Embedding the %s: %s of %s texts, %.0f s", what, f"{done:,}", f"{len(texts):,}", now - started)
+            progress(min(start + EMBED_CHUNK, len(texts)))
 
 
 def cached_vectors(model: Any, texts: Sequence[str], cache_root: Path, batch_size: int, what: str = "corpus") -> tuple[Vectors, float, bool]:
