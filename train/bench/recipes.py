@@ -45,7 +45,7 @@ def _common(args: argparse.Namespace):
     name, package = MODEL_PRESETS.get(args.model, (args.model, None))
     # The preset's test split where it has one (KorSTS), or --test-file in the preset's format
     # (the STS Benchmark's sts-test.csv, which is held out of this repository).
-    paths = {"test": args.test_file} if getattr(args, "test_file", None) else None
+    paths = {"test": args.test_file} if args.test_file else None
     splits = load_sts_splits(args.data, ("train", "dev", "test"), data_dir=args.data_dir, max_train_samples=args.max_train_samples,
                              paths=paths)
     if args.task == "cross_encoder":
