@@ -232,7 +232,8 @@ def _schedule(accelerator: Accelerator, optimizer: torch.optim.Optimizer, n_batc
     """(scheduler, total optimizer steps, epochs to run)."""
     updates_per_epoch = max(1, math.ceil(n_batches / settings.grad_accum))
     total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * updates_per_epoch
-    warmup = int(settings.warmup_ratio * total_steps)
+    # Rounded up, as transformers' Trainer does (TrainingArguments.get_warmup_steps).
+    warmup = math.ceil(settings.warmup_ratio * total_steps)
     # A prepared scheduler steps once per process per update, hence the scaling; under DeepSpeed
     # prepare() leaves it as it is, and it steps once per update.
     per_update = 1 if deepspeed else accelerator.num_processes
