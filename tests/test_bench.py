@@ -8,7 +8,7 @@ import pytest
 from transformers import BertConfig, BertModel
 
 from train import bench
-from train.flops import matmul_weights, peak_tflops, training_flops_per_token, utilisation
+from train.bench.flops import matmul_weights, peak_tflops, training_flops_per_token, utilisation
 
 
 def test_matmul_weights_are_the_encoder_layers_matrices():
@@ -113,3 +113,75 @@ def test_seeds_give_each_side_the_mean_and_spread_over_seeds_0_to_n(monkeypatch)
     assert ours["dev_spearman_mean"] == pytest.approx(0.61) and theirs["dev_spearman_mean"] == pytest.approx(0.6)
     assert ours["dev_spearman_std"] == pytest.approx(0.1)  # the sample standard deviation of .51, .61, .71
     assert report["ratios"]["st_trainer"]["dev_spearman_diff"] == pytest.approx(0.01)
+
+
+def test_every_suite_recipe_is_a_valid_bench_command(monkeypatch):
+    """Each recipe of the GPU suite parses as a bench command that passes the bench's checks (the suite
+    test below runs one recipe of each family, to keep CI short)."""
+    from train.bench import cli
+    from train.bench.suite import RECIPES, recipe_argv
+
+    seen = []
+    monkeypatch.setattr(cli, "in_subprocess", lambda kind, args: seen.append((kind, args)) or {"seconds": 1.0})
+    monkeypatch.setattr(cli, "summarize", lambda runs, unit: {})
+    monkeypatch.setattr(cli, "ratios_against", lambda *a: {})
+    monkeypatch.setattr(cli, "print_summary", lambda *a: None)
+    monkeypatch.setattr(cli, "_write", lambda *a: None)
+    for name, _, settings in RECIPES:
+        seen.clear()
+        cli.main(recipe_argv({**settings, "device": "cpu"}, "cpu"))
+        assert [k for k, _ in seen] == ["ours", "st_trainer"], name
+        args = seen[0][1]
+        assert all(getattr(args, k) == v for k, v in settings.items()), name
+        assert args.st_precision == cli._precision(settings["precision"], "cpu"), name
+
+
+SUITE_FAMILIES = "minilm_sts_fp32,minilm_mnrl_256,cross_encoder_auto,image_text_b32"
+
+
+def test_gpu_suite_runs_its_recipes_and_writes_one_table(tiny_model_dir, shared_data, tmp_path):
+    """The GPU suite at tiny sizes on the CPU, one recipe of each family: both sides train, and the
+    table holds a row per recipe with the throughput ratio, MFU against the measured peak and dev figures."""
+    out = tmp_path / "suite"
+    small = ["max_steps=1", "max_train_samples=32", "batch_size=8", "max_seq_length=32", "max_eval_samples=16", "vit=small",
+             "workers=0", "num_proc=1", f"model={tiny_model_dir}"]
+    report = bench.main(["--suite", "gpu", "--device", "cpu", "--data-dir", str(shared_data), "--out", str(out),
+                         "--suite-only", SUITE_FAMILIES, *[a for o in small for a in ("--suite-override", o)]])
+    rows = json.loads((out / "suite.json").read_text())["rows"]
+    assert [r["recipe"] for r in rows] == SUITE_FAMILIES.split(",") == [r["recipe"] for r in report["rows"]]
+    table = (out / "suite.md").read_text()
+    for r in rows:
+        assert r["ours_per_s"] > 0 and r["library_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["ours_per_s"] / r["library_per_s"], rel=1e-6)
+        assert r["peak_tflops"] > 0 and 0 < r["mfu"] == pytest.approx(r["model_tflops_per_s"] / r["peak_tflops"])
+        assert -1 <= r["dev"][1] <= 1 and -1 <= r["dev"][2] <= 1
+        assert f"| {r['recipe']} | {r['precision']} |" in table
+        # Each row is an ordinary bench run that can be rerun alone.
+        assert (out / f"{r['recipe']}.json").is_file()
+    # The library's side runs at the precision ours resolved to: one ratio, equal precision.
+    fp32 = next(r for r in rows if r["recipe"] == "minilm_sts_fp32")
+    assert fp32["precision"] == "no"
+    assert json.loads((out / "minilm_sts_fp32.json").read_text())["runs"]["st_trainer"][0]["precision"] == "no"
+    assert {r["dev"][0] for r in rows} == {"dev_spearman", "dev_zero_shot"}
+
+
+def test_profile_writes_the_top_operators_of_our_run(tiny_model_dir, shared_data, tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--model", str(tiny_model_dir), "--data", "stsb", "--data-dir", str(shared_data), "--max-train-samples", "32",
+                "--max-steps", "2", "--max-seq-length", "32", "--skip-st", "--skip-eval", "--profile", "--out", str(out)])
+    summary = (tmp_path / "bench.profile.txt").read_text()
+    assert "Top operators by CPU time" in summary and "aten::" in summary
+    assert int(summary.split("Distinct matrix-product input shapes: ")[1].split()[0]) > 0
+
+
+def test_contrastive_recipe_trains_both_sides_on_the_same_triplets(tiny_model_dir, shared_data, tmp_path):
+    report = bench.main(["--model", str(tiny_model_dir), "--data", "kor_xnli", "--loss", "mnrl", "--data-dir", str(shared_data),
+                         "--max-train-samples", "48", "--batch-size", "16", "--max-steps", "3", "--max-seq-length", "32",
+                         "--lr", "0", "--no-equal-precision", "--out", str(tmp_path / "b.json")])
+    ours, theirs = report["runs"]["ours"][0], report["runs"]["st_trainer"][0]
+    assert ours["pairs"] == theirs["pairs"] == 48  # every triplet once, three batches of 16
+    # lr 0: both score the untrained model on KorSTS dev and test, so the figures agree exactly.
+    assert ours["dev_spearman"] == pytest.approx(theirs["dev_spearman"], abs=1e-6)
+    assert ours["test_spearman"] == pytest.approx(theirs["test_spearman"], abs=1e-6)
+    with pytest.raises(SystemExit):
+        bench.main(["--loss", "mnrl", "--data", "stsb"])  # scored pairs cannot feed in-batch negatives

@@ -48,7 +48,7 @@ def _model(task: str, model_dir):
     return build_sentence_transformer(str(model_dir), 32, "mean")
 
 
-def _ours(task: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Tensor]:
+def _ours(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Tensor]:
     from accelerate import Accelerator
 
     from train.config import MixedPrecision, TrainerConfig
@@ -59,7 +59,7 @@ def _ours(task: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Te
     model = _model(task, model_dir)
     settings = TrainerConfig(batch_size=BATCH, lr=LR, warmup_ratio=WARMUP, weight_decay=DECAY, mixed_precision=MixedPrecision.no,
                              seed=0, eval_every=10**9, save_every=10**9, log_every=10**9)
-    loss, spec = build_loss("bce" if task == "cross_encoder" else "cosent", model, task=task)
+    loss, spec = build_loss(loss_name, model, task=task)
     t = get_task(task)
     rows, collate, _ = t.training_inputs(corpus, model, spec, settings)
     train(model, loss, rows, collate, FixedBatches(batches), t.train_step(spec, collate), None, tmp_path / "run", settings,
@@ -67,7 +67,7 @@ def _ours(task: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Te
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _library(task: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Tensor]:
+def _library(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Tensor]:
     model = _model(task, model_dir)
     if task == "cross_encoder":
         from sentence_transformers.cross_encoder import CrossEncoderTrainer as Trainer
@@ -78,32 +78,38 @@ def _library(task: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch
     else:
         from sentence_transformers import SentenceTransformerTrainer as Trainer
         from sentence_transformers import SentenceTransformerTrainingArguments as Arguments
-        from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+        from sentence_transformers.sentence_transformer import losses
 
-        loss = CoSENTLoss(model)
+        loss = losses.MultipleNegativesRankingLoss(model) if loss_name == "mnrl" else losses.CoSENTLoss(model)
     args = Arguments(
         output_dir=str(tmp_path / "library"), num_train_epochs=1, per_device_train_batch_size=BATCH, learning_rate=LR,
         warmup_steps=WARMUP, weight_decay=DECAY, max_grad_norm=1.0, seed=0, use_cpu=True, save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, batch_sampler=lambda dataset, **_: FixedBatches(batches),
     )
-    train_set = corpus.dataset.select_columns(["sentence1", "sentence2", "score"])
+    columns = ["anchor", "positive", "negative"] if loss_name == "mnrl" else ["sentence1", "sentence2", "score"]
+    train_set = corpus.dataset.select_columns(columns)
     Trainer(model=model, args=args, train_dataset=train_set, loss=loss).train()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("task", ["bi_encoder", "cross_encoder"])
-def test_the_same_batches_reach_the_library_trainers_weights(task, tiny_model_no_dropout_dir, tmp_path):
+@pytest.mark.parametrize("task, loss_name", [("bi_encoder", "cosent"), ("bi_encoder", "mnrl"), ("cross_encoder", "bce")])
+def test_the_same_batches_reach_the_library_trainers_weights(task, loss_name, tiny_model_no_dropout_dir, tmp_path):
     from train.data.corpus import CacheSettings, load_corpus
     from train.data.presets import ScoreRange, data_spec
 
-    spec = data_spec("sts_file", paths={"train": str(FIXTURES / "train_small.jsonl")}, scores=ScoreRange(0, 1))
-    corpus = load_corpus(spec, "train", "scored_pairs", True, CacheSettings(tmp_path / "cache", 1))
+    if loss_name == "mnrl":  # (anchor, entailed, contradicted) triplets; in-batch negatives
+        spec = data_spec("nli_file", paths={"train": str(FIXTURES / "nli_train_small.tsv")})
+        corpus = load_corpus(spec, "train", "triplets", True, CacheSettings(tmp_path / "cache", 1))
+    else:
+        spec = data_spec("sts_file", paths={"train": str(FIXTURES / "train_small.jsonl")}, scores=ScoreRange(0, 1))
+        corpus = load_corpus(spec, "train", "scored_pairs", True, CacheSettings(tmp_path / "cache", 1))
     order = np.random.default_rng(0).permutation(len(corpus.dataset)).tolist()
-    batches = [order[i : i + BATCH] for i in range(0, STEPS * BATCH, BATCH)]
+    steps = min(STEPS, len(order) // BATCH)  # 7 of the NLI fixture's 60 triplets: 1.05 warm-up steps, still rounded up
+    batches = [order[i : i + BATCH] for i in range(0, steps * BATCH, BATCH)]
     start = _model(task, tiny_model_no_dropout_dir).state_dict()
 
-    ours = _ours(task, tiny_model_no_dropout_dir, corpus, batches, tmp_path)
-    library = _library(task, tiny_model_no_dropout_dir, corpus, batches, tmp_path)
+    ours = _ours(task, loss_name, tiny_model_no_dropout_dir, corpus, batches, tmp_path)
+    library = _library(task, loss_name, tiny_model_no_dropout_dir, corpus, batches, tmp_path)
 
     assert ours.keys() == library.keys()
     moved = max((library[k] - start[k]).abs().max().item() for k in library if library[k].is_floating_point())

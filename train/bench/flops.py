@@ -61,3 +61,32 @@ def utilisation(
     if peak:
         out["mfu"] = achieved / peak
     return out
+
+
+def measured_peak_tflops(device: str, precision: str, size: int | None = None, repeats: int = 20) -> float:
+    """The matrix-product rate this device reaches at `precision` (bf16, fp16, or fp32 for "no"),
+    measured on size×size products: what MFU is reported against in the GPU suite, since a data
+    sheet's peak is rarely reached and names no fp32 figure."""
+    import time
+
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    size = size or (8192 if device.startswith("cuda") else 1024)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(3):  # warm-up: kernel selection, clocks
+        a @ b
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e12
