@@ -132,6 +132,18 @@ def test_known_data_gives_licence_language_and_hub_base_model(tmp_path):
     assert "license" not in meta and meta["language"] == ["en", "ko"] and "LICENSE.txt" in body
 
 
+def test_random_weights_card_publishes_no_figures(tmp_path):
+    """model=roberta_base_random is a speed workload: its card claims no quality."""
+    from dataclasses import replace
+
+    random = replace(facts("korsts", base="sentence-transformers/all-MiniLM-L6-v2"), random_init={"model_type": "roberta"})
+    text = render_card(random, {"dev": {"spearman_cosine": 0.8512, "n_pairs": 1500}}, "final", 360, str(tmp_path))
+    (tmp_path / "README.md").write_text(text)
+    meta, body = card_parts(tmp_path)
+    assert "model-index" not in meta and "base_model" not in meta
+    assert "0.8512" not in text and "random roberta weights" in body and "None published" in body
+
+
 def test_cross_encoder_card_uses_cross_encoder(tmp_path, tiny_model_dir):
     cfg = compose_config(tiny_overrides(tiny_model_dir, "task=cross_encoder", "trainer.max_steps=3"))
     result = run(cfg, run_dir=tmp_path)
