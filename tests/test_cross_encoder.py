@@ -4,6 +4,7 @@ tokenized once exactly as the model's own preprocess would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -92,6 +93,33 @@ def test_pairs_tokenized_once_equal_the_models_own_preprocess(tiny_model_dir):
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         assert torch.equal(ours[key], theirs[key]), key
     assert tokens.real == int(theirs["attention_mask"].sum()) and tokens.padded == theirs["attention_mask"].numel()
+
+
+def test_forward_in_chunks_gives_the_same_loss_and_gradients_with_less_padding(tiny_model_no_dropout_dir):
+    """trainer.forward_chunk_rows for a cross-encoder: a batch's pairs run in length-sorted chunks,
+    each cut to its own longest pair; the library's loss sees the same scores in batch order."""
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from train.models import build_cross_encoder
+    from train.tasks.cross_encoder import CrossEncoderStep, PairTokens
+
+    rows = [json.loads(line) for line in (FIXTURES / "train_small.jsonl").read_text().splitlines()[:13]]
+    batch = {"inputs": [[r["sentence1"] for r in rows], [r["sentence2"] + " and more" * (i % 4) for i, r in enumerate(rows)]],
+             "labels": torch.tensor([r["score"] for r in rows]), "known": {}, "rows": len(rows)}
+    results = {}
+    for chunk_rows in (0, 4):
+        torch.manual_seed(0)
+        model = build_cross_encoder(str(tiny_model_no_dropout_dir), max_seq_length=32)
+        step = CrossEncoderStep(PairTokens(model.tokenizer, 32, chunk_rows))
+        loss = step.loss(model, BinaryCrossEntropyLoss(model), batch, contextlib.nullcontext)
+        loss.backward()
+        results[chunk_rows] = (loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], step.stats(batch))
+    (whole, whole_grads, whole_stats), (chunked, chunked_grads, chunked_stats) = results[0], results[4]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert chunked_stats.real_tokens == whole_stats.real_tokens
+    assert chunked_stats.padded_tokens < whole_stats.padded_tokens
 
 
 # loss -> (data overrides, main dev metric, model outputs)

@@ -219,9 +219,10 @@ class TrainerConfig:
     # length, so that a batch holds sentences of similar length (little padding).
     # 0 turns bucketing off (plain random batches).
     bucket_windows: int = 50
-    # The 2B sentences of a batch go through the model in length-sorted chunks of this many
-    # rows, each padded only to its own longest sentence (the loss still sees the whole
-    # batch). 0 = one forward pass. Pays with random batches (bucket_windows=0) on a CPU.
+    # A batch goes through the model in length-sorted chunks of this many rows (bi-encoder: of
+    # its 2B sentences; cross-encoder: of its pairs), each padded only to its own longest (the
+    # loss still sees the whole batch). 0 = one forward pass. Pays with random batches
+    # (bucket_windows=0) on a CPU.
     forward_chunk_rows: int = 0
     num_workers: int = 0
     # Experiment trackers that get the config, loss, lr, throughput and dev/test figures:

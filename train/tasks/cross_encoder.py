@@ -43,9 +43,10 @@ class PairTokens:
     b [SEP], longest-first truncation to max_seq_length); a pair the data did not hold (an
     in-batch negative of MNRL) is tokenized on the spot, as the library would. Padded per call."""
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, chunk_rows: int = 0) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.chunk_rows = chunk_rows  # trainer.forward_chunk_rows (see forward_in_chunks)
         self.token_types = "token_type_ids" in tokenizer.model_input_names
         self.known: dict[Pair, tuple[list[int], list[int] | None]] = {}
         self.real = self.padded = 0  # tokens of the features built since the last reset
@@ -89,6 +90,42 @@ def tokenized_once(model: nn.Module, tokens: PairTokens) -> Iterator[None]:
         del model.preprocess
 
 
+@contextmanager
+def forward_in_chunks(model: nn.Module, tokens: PairTokens) -> Iterator[None]:
+    """For the duration of a step, the model runs a batch of pairs in length-sorted chunks of
+    `tokens.chunk_rows` rows, each cut to its own longest pair; the loss gets the whole batch's
+    scores in batch order. A randomly composed batch then costs little more padding than a
+    length-bucketed one (trainer.forward_chunk_rows)."""
+    if tokens.chunk_rows <= 0:
+        yield
+        return
+    forward, rows, left = model.forward, tokens.chunk_rows, tokens.tokenizer.padding_side == "left"
+
+    def chunked(features: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        mask = features["attention_mask"]
+        if mask.shape[0] <= rows:
+            return forward(features, *args, **kwargs)
+        lengths = mask.sum(1)
+        order = torch.argsort(lengths, stable=True)
+        scores, padded = [], 0
+        for part in order.split(rows):
+            width = int(lengths[part].max())
+            cut = slice(mask.shape[1] - width, None) if left else slice(0, width)
+            chunk = {k: v[part][:, cut] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in features.items()}
+            scores.append(forward(chunk, *args, **kwargs)["scores"])
+            padded += len(part) * width
+        tokens.padded += padded - mask.numel()  # what actually ran, not the batch's full padding
+        restore = torch.empty_like(order)
+        restore[order] = torch.arange(len(order), device=order.device)
+        return {**features, "scores": torch.cat(scores)[restore]}
+
+    model.forward = chunked
+    try:
+        yield
+    finally:
+        del model.forward
+
+
 class CrossEncoderStep:
     # The library's losses call the CrossEncoder they hold, not the DDP wrapper.
     runs_model_itself = True
@@ -99,7 +136,7 @@ class CrossEncoderStep:
     def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
         self.tokens.real = self.tokens.padded = 0
         self.tokens.use(batch["known"])
-        with tokenized_once(loss_fn.model, self.tokens), autocast():
+        with tokenized_once(loss_fn.model, self.tokens), forward_in_chunks(loss_fn.model, self.tokens), autocast():
             return loss_fn(batch["inputs"], batch["labels"])
 
     def stats(self, batch: dict[str, Any]) -> BatchStats:
@@ -139,7 +176,7 @@ def training_inputs(
     and the batch sampler."""
     cached = token_table(corpus, model.tokenizer, model.max_seq_length, "pairs")
     rows = datasets.concatenate_datasets([corpus.dataset, cached.dataset], axis=1)
-    tokens = PairTokens(model.tokenizer, model.max_seq_length)
+    tokens = PairTokens(model.tokenizer, model.max_seq_length, settings.forward_chunk_rows)
     if spec.shape == Shape.triplets:
         # In-batch negatives: a text twice in a (global) batch would be its own negative.
         sampler: Any = NoDuplicatesBatchSampler(corpus.hashes, settings.batch_size, settings.seed, group=num_processes)
