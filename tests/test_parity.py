@@ -49,8 +49,6 @@ def _model(task: str, model_dir):
 
 
 def _ours(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Tensor]:
-    from accelerate import Accelerator
-
     from train.config import MixedPrecision, TrainerConfig
     from train.loop import train
     from train.losses import build_loss
@@ -62,12 +60,14 @@ def _ours(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> di
     loss, spec = build_loss(loss_name, model, task=task)
     t = get_task(task)
     rows, collate, _ = t.training_inputs(corpus, model, spec, settings)
-    train(model, loss, rows, collate, FixedBatches(batches), t.train_step(spec, collate), None, tmp_path / "run", settings,
-          accelerator=Accelerator(mixed_precision="no", cpu=True))
+    train(model, loss, rows, collate, FixedBatches(batches), t.train_step(spec, collate), None, tmp_path / "run", settings)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _library(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Tensor]:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # the process-wide accelerator settings an earlier run left
     model = _model(task, model_dir)
     if task == "cross_encoder":
         from sentence_transformers.cross_encoder import CrossEncoderTrainer as Trainer

@@ -39,7 +39,7 @@ TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.keep_last": (lambda v: v >= 0, "an integer ≥ 0 (0 = keep all)"),
     "trainer.eval_batch_size": _AT_LEAST_1,
     "trainer.bucket_windows": (lambda v: v >= 0, "an integer ≥ 0 (0 = random batches)"),
-    "trainer.forward_chunk_rows": (lambda v: v >= 0, "an integer ≥ 0 (0 = one forward pass)"),
+    "trainer.forward_chunk_rows": (lambda v: v >= 0, "an integer ≥ 0 (0 = one forward pass), or null (the default)"),
     "trainer.num_workers": (lambda v: v >= 0, "an integer ≥ 0"),
     "model.max_seq_length": _AT_LEAST_1,
     "loss.scale": _POSITIVE,

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from train.config import TrainerConfig
-from train.data.batching import BucketBatchSampler, Collator, NoDuplicatesBatchSampler, embed_batch, label_column, text_columns
+from train.data.batching import (
+    BucketBatchSampler, Collator, NoDuplicatesBatchSampler, embed_batch, forward_chunk_rows, label_column, text_columns,
+)
 from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
 from train.data.tokens import token_table
@@ -73,7 +75,7 @@ def training_inputs(
         pad_token_id=tokenizer.pad_token_id,
         padding_side=tokenizer.padding_side,
         token_type_ids="token_type_ids" in tokenizer.model_input_names,
-        chunk_rows=settings.forward_chunk_rows,
+        chunk_rows=forward_chunk_rows(settings.forward_chunk_rows, settings.bucket_windows),
         columns=columns,
         label=label,
         merge=spec.from_embeddings,

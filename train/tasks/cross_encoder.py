@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from train.config import TrainerConfig
-from train.data.batching import BucketBatchSampler, NoDuplicatesBatchSampler, pad
+from train.data.batching import BucketBatchSampler, NoDuplicatesBatchSampler, chunk_size, forward_chunk_rows, pad
 from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
 from train.data.shapes import Shape
@@ -43,7 +43,7 @@ class PairTokens:
     b [SEP], longest-first truncation to max_seq_length); a pair the data did not hold (an
     in-batch negative of MNRL) is tokenized on the spot, as the library would. Padded per call."""
 
-    def __init__(self, tokenizer: Any, max_length: int, chunk_rows: int = 0) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, chunk_rows: int | None = 0) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.chunk_rows = chunk_rows  # trainer.forward_chunk_rows (see forward_in_chunks)
@@ -96,13 +96,14 @@ def forward_in_chunks(model: nn.Module, tokens: PairTokens) -> Iterator[None]:
     `tokens.chunk_rows` rows, each cut to its own longest pair; the loss gets the whole batch's
     scores in batch order. A randomly composed batch then costs little more padding than a
     length-bucketed one (trainer.forward_chunk_rows)."""
-    if tokens.chunk_rows <= 0:
+    if tokens.chunk_rows is not None and tokens.chunk_rows <= 0:
         yield
         return
-    forward, rows, left = model.forward, tokens.chunk_rows, tokens.tokenizer.padding_side == "left"
+    forward, left = model.forward, tokens.tokenizer.padding_side == "left"
 
     def chunked(features: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         mask = features["attention_mask"]
+        rows = chunk_size(mask.shape[0], tokens.chunk_rows)
         if mask.shape[0] <= rows:
             return forward(features, *args, **kwargs)
         lengths = mask.sum(1)
@@ -176,7 +177,7 @@ def training_inputs(
     and the batch sampler."""
     cached = token_table(corpus, model.tokenizer, model.max_seq_length, "pairs")
     rows = datasets.concatenate_datasets([corpus.dataset, cached.dataset], axis=1)
-    tokens = PairTokens(model.tokenizer, model.max_seq_length, settings.forward_chunk_rows)
+    tokens = PairTokens(model.tokenizer, model.max_seq_length, forward_chunk_rows(settings.forward_chunk_rows, settings.bucket_windows))
     if spec.shape == Shape.triplets:
         # In-batch negatives: a text twice in a (global) batch would be its own negative.
         sampler: Any = NoDuplicatesBatchSampler(corpus.hashes, settings.batch_size, settings.seed, group=num_processes)
