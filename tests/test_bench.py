@@ -115,11 +115,11 @@ def test_seeds_give_each_side_the_mean_and_spread_over_seeds_0_to_n(monkeypatch)
     assert report["ratios"]["st_trainer"]["dev_spearman_diff"] == pytest.approx(0.01)
 
 
-def test_every_suite_recipe_is_a_valid_bench_command(monkeypatch):
+def test_every_suite_recipe_is_a_valid_bench_command(monkeypatch, shared_data, tmp_path):
     """Each recipe of the GPU suite parses as a bench command that passes the bench's checks (the suite
     test below runs one recipe of each family, to keep CI short)."""
     from train.bench import cli
-    from train.bench.suite import RECIPES, recipe_argv
+    from train.bench.suite import RECIPES, recipe_argv, recipe_settings
 
     seen = []
     monkeypatch.setattr(cli, "in_subprocess", lambda kind, args: seen.append((kind, args)) or {"seconds": 1.0})
@@ -127,9 +127,10 @@ def test_every_suite_recipe_is_a_valid_bench_command(monkeypatch):
     monkeypatch.setattr(cli, "ratios_against", lambda *a: {})
     monkeypatch.setattr(cli, "print_summary", lambda *a: None)
     monkeypatch.setattr(cli, "_write", lambda *a: None)
-    for name, _, settings in RECIPES:
+    for name, _, own in RECIPES:
         seen.clear()
-        cli.main(recipe_argv({**settings, "device": "cpu"}, "cpu"))
+        settings = recipe_settings(name, own, {}, "cpu", shared_data, tmp_path)
+        cli.main(recipe_argv(settings, "cpu"))
         assert [k for k, _ in seen] == ["ours", "st_trainer"], name
         args = seen[0][1]
         assert all(getattr(args, k) == v for k, v in settings.items()), name
