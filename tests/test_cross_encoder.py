@@ -145,3 +145,17 @@ def test_each_cross_encoder_loss_trains_on_its_data_and_reports_its_metric(loss,
     if metric == "ndcg@10":
         # NLI dev: 3 premises, one with a single candidate (nothing to rank)
         assert result["dev"]["n_queries"] == (2 if loss == "mnrl" else 12)
+
+
+def test_fsdp_keeps_a_cross_encoders_pooler_trainable(tiny_model_dir):
+    """Under FSDP the pooler a bi-encoder never uses is frozen; a cross-encoder's classification
+    head reads it, so there it must keep training."""
+    from train.models import build_cross_encoder, build_sentence_transformer
+    from train.sharding import freeze_unused_pooler
+
+    reranker, embedder = build_cross_encoder(str(tiny_model_dir), 32), build_sentence_transformer(str(tiny_model_dir), 32)
+    for model in (reranker, embedder):
+        freeze_unused_pooler(model)
+    pooler = lambda m: [p.requires_grad for n, p in m.named_parameters() if ".pooler." in n]
+    assert pooler(reranker) and all(pooler(reranker))
+    assert pooler(embedder) and not any(pooler(embedder))

@@ -31,7 +31,10 @@ def fsdp_plugin() -> FullyShardedDataParallelPlugin | None:
 def freeze_unused_pooler(model) -> None:
     """BERT's pooler gets no gradient from a sentence-embedding loss, hence no AdamW state, and
     FSDP's optimizer load_state refuses a trainable parameter without state ("Missing optimizer
-    state"): under FSDP it is frozen (it takes no part in the embedding either way)."""
+    state"): under FSDP it is frozen (it takes no part in the embedding either way). A
+    sequence-classification head (a cross-encoder's) reads the pooler: then it trains."""
+    if any("ForSequenceClassification" in type(m).__name__ for m in model.modules()):
+        return
     for name, param in model.named_parameters():
         if ".pooler." in name:
             param.requires_grad_(False)
