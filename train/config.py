@@ -222,7 +222,7 @@ class TrainerConfig:
     # A batch goes through the model in length-sorted chunks of this many rows (bi-encoder: of
     # its 2B sentences; cross-encoder: of its pairs), each padded only to its own longest (the
     # loss still sees the whole batch). 0 = one forward pass. null (default): with random
-    # batches a quarter of the batch's rows a chunk, at least 8; with bucket_windows > 0 one pass.
+    # batches two chunks (half the batch's rows, at least 8); with bucket_windows > 0 one pass.
     forward_chunk_rows: Optional[int] = None
     num_workers: int = 0
     # Experiment trackers that get the config, loss, lr, throughput and dev/test figures:
