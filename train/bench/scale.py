@@ -36,20 +36,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def synthetic_pairs(path: Path, rows: int, korsts_dir: Path) -> Path:
-    """`rows` (anchor, positive) pairs: KorSTS sentence pairs in turn, each with the row number."""
+def synthetic_pairs(
+    path: Path, rows: int, korsts_dir: Path, splits: tuple[str, ...] = ("train", "dev", "test"), min_score: float | None = None,
+    tag: str = "{text} {i}",
+) -> Path:
+    """`rows` (anchor, positive) pairs: KorSTS sentence pairs of `splits` (gold ≥ `min_score`) in
+    turn, each text tagged with the row number (`tag`) so that no text repeats."""
     if path.exists():
         return path
     pairs = []
-    for split in ("train", "dev", "test"):
+    for split in splits:
         with open(korsts_dir / f"sts-{split}.tsv", encoding="utf-8") as f:
             next(f)
-            pairs += [(p[5], p[6]) for p in (line.rstrip("\n").split("\t") for line in f) if len(p) >= 7]
+            pairs += [(p[5], p[6]) for p in (line.rstrip("\n").split("\t") for line in f)
+                      if len(p) >= 7 and (min_score is None or float(p[4]) >= min_score)]
     part = path.with_name(f".{path.name}.part")
     with open(part, "w", encoding="utf-8") as out:
         for i in range(rows):
             a, b = pairs[i % len(pairs)]
-            out.write(json.dumps({"anchor": f"{a} {i}", "positive": f"{b} {i}"}, ensure_ascii=False) + "\n")
+            out.write(json.dumps({"anchor": tag.format(text=a, i=i), "positive": tag.format(text=b, i=i)}, ensure_ascii=False) + "\n")
     os.replace(part, path)
     return path
 

@@ -50,18 +50,9 @@ def mnrl_pairs(path: Path, rows: int, data_dir: Path) -> Path:
     """(anchor, positive) rows for the MNRL recipes: KorSTS train's similar pairs (gold ≥ 3), in turn,
     each text tagged with its row number so that no text repeats (Korean XNLI's 1,670 triplets
     would make 6 steps of 256: too few to time). KorSTS dev and test stay unseen."""
-    if path.exists():
-        return path
-    with open(data_dir / "korsts" / "sts-train.tsv", encoding="utf-8") as f:
-        next(f)
-        pairs = [(p[5], p[6]) for p in (line.rstrip("\n").split("\t") for line in f) if len(p) >= 7 and float(p[4]) >= 3.0]
-    part = path.with_name(f".{path.name}.part")
-    with open(part, "w", encoding="utf-8") as out:
-        for i in range(rows):
-            a, b = pairs[i % len(pairs)]
-            out.write(json.dumps({"anchor": f"{a} ({i})", "positive": f"{b} ({i})"}, ensure_ascii=False) + "\n")
-    part.replace(path)
-    return path
+    from train.bench.scale import synthetic_pairs
+
+    return synthetic_pairs(path, rows, data_dir / "korsts", splits=("train",), min_score=3.0, tag="{text} ({i})")
 
 
 def recipe_settings(name: str, settings: dict[str, Any], extra: dict[str, Any], device: str, data_dir: Path, out: Path) -> dict[str, Any]:
