@@ -181,6 +181,7 @@ def test_contrastive_recipe_trains_both_sides_on_the_same_triplets(tiny_model_di
                          "--lr", "0", "--no-equal-precision", "--out", str(tmp_path / "b.json")])
     ours, theirs = report["runs"]["ours"][0], report["runs"]["st_trainer"][0]
     assert ours["pairs"] == theirs["pairs"] == 48  # every triplet once, three batches of 16
+    assert ours["real_tokens"] == theirs["real_tokens"]  # the same 48 triplets on both sides
     # lr 0: both score the untrained model on KorSTS dev and test, so the figures agree exactly.
     assert ours["dev_spearman"] == pytest.approx(theirs["dev_spearman"], abs=1e-6)
     assert ours["test_spearman"] == pytest.approx(theirs["test_spearman"], abs=1e-6)
