@@ -148,8 +148,12 @@ def test_gpu_suite_runs_its_recipes_and_writes_one_table(tiny_model_dir, shared_
              "workers=0", "num_proc=1", f"model={tiny_model_dir}"]
     report = bench.main(["--suite", "gpu", "--device", "cpu", "--data-dir", str(shared_data), "--out", str(out),
                          "--suite-only", SUITE_FAMILIES, *[a for o in small for a in ("--suite-override", o)]])
-    rows = json.loads((out / "suite.json").read_text())["rows"]
+    suite = json.loads((out / "suite.json").read_text())
+    rows = suite["rows"]
     assert [r["recipe"] for r in rows] == SUITE_FAMILIES.split(",") == [r["recipe"] for r in report["rows"]]
+    # MFU against the peak measured at the row's own precision (fp32 rows against the fp32 rate).
+    assert suite["peak_tflops"]["bf16"] != suite["peak_tflops"]["no"]
+    assert all(r["peak_tflops"] == suite["peak_tflops"][r["precision"]] for r in rows)
     table = (out / "suite.md").read_text()
     for r in rows:
         assert r["ours_per_s"] > 0 and r["library_per_s"] > 0
