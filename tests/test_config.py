@@ -39,7 +39,7 @@ def test_config_files_were_found():
 
 
 def test_loss_options_are_the_registries_losses():
-    from train.losses import LOSSES
+    from train.losses.registry import LOSSES
 
     # One place lists the losses: the registries. No yaml file under conf/loss/ to keep in step.
     assert set(hydra_group_options("loss")) == {n for table in LOSSES.values() for n in table}
@@ -188,7 +188,7 @@ POOLING_MODES = {
 
 
 def test_every_loss_and_pooling_option_has_an_expectation():
-    from train.losses import LOSSES
+    from train.losses.registry import LOSSES
 
     assert {(t, n) for t, table in LOSSES.items() for n in table} == set(LOSS_CLASSES)
     assert {o for g, o in group_options() if g == "pooling"} == set(POOLING_MODES)
@@ -196,7 +196,8 @@ def test_every_loss_and_pooling_option_has_an_expectation():
 
 @pytest.mark.parametrize("task,option", sorted(LOSS_CLASSES))
 def test_loss_option_builds_its_loss(task, option, tiny_model_dir):
-    from train.builders import build_loss_from, build_model, model_outputs
+    from train.losses.build import build_loss_from, model_outputs
+    from train.models.build import build_model
 
     from tests.conftest import TINY_VIT
 
@@ -233,7 +234,7 @@ def test_task_cross_encoder_defaults_to_bce_and_a_command_line_loss_wins():
 
 @pytest.mark.parametrize("option", sorted(POOLING_MODES))
 def test_pooling_option_reaches_the_model(option, tiny_model_dir):
-    from train.builders import build_model
+    from train.models.build import build_model
 
     cfg = compose_config([f"pooling={option}", f"model.name={tiny_model_dir}", "model.max_seq_length=48"])
     model = build_model(cfg.model, cfg.pooling)
@@ -242,7 +243,7 @@ def test_pooling_option_reaches_the_model(option, tiny_model_dir):
 
 
 def test_data_options_give_their_shapes(shared_data, tmp_path):
-    from train.builders import build_data
+    from train.data.build import build_data
     from tests.conftest import FIXTURES
 
     def columns(overrides, shape, splits=("train",)):
@@ -274,7 +275,7 @@ def test_data_options_give_their_shapes(shared_data, tmp_path):
 def test_a_preset_reads_a_given_file_as_its_split(shared_data):
     """data=korsts data.test_path=…: a held-out file in the preset's format is that split, not
     silently ignored for the preset's own test file."""
-    from train.builders import build_data
+    from train.data.build import build_data
     from tests.conftest import FIXTURES
 
     given = FIXTURES / "korsts_small.tsv"

@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from train.data.batching import NoDuplicatesBatchSampler
 from train.data.readers import read_nli_file
 from train.data.shapes import nli_to_triplets, texts_to_pairs
-from train.losses import build_loss
-from train.models import build_sentence_transformer
+from train.losses.registry import build_loss
+from train.models.bi_encoder import build_sentence_transformer
 from tests.conftest import FIXTURES, free_port
 
 ANCHORS = [f"anchor sentence number {i}" for i in range(8)]

@@ -71,7 +71,7 @@ def test_cross_encoder_resume_from_a_checkpoint_ends_bit_identical(ce_run, tmp_p
 
 def test_pairs_tokenized_once_equal_the_models_own_preprocess(tiny_model_dir):
     from train.data.tokens import encode, fast_backend
-    from train.models import build_cross_encoder
+    from train.models.cross_encoder import build_cross_encoder
     from train.tasks.cross_encoder import PairTokens
 
     model = build_cross_encoder(str(tiny_model_dir), max_seq_length=16)
@@ -100,7 +100,7 @@ def test_forward_in_chunks_gives_the_same_loss_and_gradients_with_less_padding(t
     each cut to its own longest pair; the library's loss sees the same scores in batch order."""
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
-    from train.models import build_cross_encoder
+    from train.models.cross_encoder import build_cross_encoder
     from train.tasks.cross_encoder import CrossEncoderStep, PairTokens
 
     rows = [json.loads(line) for line in (FIXTURES / "train_small.jsonl").read_text().splitlines()[:13]]
@@ -150,7 +150,8 @@ def test_each_cross_encoder_loss_trains_on_its_data_and_reports_its_metric(loss,
 def test_fsdp_keeps_a_cross_encoders_pooler_trainable(tiny_model_dir):
     """Under FSDP the pooler a bi-encoder never uses is frozen; a cross-encoder's classification
     head reads it, so there it must keep training."""
-    from train.models import build_cross_encoder, build_sentence_transformer
+    from train.models.cross_encoder import build_cross_encoder
+    from train.models.bi_encoder import build_sentence_transformer
     from train.sharding import freeze_unused_pooler
 
     reranker, embedder = build_cross_encoder(str(tiny_model_dir), 32), build_sentence_transformer(str(tiny_model_dir), 32)

@@ -9,7 +9,7 @@ from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimil
 from train.data.readers import ScoreRange, read_sts_file
 from train.evaluation import SIMILARITIES, evaluate_sts, format_table, sts_evaluator
 from train.inference import encode
-from train.models import build_sentence_transformer
+from train.models.bi_encoder import build_sentence_transformer
 from tests.conftest import FIXTURES
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import FIXTURES, SHARED_DATA, compose_config, tiny_image_text_overrides
-from train.image_text_loss import ClipLoss
+from train.losses.clip import ClipLoss
 
 IMAGES = FIXTURES / "images"
 # A ViT for Fashion-MNIST's 28×28 images: 16 patches of 7×7 pixels, one layer of width 32.
@@ -72,7 +72,7 @@ def test_training_lifts_zero_shot_accuracy_on_fashion_mnist(fashion_run):
 def test_saved_model_loads_bare_and_embeds_images_and_texts(fashion_run):
     from sentence_transformers import SentenceTransformer
 
-    from train.models import saved_model_kind
+    from train.models.saved import saved_model_kind
 
     final = fashion_run[0] / "final"
     assert saved_model_kind(final) == "image_text"
@@ -110,7 +110,7 @@ def test_evaluate_scores_the_saved_model_as_the_run_did(fashion_run, tmp_path):
 
 
 def test_a_caption_file_trains_and_evaluates(tiny_model_dir, tmp_path):
-    from train.models import saved_model_kind
+    from train.models.saved import saved_model_kind
     from train.run import run
 
     captions = IMAGES / "captions.csv"
@@ -218,7 +218,7 @@ def tiny_clip_dir(tmp_path_factory):
 
 
 def build_clip(name, **kw):
-    from train.tasks.image_text import build_model
+    from train.models.image_text import build_image_text_model as build_model
 
     return build_model(name=str(name), max_seq_length=32, pooling_mode="mean", normalize=True, offline_package=None,
                        attn_implementation=None, **kw)
@@ -247,8 +247,8 @@ def test_cached_clip_is_clips_loss_through_gradcache(tiny_model_dir):
     from contextlib import nullcontext
 
     from train.data.images import load_image_text_splits
-    from train.image_text_model import image_processor_of, text_encoder_of
-    from train.losses import build_loss
+    from train.models.image_text import image_processor_of, text_encoder_of
+    from train.losses.registry import build_loss
     from train.tasks.image_text import ClipStep, Collate, build_model
 
     torch.manual_seed(0)

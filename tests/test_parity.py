@@ -40,10 +40,10 @@ class FixedBatches:
 def _model(task: str, model_dir):
     torch.manual_seed(0)  # the cross-encoder's fresh head: the same on both sides
     if task == "cross_encoder":
-        from train.models import build_cross_encoder
+        from train.models.cross_encoder import build_cross_encoder
 
         return build_cross_encoder(str(model_dir), 32, 1)
-    from train.models import build_sentence_transformer
+    from train.models.bi_encoder import build_sentence_transformer
 
     return build_sentence_transformer(str(model_dir), 32, "mean")
 
@@ -51,7 +51,7 @@ def _model(task: str, model_dir):
 def _ours(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Tensor]:
     from train.config import MixedPrecision, TrainerConfig
     from train.loop import train
-    from train.losses import build_loss
+    from train.losses.registry import build_loss
     from train.tasks import get_task
 
     model = _model(task, model_dir)

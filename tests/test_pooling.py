@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from train.models import build_sentence_transformer
+from train.models.bi_encoder import build_sentence_transformer
 
 SENTENCES = ["a b", "the quick brown fox jumps", "hello"]
 

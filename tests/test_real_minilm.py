@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from train.builders import build_data, build_model
+from train.data.build import build_data
+
+from train.models.build import build_model
 from train.evaluate import evaluate_run
 from train.evaluation import evaluate_retrieval, retrieval_evaluator
 from train.run import run

@@ -9,7 +9,7 @@ import random
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from train.builders import build_data
+from train.data.build import build_data
 from train.errors import ConfigError, DataError, ModelLoadError
 from train.retrieve import RetrievalSet, cross_encoder_rows, ranking_metrics, retrieval_set, retrieve_run
 from tests.conftest import FIXTURES, compose_config
@@ -87,7 +87,8 @@ def test_nli_premises_find_their_own_entailed_hypotheses():
 
 @pytest.fixture(scope="module")
 def saved_models(tiny_model_dir, tmp_path_factory):
-    from train.models import build_cross_encoder, build_sentence_transformer
+    from train.models.cross_encoder import build_cross_encoder
+    from train.models.bi_encoder import build_sentence_transformer
 
     out = tmp_path_factory.mktemp("retrieve-models")
     build_sentence_transformer(str(tiny_model_dir), 64).save(str(out / "bi"))

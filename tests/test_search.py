@@ -38,7 +38,7 @@ def test_search_returns_the_exact_top_k_across_chunks_and_batches(tmp_path, monk
 
 
 def test_corpus_vectors_are_embedded_once_per_model_and_texts(tiny_model_dir, tmp_path, monkeypatch):
-    from train.models import build_sentence_transformer
+    from train.models.bi_encoder import build_sentence_transformer
 
     model = build_sentence_transformer(str(tiny_model_dir), 16)
     texts = [f"passage number {i}" for i in range(30)]

@@ -59,10 +59,10 @@ def test_a_second_run_maps_the_cache_and_tokenizes_nothing(tiny_model_dir, tmp_p
 
 
 def test_a_changed_file_tokenizer_or_max_length_gets_its_own_entry(tiny_model_dir, tmp_path):
-    from train.models import build_sentence_transformer
+    from train.models.bi_encoder import build_sentence_transformer
     from train.tasks.bi_encoder import training_inputs
     from train.config import TrainerConfig
-    from train.losses import build_loss
+    from train.losses.registry import build_loss
 
     cache_dir = tmp_path / "cache"
     settings = CacheSettings(cache_dir, 1)
@@ -92,7 +92,7 @@ def test_a_changed_file_tokenizer_or_max_length_gets_its_own_entry(tiny_model_di
 
 
 def test_the_cached_tokens_are_the_tokenizers_own(tiny_model_dir, tmp_path):
-    from train.models import build_sentence_transformer
+    from train.models.bi_encoder import build_sentence_transformer
 
     model = build_sentence_transformer(str(tiny_model_dir), max_seq_length=12)
     spec = data_spec("sts_file", paths={"train": str(FIXTURES / "train_small.jsonl")}, scores=ScoreRange(0, 1))
@@ -107,7 +107,7 @@ def test_the_cached_tokens_are_the_tokenizers_own(tiny_model_dir, tmp_path):
 
 
 def test_several_shards_are_tokenized_in_parallel_processes_into_the_same_tokens(tiny_model_dir, tmp_path, monkeypatch):
-    from train.models import build_sentence_transformer
+    from train.models.bi_encoder import build_sentence_transformer
 
     model = build_sentence_transformer(str(tiny_model_dir), max_seq_length=16)
     train = pairs_file(tmp_path / "train.jsonl", 50)

@@ -273,9 +273,9 @@ def test_the_unit_is_the_task_s():
 
 def test_long_evaluations_show_a_bar_short_ones_do_not(tiny_model_dir, capsys):
     from train.evaluation import encode_sharded
-    from train.tasks.bi_encoder import build_model
+    from train.models.bi_encoder import build_sentence_transformer
 
-    model = build_model(str(tiny_model_dir), 16, "mean", False, None, None)
+    model = build_sentence_transformer(str(tiny_model_dir), 16, "mean", False, None, None)
     encode_sharded(model, ["short"] * 100, 64)
     assert "embedding" not in capsys.readouterr().err
     out = encode_sharded(model, [f"sentence {i}" for i in range(2001)], 256)

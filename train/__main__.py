@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from train.builders import exit_2_on_config_errors, user_errors
+from train.cli import exit_2_on_config_errors, user_errors
 from train.config import register_configs
 from train.distributed import agree_on_run_dir
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from train.losses import loss_names
+from train.losses.registry import loss_names
 
 
 class PoolingMode(str, Enum):
@@ -27,7 +27,7 @@ class PoolingMode(str, Enum):
     lasttoken = "lasttoken"
 
 
-# Every loss of every task's registry (train/losses.py); each task accepts its own.
+# Every loss of every task's registry (train/losses/registry.py); each task accepts its own.
 LossName = Enum("LossName", {name: name for name in loss_names()}, type=str)
 
 
@@ -329,7 +329,7 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="mine_schema", node=MineConfig)
     cs.store(name="retrieve_schema", node=RetrieveConfig)
-    # loss=<name>: one option a registered loss (train/losses.py), so the list is kept in one place.
+    # loss=<name>: one option a registered loss (train/losses/registry.py), so the list is kept in one place.
     for name in loss_names():
         cs.store(group="loss", name=name, node={"name": name})
 

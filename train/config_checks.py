@@ -4,7 +4,7 @@ The schema (train/config.py) catches misspelt keys and wrong types at compose ti
 catch values of the right type that cannot work (`trainer.batch_size=0`, `log_every=0`, a
 warm-up ratio of 2), and report all of them in one message that names each key and its range.
 Checks that need the model (`model.max_seq_length` against its position limit,
-`loss.matryoshka_dims` against its embedding size) are in train/models.py and train/losses.py.
+`loss.matryoshka_dims` against its embedding size) are in train/models/ and train/losses/registry.py.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if trainer.epochs == 0 and trainer.max_steps == 0:
         problems.append("trainer.epochs=0 with trainer.max_steps=0 (nothing to train: set one of them ≥ 1)")
     if "task" in cfg:
-        from train.losses import loss_spec
+        from train.losses.registry import loss_spec
 
         problems += _task_data_problems(cfg)
         try:

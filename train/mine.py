@@ -34,7 +34,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from train.builders import build_corpus, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
+from train.data.build import build_corpus
+
+from train.models.build import build_model
+
+from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.checkpoint import write_json_atomic
 from train.config import register_configs, to_plain
 from train.config_checks import check_mine_config
@@ -115,7 +119,7 @@ def read_corpus(cfg: DictConfig) -> Corpus:
 
 
 def load_bi_encoder(cfg: DictConfig):
-    from train.models import load_saved_model, saved_model_kind
+    from train.models.saved import load_saved_model, saved_model_kind
 
     if not cfg.checkpoint:
         return build_model(cfg.model, cfg.pooling)

@@ -80,7 +80,7 @@ class StageFacts:
 
 @dataclass
 class RunFacts:
-    """What a card says about a run, as plain values (train/builders.py `card_facts` makes them)."""
+    """What a card says about a run, as plain values (train/card_facts.py makes them)."""
 
     task: str
     base_model: str

@@ -34,7 +34,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from train.builders import build_corpus, build_model, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
+from train.data.build import build_corpus
+
+from train.models.build import build_model
+
+from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.config import register_configs, to_plain
 from train.data.corpus import Corpus
 from train.data.texts import Texts, column_hashes, unique_first
@@ -158,7 +162,7 @@ def load_retrieval_set(cfg: DictConfig) -> RetrievalSet:
 
 def check_saved_kind(path: str, key: str, kind: str) -> None:
     """Refuses `key=path` unless it is a saved `kind` model dir (reads one small file)."""
-    from train.models import saved_model_kind
+    from train.models.saved import saved_model_kind
 
     where = Path(path).expanduser()
     if not where.is_dir():
@@ -174,7 +178,7 @@ def check_saved_kind(path: str, key: str, kind: str) -> None:
 
 def load_model_as(path: str, key: str, kind: str):
     """The saved model at `path` (given as `key=`), refused unless it is a `kind` model."""
-    from train.models import load_saved_model
+    from train.models.saved import load_saved_model
 
     check_saved_kind(path, key, kind)
     where = Path(path).expanduser()

@@ -18,7 +18,10 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from train import checkpoint, tracking
-from train.builders import build_loss_from, build_model, card_facts, model_outputs, run_dir_from_hydra, setup_logging
+from train.losses.build import build_loss_from, model_outputs
+from train.models.build import build_model
+from train.card_facts import card_facts
+from train.cli import run_dir_from_hydra, setup_logging
 from train.checkpoint import check_run_dir, load_progress, resolve_resume
 from train.config import LossConfig, TrainerConfig, to_plain
 from train.config_checks import check_train_config

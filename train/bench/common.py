@@ -22,7 +22,7 @@ def resolve_model(model: str) -> tuple[str, str | None]:
 
     m = OmegaConf.to_container(OmegaConf.load(preset))
     if m.get("random_init"):
-        from train.models import random_model_dir
+        from train.models.random_init import random_model_dir
 
         return str(random_model_dir(m["name"], m.get("offline_package"), m["random_init"])), None
     return m["name"], m.get("offline_package")

@@ -3,7 +3,7 @@ SentenceTransformerTrainer on Fashion-MNIST, the same model, data, loss, batch s
 
 Model: the offline dual encoder (MiniLM text tower, locked, beside a ViT from scratch), built
 alike on both sides from one seed; `--vit b32` makes the image tower ViT-B/32-sized (224 px,
-patch 32, 12 layers of 768) for GPU figures. Loss: CLIP's (train/image_text_loss.py) at a fixed
+patch 32, 12 layers of 768) for GPU figures. Loss: CLIP's (train/losses/clip.py) at a fixed
 temperature on both sides: the library's trainer optimizes only the model's parameters, and the
 library's own contrastive losses cannot mask repeated captions, which every Fashion-MNIST batch
 has, so its trainer gets the same loss module (wrapped for its `(features, labels)` call, the
@@ -31,11 +31,11 @@ VIT_B32 = {"image_size": 224, "patch_size": 32, "hidden_size": 768, "num_hidden_
 
 def _model(args: argparse.Namespace):
     from train.bench.common import resolve_model
-    from train.tasks.image_text import build_model
+    from train.models.image_text import build_image_text_model
 
     name, package = resolve_model(args.model)
     torch.manual_seed(args.seed)  # the scratch tower and projection start alike on both sides
-    model = build_model(name, 32, "mean", False, package, None, image_tower="scratch",
+    model = build_image_text_model(name, 32, "mean", False, package, None, image_tower="scratch",
                         image_config=VIT_B32 if args.vit == "b32" else {}, freeze_text=True)
     if args.device != "cpu":
         model.to(args.device)
@@ -55,7 +55,7 @@ def _flops(model, counts: dict[str, int], seconds: float, precision: str, args: 
     """Model FLOP/s (and MFU on a known GPU): the image tower trained (6 FLOPs a weight a token),
     the locked text tower run forward only (2), over the tokens each side actually ran."""
     from train.bench.flops import matmul_weights, peak_tflops
-    from train.image_text_model import text_encoder_of
+    from train.models.image_text import text_encoder_of
 
     router = model[0]
     vit = router.sub_modules["image"][0].auto_model
@@ -85,7 +85,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from train.bench.common import peak_memory, profiled, timed_train
     from train.bench.common import precision as resolve
     from train.config import MixedPrecision, TrainerConfig
-    from train.losses import build_loss
+    from train.losses.registry import build_loss
 
     model, splits = _model(args), _splits(args)
     precision = resolve(args.precision, args.device)
@@ -110,7 +110,7 @@ class TrainerClipLoss(nn.Module):
 
     def __init__(self, model: nn.Module, counts: dict[str, int]) -> None:
         super().__init__()
-        from train.image_text_loss import ClipLoss
+        from train.losses.clip import ClipLoss
 
         self.model = model
         self.clip = ClipLoss(model, learnable=False)

@@ -40,7 +40,7 @@ def _common(args: argparse.Namespace):
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     from train.data.presets import load_sts_splits
-    from train.models import build_sentence_transformer
+    from train.models.bi_encoder import build_sentence_transformer
 
     name, package = resolve_model(args.model)
     if contrastive(args):
@@ -53,7 +53,7 @@ def _common(args: argparse.Namespace):
         splits = load_sts_splits(args.data, ("train", "dev", "test"), data_dir=args.data_dir, max_train_samples=args.max_train_samples,
                                  paths=paths)
     if args.task == "cross_encoder":
-        from train.models import build_cross_encoder
+        from train.models.cross_encoder import build_cross_encoder
 
         # The backbone's weights and a fresh 1-logit head (seeded: both sides start alike).
         torch.manual_seed(args.seed)
@@ -144,7 +144,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_ours(args: argparse.Namespace, model, splits, corpus, mixed: str) -> dict[str, Any]:
     from train.config import MixedPrecision, TrainerConfig
-    from train.losses import build_loss
+    from train.losses.registry import build_loss
 
     settings = TrainerConfig(
         epochs=1,

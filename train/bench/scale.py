@@ -283,7 +283,7 @@ def st_side(argv: list[str]) -> None:
     from sentence_transformers.training_args import BatchSamplers
     from transformers import TrainerCallback
 
-    from train.models import package_model_dir
+    from train.models.sources import package_model_dir
 
     class FirstStep(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

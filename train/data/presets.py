@@ -187,7 +187,7 @@ def source_kind(name: str) -> str:
 @dataclass(frozen=True)
 class DataSpec:
     """Where a dataset's splits come from and how its files are read: the plain arguments a
-    data config becomes (train/builders.py). Picklable, so that a subprocess can read it too."""
+    data config becomes (train/data/build.py). Picklable, so that a subprocess can read it too."""
 
     name: str
     data_dir: Path = Path("data")

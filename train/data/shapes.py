@@ -1,4 +1,4 @@
-"""Raw sources -> the shape a loss trains on (see train/losses.py): one vocabulary for readers,
+"""Raw sources -> the shape a loss trains on (see train/losses/registry.py): one vocabulary for readers,
 losses and tasks.
 
 NLI becomes triplets the way SBERT/SimCSE build them: the premise is the anchor, a hypothesis

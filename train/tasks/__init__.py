@@ -1,4 +1,4 @@
-"""Model kinds. A task owns what differs between them: the model it builds and loads, how
+"""Model kinds. A task owns what differs between them (its model is built by train/models/), how
 rows become a batch, the loss call and batch statistics (its `TrainStep`), its evaluation and
 main metric, and the table it prints. The loop, checkpoints, precision and distribution are
 shared (train/loop.py, train/checkpoint.py)."""
@@ -13,8 +13,6 @@ from typing import Any
 @dataclass(frozen=True)
 class Task:
     name: str
-    # (model name, max_seq_length, pooling mode, normalize, offline package, attention, num_labels) -> model
-    build_model: Callable[..., Any]
     # (loss shape) -> the shape of dev/test splits (None: the data's default)
     eval_shape: Callable[[str], str | None]
     # (train split: a cached Corpus for text tasks, model, loss spec, trainer settings, processes)

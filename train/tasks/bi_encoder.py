@@ -24,9 +24,8 @@ from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
 from train.data.tokens import token_table
 from train.evaluation import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrieval, evaluate_sts_dims, format_table, retrieval_evaluator
-from train.builders import load_text_task_data
-from train.losses import LossSpec
-from train.models import build_sentence_transformer
+from train.data.build import load_text_task_data
+from train.losses.registry import LossSpec
 from train.tasks import Task
 from train.tasks.base import BatchStats
 
@@ -133,13 +132,9 @@ def print_report(report: dict[str, Any]) -> None:
         print("retrieval (dev): " + ", ".join(f"{k}={v:.4f}" for k, v in report["retrieval_dev"].items() if k != "n_queries"))
 
 
-def build_model(name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation, num_labels=1):
-    return build_sentence_transformer(name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation)
-
 
 TASK = Task(
     name="bi_encoder",
-    build_model=build_model,
     eval_shape=lambda shape: None,
     training_inputs=training_inputs,
     train_step=lambda spec, collate: BiEncoderStep(spec.from_embeddings),

@@ -25,9 +25,8 @@ from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
 from train.data.shapes import Shape
 from train.data.tokens import row_pairs, token_table
-from train.builders import load_text_task_data
-from train.losses import LossSpec
-from train.models import build_cross_encoder
+from train.data.build import load_text_task_data
+from train.losses.registry import LossSpec
 from train.progress import long_eval
 from train.tasks import Task
 from train.tasks.base import BatchStats, dev_and_test
@@ -270,13 +269,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(format_table(shown))
 
 
-def build_model(name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation, num_labels=1):
-    return build_cross_encoder(name, max_seq_length, num_labels, offline_package, attn_implementation)
-
 
 TASK = Task(
     name="cross_encoder",
-    build_model=build_model,
     eval_shape=lambda shape: Shape.labeled_pairs if shape == Shape.labeled_pairs else Shape.query_candidates,
     training_inputs=training_inputs,
     train_step=lambda spec, collate: CrossEncoderStep(collate.tokens),

@@ -3,7 +3,7 @@
 Rows hold an image reference and a caption; DataLoader workers decode and preprocess the images
 of a batch (train/data/images.py), so a dataset of any size trains in bounded memory. The loss
 sees both embeddings and the caption ids, so that repeated captions are masked
-(train/image_text_loss.py). Dev figures: zero-shot classification accuracy (data with classes),
+(train/losses/clip.py). Dev figures: zero-shot classification accuracy (data with classes),
 image→text and text→image Recall@1/5/10; the run reports them before and after training.
 """
 
@@ -18,20 +18,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from train.builders import build_image_text_data
+from train.data.build import build_image_text_data
 from train.config import TrainerConfig
 from train.data.batching import NoDuplicatesBatchSampler, text_hashes
 from train.data.checks import check_batch_fits
 from train.data.images import open_image
 from train.errors import DataError
-from train.image_text_model import (
-    build_dual_encoder,
-    build_joint_model,
-    freeze_towers,
+from train.models.image_text import (
     image_processor_of,
     text_encoder_of,
 )
-from train.losses import LossSpec
+from train.losses.registry import LossSpec
 from train.progress import eval_bar, long_eval
 from train.tasks import Task
 from train.tasks.base import BatchStats, dev_and_test
@@ -250,24 +247,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(format_table(report))
 
 
-def build_model(
-    name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation, num_labels=1,
-    image_tower=None, image_config=None, image_pooling="cls", projection_dim=None, freeze_text=False, freeze_image=False,
-):
-    if image_tower:
-        model = build_dual_encoder(
-            name, image_tower, max_seq_length, pooling_mode, image_pooling, projection_dim, offline_package,
-            image_config, attn_implementation,
-        )
-    else:
-        model = build_joint_model(name, max_seq_length, offline_package, attn_implementation)
-    freeze_towers(model, freeze_text, freeze_image)
-    return model
-
 
 TASK = Task(
     name="image_text",
-    build_model=build_model,
     eval_shape=lambda shape: None,
     training_inputs=training_inputs,
     train_step=lambda spec, collate: ClipStep(cached=not spec.from_embeddings),

@@ -133,7 +133,7 @@ CROSS_ENCODER_LOSSES: dict[str, LossSpec] = {
 
 
 def _clip(model, scale, learn_scale=True, **_):
-    from train.image_text_loss import ClipLoss
+    from train.losses.clip import ClipLoss
 
     return ClipLoss(model, scale=scale, learnable=learn_scale)
 

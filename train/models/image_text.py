@@ -22,7 +22,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Router, Transformer
 
 from train.errors import ConfigError, ModelLoadError
-from train.models import load_backbone
+from train.models.sources import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +156,19 @@ def text_encoder_of(model: SentenceTransformer) -> Transformer:
     if not found:
         raise ModelLoadError("the model has no text encoder")
     return found[0]
+
+
+def build_image_text_model(
+    name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation,
+    image_tower=None, image_config=None, image_pooling="cls", projection_dim=None, freeze_text=False, freeze_image=False,
+) -> SentenceTransformer:
+    """A dual encoder (`image_tower` beside `name`) or one CLIP-architecture model, towers frozen as asked."""
+    if image_tower:
+        model = build_dual_encoder(
+            name, image_tower, max_seq_length, pooling_mode, image_pooling, projection_dim, offline_package,
+            image_config, attn_implementation,
+        )
+    else:
+        model = build_joint_model(name, max_seq_length, offline_package, attn_implementation)
+    freeze_towers(model, freeze_text, freeze_image)
+    return model

@@ -1,0 +1,67 @@
+"""A run's config and report -> the plain facts its model cards tell (train/model_card.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from train.config import DataConfig, LossConfig, ModelConfig, to_plain
+
+
+def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], loss: object, num_labels: int, report: dict[str, Any]):
+    """The plain facts of a run that its model cards tell (train/model_card.py)."""
+    from train.config import TrainerConfig
+    from train.model_card import DataFacts, RunFacts
+
+    m: ModelConfig = to_plain(cfg.model)
+    d: DataConfig = to_plain(cfg.data)
+    c: LossConfig = to_plain(cfg.loss)
+    t: TrainerConfig = to_plain(cfg.trainer)
+    task = cfg.task.name.value
+    data = DataFacts(
+        name=d.name,
+        rows={k: len(v) for k, v in splits.items()},
+        eval_data=d.sts_dev,
+        eval_rows={k: len(v) for k, v in sets.items() if k in ("dev", "test")} if d.sts_dev else {},
+        files={k: p for k, p in (("train", d.train_path), ("dev", d.dev_path), ("test", d.test_path), ("data", d.path)) if p},
+        hub_id=d.hub_id if d.name == "hub" else None,
+    )
+    details: dict[str, Any] = {"max_seq_length": m.max_seq_length}
+    if task == "bi_encoder" and m.normalize:
+        details["normalize"] = True
+    if task == "image_text":
+        details.update(image_tower=m.image_tower or "(the CLIP model's own)", image_pooling=m.image_pooling.value)
+        details.update({k: v for k, v in (("projection_dim", m.projection_dim), ("freeze_text", m.freeze_text), ("freeze_image", m.freeze_image)) if v})
+    if task == "cross_encoder":
+        details["num_labels"] = num_labels
+    hyper: dict[str, Any] = {"epochs": t.epochs} if t.max_steps <= 0 else {"max_steps": t.max_steps}
+    hyper.update(
+        optimizer_steps=report.get("steps"),
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        num_processes=report.get("num_processes", 1),
+        lr=t.lr,
+        warmup_ratio=t.warmup_ratio,
+        lr_schedule="linear with warmup",
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        mixed_precision=f"{t.mixed_precision.value} (ran as {report.get('mixed_precision')})",
+        seed=t.seed,
+        **({"loss.scale": c.scale} if c.scale is not None else {}),
+        **({"loss.matryoshka_dims": list(c.matryoshka_dims)} if c.matryoshka_dims else {}),
+        **({"train_seconds": report["train_seconds"]} if report.get("train_seconds") is not None else {}),
+    )
+    return RunFacts(
+        task=task,
+        base_model=m.name,
+        loss=c.name.value,
+        loss_class=type(loss).__name__,
+        data=data,
+        hyperparameters=hyper,
+        main_metric=report.get("main_metric", ""),
+        pooling=cfg.pooling.mode.value if task == "bi_encoder" or (task == "image_text" and m.image_tower) else None,
+        model_details=details,
+        num_labels=num_labels,
+        random_init=dict(m.random_init),
+    )
