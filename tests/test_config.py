@@ -11,7 +11,7 @@ from hydra import initialize_config_dir
 
 from tests.conftest import CONF, compose_config
 
-GROUPS = ("task", "model", "pooling", "data", "loss", "trainer", "experiment", "hpo", "debug")
+GROUPS = ("task", "model", "pooling", "data", "loss", "trainer", "peft", "experiment", "hpo", "debug")
 
 
 def hydra_group_options(group: str) -> list[str]:

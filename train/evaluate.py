@@ -87,7 +87,11 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         metrics = cross_encoder.evaluate_set(model, splits[split], cfg.batch_size)
         table = cross_encoder.format_table({split: metrics})
     else:
-        metrics = evaluate_sts(model, sts_evaluator(splits[split], cfg.batch_size))
+        from train.models.prompts import check_prompt_names, column_prompts
+
+        check_prompt_names(model, dict(cfg.data.prompts))
+        prompts = column_prompts(model, dict(cfg.data.prompts), ("sentence1", "sentence2"))
+        metrics = evaluate_sts(model, sts_evaluator(splits[split], cfg.batch_size, prompts=prompts))
         table = format_table({split: metrics})
     out = {split: metrics, "task": kind, "model": model_name, "data": cfg.data.name}
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -29,35 +29,44 @@ MAIN_METRIC = "spearman_cosine"
 RETRIEVAL_MAIN_METRIC = "retrieval_ndcg@10"
 
 
-def encode_sharded(model: SentenceTransformer, sentences: Sequence[str], batch_size: int, truncate_dim: int | None = None) -> np.ndarray:
+def encode_sharded(
+    model: SentenceTransformer, sentences: Sequence[str], batch_size: int, truncate_dim: int | None = None, prompt: str | None = None
+) -> np.ndarray:
     """`encode` split over the processes and gathered back in order (one process: plain encode).
     A long list shows a bar on the main process (train/progress.py)."""
     state = PartialState()
     progress = long_eval(len(sentences))
     if state.num_processes == 1:
-        embeddings = encode(model, sentences, batch_size, progress)
+        embeddings = encode(model, sentences, batch_size, progress, prompt)
     else:
         with state.split_between_processes(list(sentences)) as share:
-            mine = encode(model, share, batch_size, progress)
+            mine = encode(model, share, batch_size, progress, prompt)
         parts = gather_object([mine])
         embeddings = np.concatenate(parts) if parts else mine
     return embeddings[:, :truncate_dim] if truncate_dim else embeddings
 
 
 class STSEvaluator(EmbeddingSimilarityEvaluator):
-    """The library's evaluator and metrics; only the embedding step is ours (faster, sharded)."""
+    """The library's evaluator and metrics; only the embedding step is ours (faster, sharded).
+    `prompts`: the texts put before sentence1 and before sentence2 (None: no prompt)."""
+
+    prompts: tuple[str | None, str | None] = (None, None)
 
     def embed_inputs(self, model: SentenceTransformer, sentences, **kwargs) -> np.ndarray:
-        return encode_sharded(model, list(sentences), self.batch_size, self.truncate_dim)
+        prompt = self.prompts[0] if sentences is self.sentences1 else self.prompts[1]
+        return encode_sharded(model, list(sentences), self.batch_size, self.truncate_dim, prompt)
 
 
 class RetrievalEvaluator(InformationRetrievalEvaluator):
-    def embed_inputs(self, model: SentenceTransformer, sentences, encode_fn_name=None, **kwargs) -> torch.Tensor:
-        return torch.from_numpy(encode_sharded(model, list(sentences), self.batch_size, self.truncate_dim))
+    def embed_inputs(self, model: SentenceTransformer, sentences, encode_fn_name=None, prompt=None, **kwargs) -> torch.Tensor:
+        return torch.from_numpy(encode_sharded(model, list(sentences), self.batch_size, self.truncate_dim, prompt or None))
 
 
-def sts_evaluator(ds: datasets.Dataset, batch_size: int = 64, name: str = "", truncate_dim: int | None = None) -> EmbeddingSimilarityEvaluator:
-    return STSEvaluator(
+def sts_evaluator(
+    ds: datasets.Dataset, batch_size: int = 64, name: str = "", truncate_dim: int | None = None, prompts: dict[str, str] | None = None
+) -> EmbeddingSimilarityEvaluator:
+    """`prompts`: column (sentence1, sentence2) -> the text put before its sentences."""
+    evaluator = STSEvaluator(
         ds["sentence1"],
         ds["sentence2"],
         ds["score"],
@@ -67,6 +76,9 @@ def sts_evaluator(ds: datasets.Dataset, batch_size: int = 64, name: str = "", tr
         write_csv=False,
         truncate_dim=truncate_dim,
     )
+    prompts = prompts or {}
+    evaluator.prompts = (prompts.get("sentence1"), prompts.get("sentence2"))
+    return evaluator
 
 
 def _run(evaluator, model: SentenceTransformer) -> dict[str, float]:
@@ -91,18 +103,23 @@ def evaluate_sts(model: SentenceTransformer, evaluator: EmbeddingSimilarityEvalu
     return metrics
 
 
-def evaluate_sts_dims(model: SentenceTransformer, ds: datasets.Dataset, batch_size: int, dims: Sequence[int]) -> dict[str, float]:
-    """STS figures at full size, plus Spearman (cosine) at each Matryoshka dimension."""
-    metrics = evaluate_sts(model, sts_evaluator(ds, batch_size))
+def evaluate_sts_dims(
+    model: SentenceTransformer, ds: datasets.Dataset, batch_size: int, dims: Sequence[int] = (), prompts: dict[str, str] | None = None
+) -> dict[str, float]:
+    """STS figures at full size, plus Spearman (cosine) at each Matryoshka dimension. `prompts`:
+    column -> prompt text."""
+    metrics = evaluate_sts(model, sts_evaluator(ds, batch_size, prompts=prompts))
     full = model.get_embedding_dimension()
     for dim in dims:
         if dim < full:
-            metrics[f"spearman_cosine@{dim}"] = evaluate_sts(model, sts_evaluator(ds, batch_size, truncate_dim=dim))["spearman_cosine"]
+            metrics[f"spearman_cosine@{dim}"] = evaluate_sts(model, sts_evaluator(ds, batch_size, truncate_dim=dim, prompts=prompts))["spearman_cosine"]
     return metrics
 
 
-def retrieval_evaluator(ds: datasets.Dataset, batch_size: int = 64) -> InformationRetrievalEvaluator:
-    """Each distinct anchor is a query; all distinct positives are the corpus; its positives are relevant."""
+def retrieval_evaluator(ds: datasets.Dataset, batch_size: int = 64, prompts: dict[str, str] | None = None) -> InformationRetrievalEvaluator:
+    """Each distinct anchor is a query; all distinct positives are the corpus; its positives are
+    relevant. `prompts`: column (anchor, positive) -> the text put before its texts."""
+    prompts = prompts or {}
     queries: dict[str, str] = {}
     corpus: dict[str, str] = {}
     relevant: dict[str, set[str]] = {}
@@ -121,6 +138,8 @@ def retrieval_evaluator(ds: datasets.Dataset, batch_size: int = 64) -> Informati
         map_at_k=[10],
         batch_size=batch_size,
         write_csv=False,
+        query_prompt=prompts.get("anchor"),
+        corpus_prompt=prompts.get("positive"),
         score_functions={"cosine": lambda a, b: torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T},
     )
 

@@ -12,8 +12,10 @@ from train.data.batching import pad
 from train.progress import eval_bar
 
 
-def encode(model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Sentence embeddings (float32, input order) equal to `model.encode(sentences)`.
+def encode(
+    model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 64, progress: bool = False, prompt: str | None = None
+) -> np.ndarray:
+    """Sentence embeddings (float32, input order) equal to `model.encode(sentences, prompt=prompt)`.
 
     sentence-transformers sorts by character length and tokenizes batch by batch; here the
     fast tokenizer runs once over everything (in parallel) and batches are cut by token length,
@@ -21,9 +23,12 @@ def encode(model: SentenceTransformer, sentences: Sequence[str], batch_size: int
     """
     if len(sentences) == 0:
         return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    from train.models.prompts import excludes_prompt, prompt_length
+
     tokenizer = model.tokenizer
+    skip = prompt_length(tokenizer, prompt) if prompt and excludes_prompt(model) else None
     ids = tokenizer(
-        list(sentences),
+        [prompt + s for s in sentences] if prompt else list(sentences),
         truncation=True,
         max_length=model.max_seq_length,
         return_attention_mask=False,
@@ -44,6 +49,8 @@ def encode(model: SentenceTransformer, sentences: Sequence[str], batch_size: int
                 features = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
                 if with_types:
                     features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+                if skip is not None:
+                    features["prompt_length"] = skip
                 out.append(model(features)["sentence_embedding"].float().cpu())
     finally:
         model.train(was_training)

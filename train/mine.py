@@ -176,6 +176,7 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path)
     """Mines every query's negatives and writes its record to `out` (atomically); returns the summary."""
     from train.data.corpus import CacheSettings
     from train.progress import ProgressLog
+    from train.models.prompts import check_prompt_names, column_prompts
     from train.search import Index, cached_vectors, embed, gather
 
     layout = Layout(pairs, extra)
@@ -189,7 +190,11 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path)
         )
     log.info("%d queries (%d pairs), corpus %d passages; %d candidates a query searched", n_queries, layout.pairs, len(layout.corpus), range_max)
     d = to_plain(cfg.data)
-    vectors, embed_seconds, reused = cached_vectors(model, layout.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size)
+    check_prompt_names(model, d.prompts)
+    # data.prompts: anchor names the queries' prompt, positive the passages'.
+    prompts = column_prompts(model, d.prompts, ("anchor", "positive"))
+    vectors, embed_seconds, reused = cached_vectors(model, layout.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size,
+                                                    prompt=prompts.get("positive"))
     index = Index(vectors, cfg.search.value)
     random.seed(cfg.seed)  # sampling_strategy=random draws with the `random` module, query by query
 
@@ -198,7 +203,7 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path)
         for start in range(0, n_queries, QUERY_CHUNK):
             progress(start)
             stop = min(start + QUERY_CHUNK, n_queries)
-            queries = embed(model, layout.queries[start:stop], cfg.batch_size)
+            queries = embed(model, layout.queries[start:stop], cfg.batch_size, prompts.get("anchor"))
             scores, ids = index.search(queries, range_max + max_positives)
             positives = [layout.positives(q) for q in range(start, stop)]
             positive_scores = [gather(vectors, p) @ queries[i] for i, p in enumerate(positives)]

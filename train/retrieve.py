@@ -208,7 +208,9 @@ def load_models(cfg: DictConfig) -> tuple[Any, str, Any | None]:
 # --- Systems ----------------------------------------------------------------------------------
 
 
-def bi_encoder_search(bi: Any, queries: Sequence[str], index: Any, depth: int, batch_size: int, timed: int = 0) -> tuple[np.ndarray, list[float]]:
+def bi_encoder_search(
+    bi: Any, queries: Sequence[str], index: Any, depth: int, batch_size: int, timed: int = 0, prompt: str | None = None
+) -> tuple[np.ndarray, list[float]]:
     """Each query's top `depth` document ids (an array, a row a query), and the seconds (encoding
     + search) of each of the first `timed` queries (0: all), run one by one as a search service
     meets them: it embeds a query when it arrives, not in a batch with later ones. The rest are
@@ -222,14 +224,14 @@ def bi_encoder_search(bi: Any, queries: Sequence[str], index: Any, depth: int, b
     seconds = []
     for i in range(timed):
         start = time.perf_counter()
-        _, ids = index.search(embed(bi, [queries[i]], batch_size), depth)
+        _, ids = index.search(embed(bi, [queries[i]], batch_size, prompt), depth)
         seconds.append(time.perf_counter() - start)
         rankings[i] = ids[0]
     progress = ProgressLog("Bi-encoder search", len(queries), "queries")
     for start in range(timed, len(queries), QUERY_BATCH):
         progress(start)
         batch = queries[start : start + QUERY_BATCH]
-        rankings[start : start + len(batch)] = index.search(embed(bi, batch, batch_size), depth)[1]
+        rankings[start : start + len(batch)] = index.search(embed(bi, batch, batch_size, prompt), depth)[1]
     return rankings, seconds
 
 
@@ -328,15 +330,21 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
     log.info("%d queries, corpus %d documents (corpus=%s)", len(data.queries), len(data.corpus), cfg.corpus.value)
 
     from train.data.corpus import CacheSettings
+    from train.models.prompts import check_prompt_names, column_prompts
     from train.search import Index, cached_vectors
 
     d = to_plain(cfg.data)
-    vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size)
+    check_prompt_names(bi, d.prompts)
+    # data.prompts: anchor names the queries' prompt, positive the documents'.
+    prompts = column_prompts(bi, d.prompts, ("anchor", "positive"))
+    vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size,
+                                                    prompt=prompts.get("positive"))
     index = Index(vectors, cfg.search.value)
     ks = sorted(set(cfg.rerank_top_k)) if cross is not None else []
     clamped = [min(k, len(data.corpus)) for k in ks]
     started = time.perf_counter()
-    bi_rankings, bi_seconds = bi_encoder_search(bi, data.queries, index, max([METRIC_K, *clamped]), cfg.batch_size, cfg.latency_queries)
+    bi_rankings, bi_seconds = bi_encoder_search(bi, data.queries, index, max([METRIC_K, *clamped]), cfg.batch_size, cfg.latency_queries,
+                                                 prompts.get("anchor"))
     search_seconds = time.perf_counter() - started
     systems = [system_row("bi-encoder", bi_rankings, data.relevant, mean_ms(bi_seconds), 0, 1)]
     notes = []

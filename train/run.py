@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from train import checkpoint, tracking
 from train.losses.build import build_loss_from, model_outputs
+from train.models.adapters import has_adapter, merge_adapters, parameter_counts
 from train.models.build import build_model
+from train.models.prompts import check_prompt_names
 from train.card_facts import card_facts
 from train.cli import run_dir_from_hydra, setup_logging
 from train.checkpoint import check_run_dir, load_progress, resolve_resume
@@ -50,14 +52,16 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     # alike in every run with this seed, or a resumed run could not match an uninterrupted one.
     set_seed(settings.seed)
     num_labels = model_outputs(loss_cfg, task.name)
-    model = build_model(cfg.model, cfg.pooling, task.name, num_labels)
+    model = build_model(cfg.model, cfg.pooling, task.name, num_labels, cfg.peft)
+    prompts = dict(cfg.data.prompts)
+    check_prompt_names(model, prompts)
     loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name)
     splits, sets = task.load_data(cfg.data, spec.shape)
     log.info("Model:\n%s", model)
-    rows, collate, sampler = task.training_inputs(splits["train"], model, spec, settings, state.num_processes)
+    rows, collate, sampler = task.training_inputs(splits["train"], model, spec, settings, state.num_processes, prompts)
 
     dims = list(loss_cfg.matryoshka_dims)
-    evaluate, main_metric = task.evaluator(sets, settings.eval_batch_size, dims)
+    evaluate, main_metric = task.evaluator(sets, settings.eval_batch_size, dims, prompts)
     before = task.baseline_figures(model, sets, settings.eval_batch_size) if task.baseline_figures else {}
     resumed_step = load_progress(resume_from).step if resume_from is not None else None
     trackers = tracking.build(settings.report_to, run_dir, settings.project_name, resumed_step)
@@ -80,8 +84,13 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
             unit=task.unit,
             desc=label,
         )
-        report = {**before, **task.final_figures(model, result.progress, evaluate, sets, settings.eval_batch_size, dims)}
+        trained_counts = parameter_counts(model)
+        report = {**before, **task.final_figures(model, result.progress, evaluate, sets, settings.eval_batch_size, dims, prompts)}
         tracking.log_final(accelerator, report, result.progress.step)
+    if cfg.peft.merge and has_adapter(model):
+        merge_adapters(model)
+        checkpoint.save_model(accelerator, model, run_dir / "final", {"step": result.progress.step, "kind": "final", "merged_adapter": True})
+        log.info("peft.merge=true: final/ holds the adapter merged into the weights (best/ and checkpoints/ hold the adapter)")
     out = {
         **report,
         "task": task.name,
@@ -97,6 +106,7 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
         "padding_ratio": round(result.padded_tokens / result.real_tokens, 3) if result.real_tokens else None,
         "mixed_precision": result.mixed_precision,
         "num_processes": state.num_processes,
+        "parameters": trained_counts,
     }
     facts = card_facts(cfg, splits, sets, loss, num_labels, out)
     if state.is_main_process:

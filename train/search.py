@@ -72,18 +72,18 @@ class Vectors:
         return np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.rows, self.dim))
 
 
-def embed(model: Any, texts: Sequence[str], batch_size: int) -> np.ndarray:
+def embed(model: Any, texts: Sequence[str], batch_size: int, prompt: str | None = None) -> np.ndarray:
     """Unit-length float32 embeddings of a few texts (queries), in memory."""
     from train.inference import encode
 
-    return _unit(encode(model, list(texts), batch_size))
+    return _unit(encode(model, list(texts), batch_size, prompt=prompt))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def embed_to_file(model: Any, texts: Sequence[str], path: Path, batch_size: int, what: str = "corpus") -> None:
+def embed_to_file(model: Any, texts: Sequence[str], path: Path, batch_size: int, what: str = "corpus", prompt: str | None = None) -> None:
     """Embeds `texts` (any sequence that slices into lists of str) chunk by chunk into `path`."""
     from train.inference import encode
     from train.progress import ProgressLog
@@ -91,21 +91,23 @@ def embed_to_file(model: Any, texts: Sequence[str], path: Path, batch_size: int,
     progress = ProgressLog(f"Embedding the {what}", len(texts), "texts")
     with open(path, "wb") as f:
         for start in range(0, len(texts), EMBED_CHUNK):
-            f.write(_unit(encode(model, list(texts[start : start + EMBED_CHUNK]), batch_size)).astype(np.float32).tobytes())
+            f.write(_unit(encode(model, list(texts[start : start + EMBED_CHUNK]), batch_size, prompt=prompt)).astype(np.float32).tobytes())
             progress(min(start + EMBED_CHUNK, len(texts)))
 
 
-def cached_vectors(model: Any, texts: Sequence[str], cache_root: Path, batch_size: int, what: str = "corpus") -> tuple[Vectors, float, bool]:
+def cached_vectors(
+    model: Any, texts: Sequence[str], cache_root: Path, batch_size: int, what: str = "corpus", prompt: str | None = None
+) -> tuple[Vectors, float, bool]:
     """The texts' vectors from the cache (embedded now if missing), the seconds embedding them
     took (now, or when the entry was built) and whether they were found in the cache."""
     from train.data import cache
 
     dim = model.get_embedding_dimension()
-    key = {"what": "vectors", "model": model_fingerprint(model), "texts": texts_fingerprint(texts), "dim": dim}
+    key = {"what": "vectors", "model": model_fingerprint(model), "texts": texts_fingerprint(texts), "dim": dim, **({"prompt": prompt} if prompt else {})}
 
     def build(out: Path) -> dict[str, Any]:
         started = time.perf_counter()
-        embed_to_file(model, texts, out / "vectors.f32", batch_size, what)
+        embed_to_file(model, texts, out / "vectors.f32", batch_size, what, prompt)
         return {"rows": len(texts), "dim": dim, "embed_seconds": time.perf_counter() - started}
 
     entry = cache.cached(cache_root, "vectors", key, build, what=f"{what} embeddings")

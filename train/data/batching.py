@@ -276,6 +276,7 @@ class Collator:
         columns: tuple[str, ...] = ("sentence1", "sentence2"),
         label: str | None = "score",
         merge: bool = True,
+        prompt_lengths: dict[str, int] | None = None,
     ) -> None:
         self.pad_token_id = pad_token_id
         self.left = padding_side == "left"
@@ -284,21 +285,28 @@ class Collator:
         self.columns = columns
         self.label = label
         self.merge = merge
+        # Pooling(include_prompt=False): the prompt's token count of each column, for the pooling
+        # to skip. One count a forward pass, so chunks then hold one column each.
+        self.prompt_lengths = prompt_lengths or {}
 
-    def features(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
+    def features(self, sequences: list[list[int]], column: str | None = None) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = pad(sequences, self.pad_token_id, self.left)
         features = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.token_type_ids:
             features["token_type_ids"] = torch.zeros_like(input_ids)
+        if column in self.prompt_lengths:
+            features["prompt_length"] = torch.tensor([self.prompt_lengths[column]])
         return features
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         labels = torch.tensor([r[self.label] for r in rows], dtype=LABEL_COLUMNS[self.label]) if self.label else None
         batch: dict[str, Any] = {"labels": labels, "n_columns": len(self.columns)}
         if not self.merge:
-            batch["columns"] = [self.features([r[f"ids_{c}"] for r in rows]) for c in self.columns]
+            batch["columns"] = [self.features([r[f"ids_{c}"] for r in rows], c) for c in self.columns]
             return batch
         sequences = [r[f"ids_{c}"] for c in self.columns for r in rows]
+        if self.prompt_lengths:
+            return {**batch, **self._by_column(sequences, len(rows))}
         size = chunk_size(len(sequences), self.chunk_rows)
         if size <= 0 or len(sequences) <= size:
             return {**batch, "chunks": [self.features(sequences)], "restore": None}
@@ -307,6 +315,24 @@ class Collator:
         restore = torch.empty(len(order), dtype=torch.long)
         restore[torch.tensor(order)] = torch.arange(len(order))
         return {**batch, "chunks": chunks, "restore": restore}
+
+
+    def _by_column(self, sequences: list[list[int]], rows: int) -> dict[str, Any]:
+        """Chunks that each hold one column's sentences (sorted by length within it), so that each
+        forward pass carries that column's prompt length."""
+        size = chunk_size(len(sequences), self.chunk_rows)
+        size = rows if size <= 0 else min(size, rows)
+        order: list[int] = []
+        chunks = []
+        for k, column in enumerate(self.columns):
+            mine = sorted(range(k * rows, (k + 1) * rows), key=lambda i: len(sequences[i]))
+            for start in range(0, rows, size):
+                part = mine[start : start + size]
+                chunks.append(self.features([sequences[i] for i in part], column))
+                order += part
+        restore = torch.empty(len(order), dtype=torch.long)
+        restore[torch.tensor(order)] = torch.arange(len(order))
+        return {"chunks": chunks, "restore": restore}
 
 
 def embed_batch(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:

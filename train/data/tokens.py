@@ -72,8 +72,10 @@ class Tokens:
     entry: cache.Entry
 
 
-def token_table(corpus: Corpus, tokenizer: Any, max_length: int, layout: str) -> Tokens:
-    """The corpus's tokens (built if missing). `layout`: "columns" or "pairs"."""
+def token_table(corpus: Corpus, tokenizer: Any, max_length: int, layout: str, prompts: dict[str, str] | None = None) -> Tokens:
+    """The corpus's tokens (built if missing). `layout`: "columns" or "pairs". `prompts`: column ->
+    text put before each of its texts (the `columns` layout)."""
+    prompts = dict(prompts or {})
     types = layout == "pairs" and "token_type_ids" in tokenizer.model_input_names
     key = {
         "what": "tokens",
@@ -83,13 +85,14 @@ def token_table(corpus: Corpus, tokenizer: Any, max_length: int, layout: str) ->
         "max_length": max_length,
         "layout": layout,
         "token_types": types,
+        **({"prompts": prompts} if prompts else {}),
     }
     tasks = pieces(corpus.shards, len(corpus), corpus.settings.num_proc)
     workers = min(corpus.settings.num_proc, len(tasks))
 
     def build(out: Path) -> dict[str, Any]:
         progress = Every(f"Tokenizing {len(corpus):,} rows")
-        args = [(path, start, stop, i, tokenizer, max_length, layout, types, str(out)) for i, (path, start, stop) in enumerate(tasks)]
+        args = [(path, start, stop, i, tokenizer, max_length, layout, types, str(out), prompts) for i, (path, start, stop) in enumerate(tasks)]
         if workers > 1:
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
                 results = []
@@ -142,7 +145,8 @@ def _worker_init() -> None:
 
 
 def _tokenize_shard(
-    path: Path, start: int, stop: int, index: int, tokenizer: Any, max_length: int, layout: str, types: bool, out: str
+    path: Path, start: int, stop: int, index: int, tokenizer: Any, max_length: int, layout: str, types: bool, out: str,
+    prompts: dict[str, str] | None = None,
 ) -> tuple[str, np.ndarray]:
     """Tokenizes rows start..stop of one corpus shard into tokens-<index>.arrow; returns its name
     and the rows' lengths. Reads the shard as a stream (not mapped): memory stays flat."""
@@ -164,8 +168,8 @@ def _tokenize_shard(
             first = max(start - (seen - batch.num_rows), 0)
             batch = batch.slice(first, min(stop, seen) - (seen - batch.num_rows) - first)
             if backend is None:
-                backend = fast_backend(tokenizer, max_length, batch.slice(0, 64).to_pydict(), layout, types) or False
-            columns, length = encode(batch.to_pydict(), tokenizer, max_length, layout, types, backend or None)
+                backend = fast_backend(tokenizer, max_length, batch.slice(0, 64).to_pydict(), layout, types, prompts) or False
+            columns, length = encode(batch.to_pydict(), tokenizer, max_length, layout, types, backend or None, prompts)
             table = pa.table(columns)
             if writer is None:
                 writer = ArrowWriter(path=str(Path(out) / name), schema=table.schema, writer_batch_size=CHUNK_ROWS)
@@ -175,7 +179,7 @@ def _tokenize_shard(
     return name, np.concatenate(lengths)
 
 
-def fast_backend(tokenizer: Any, max_length: int, sample: dict[str, list], layout: str, types: bool) -> Any:
+def fast_backend(tokenizer: Any, max_length: int, sample: dict[str, list], layout: str, types: bool, prompts: dict[str, str] | None = None) -> Any:
     """The fast tokenizer's Rust backend, truncating at max_length: 30% faster than the Python call
     it sits under. Used only where it gives the call's own ids on `sample`; else None."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -186,8 +190,8 @@ def fast_backend(tokenizer: Any, max_length: int, sample: dict[str, list], layou
     copy = Tokenizer.from_str(backend.to_str())
     copy.enable_truncation(max_length)
     copy.no_padding()
-    ours, _ = encode(sample, tokenizer, max_length, layout, types, copy)
-    theirs, _ = encode(sample, tokenizer, max_length, layout, types, None)
+    ours, _ = encode(sample, tokenizer, max_length, layout, types, copy, prompts)
+    theirs, _ = encode(sample, tokenizer, max_length, layout, types, None, prompts)
     return copy if all(ours[k].equals(theirs[k]) for k in theirs) else None
 
 
@@ -201,7 +205,8 @@ def _call(tokenizer: Any, backend: Any, first: list[str], second: list[str] | No
 
 
 def encode(
-    rows: dict[str, list], tokenizer: Any, max_length: int, layout: str, types: bool, backend: Any = None
+    rows: dict[str, list], tokenizer: Any, max_length: int, layout: str, types: bool, backend: Any = None,
+    prompts: dict[str, str] | None = None,
 ) -> tuple[dict[str, pa.Array], np.ndarray]:
     """Token columns of a batch of canonical rows (column -> values), and each row's longest
     sequence. `backend`: fast_backend's, or None for the tokenizer's own call."""
@@ -211,7 +216,10 @@ def encode(
 
         out, length = {}, None
         for c in [c for c in TEXT_COLUMNS if c in rows]:
-            encoded, _ = _call(tokenizer, backend, rows[c], None, False, max_length)
+            texts = rows[c]
+            if prompts and prompts.get(c):
+                texts = [prompts[c] + t for t in texts]
+            encoded, _ = _call(tokenizer, backend, texts, None, False, max_length)
             out[f"ids_{c}"] = pa.array(encoded, ids)
             n = np.fromiter(map(len, encoded), np.int32, len(encoded))
             length = n if length is None else np.maximum(length, n)

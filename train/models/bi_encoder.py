@@ -1,11 +1,58 @@
-"""The bi-encoder: a transformer, a pooling layer and optionally Normalize, as a SentenceTransformer."""
+"""The bi-encoder as a SentenceTransformer: a finished sentence-transformers model as it is, or a
+bare transformer with a pooling layer (and Normalize).
+
+A model that has `modules.json` is a finished sentence-transformers model (bge-m3, KURE-v1, e5,
+Qwen3-Embedding, MiniLM): it is trained with all its modules (pooling, Dense, Normalize), its
+prompts and its similarity function, so that the model that trains is the model the user started
+from. `pooling.mode` and `model.normalize` build the head of a bare transformer; on a finished
+model they apply only with `replace_pooling` (`pooling.replace=true`).
+"""
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
-from train.models.sources import check_max_seq_length, load_backbone
+from train.errors import ModelLoadError
+from train.models.sources import _load_transformer, check_max_seq_length, has_file, load_from_sources
+
+log = logging.getLogger("train")
+
+
+def describe(model: SentenceTransformer) -> str:
+    """The module chain as one line: Transformer(BertModel) -> Pooling(cls) -> Normalize."""
+    parts = []
+    for module in model:
+        name = type(module).__name__
+        if name == "Transformer":
+            name += f"({type(module.auto_model).__name__})"
+        elif isinstance(module, Pooling):
+            name += f"({module.pooling_mode}{'' if module.include_prompt else ', prompt excluded'})"
+        parts.append(name)
+    return " -> ".join(parts)
+
+
+def _pooling(model: SentenceTransformer) -> tuple[int, Pooling] | None:
+    return next(((i, m) for i, m in enumerate(model) if isinstance(m, Pooling)), None)
+
+
+def _replace_head(model: SentenceTransformer, pooling_mode: str, normalize: bool, include_prompt: bool) -> SentenceTransformer:
+    """The finished model with its pooling swapped for `pooling_mode` and Normalize as `normalize`
+    says; modules between (Dense) are kept."""
+    found = _pooling(model)
+    modules = list(model)
+    if found is None:
+        raise ModelLoadError("pooling.replace=true: the model has no Pooling module to replace.")
+    index, old = found
+    modules[index] = Pooling(old.get_embedding_dimension(), pooling_mode=pooling_mode, include_prompt=include_prompt)
+    modules = [m for m in modules if not isinstance(m, Normalize)] + ([Normalize()] if normalize else [])
+    return SentenceTransformer(
+        modules=modules, prompts=dict(model.prompts), default_prompt_name=model.default_prompt_name,
+        similarity_fn_name=model.similarity_fn_name, device=str(model.device),
+    )
 
 
 def build_sentence_transformer(
@@ -15,11 +62,61 @@ def build_sentence_transformer(
     normalize: bool = False,
     offline_package: str | None = None,
     attn_implementation: str | None = None,
+    replace_pooling: bool = False,
+    include_prompt: bool = True,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> SentenceTransformer:
-    """Transformer -> Pooling(mode) [-> Normalize], the bi-encoder the loop trains."""
-    backbone = load_backbone(name, max_seq_length, offline_package, attn_implementation)
-    check_max_seq_length(backbone, name, max_seq_length)
-    modules = [backbone, Pooling(backbone.get_embedding_dimension(), pooling_mode=pooling_mode)]
-    if normalize:
-        modules.append(Normalize())
-    return SentenceTransformer(modules=modules)
+    """The bi-encoder the loop trains. `prompts` (name -> text) are added to the model's own (a name
+    given here wins) and saved with it; `default_prompt_name` replaces the model's own default
+    ("" = none). `model_kwargs`: transformers' from_pretrained arguments (dtype, ...)."""
+    kwargs = {**(model_kwargs or {}), **({"attn_implementation": attn_implementation} if attn_implementation else {})}
+
+    def load(source: str, local_only: bool):
+        if has_file(source, local_only, "modules.json"):
+            return SentenceTransformer(source, local_files_only=local_only, model_kwargs=kwargs or None)
+        return _load_transformer(source, max_seq_length, kwargs, local_only)
+
+    loaded = load_from_sources(name, offline_package, load, "the model")
+    if isinstance(loaded, SentenceTransformer):
+        model = _finished(loaded, name, pooling_mode, normalize, replace_pooling, include_prompt)
+    else:
+        modules = [loaded, Pooling(loaded.get_embedding_dimension(), pooling_mode=pooling_mode, include_prompt=include_prompt)]
+        model = SentenceTransformer(modules=modules + ([Normalize()] if normalize else []))
+    transformer = model[0]
+    if not hasattr(transformer, "auto_model"):
+        raise ModelLoadError(f"model.name={name}: its first module is {type(transformer).__name__}, not a transformer; only transformer models train here.")
+    if transformer.max_seq_length != max_seq_length:
+        if isinstance(loaded, SentenceTransformer):
+            log.info("max_seq_length %d (model.max_seq_length; the model's own: %s)", max_seq_length, transformer.max_seq_length)
+        model.max_seq_length = max_seq_length
+    check_max_seq_length(transformer, name, max_seq_length)
+    model.prompts.update(prompts or {})
+    if default_prompt_name is not None:
+        model.default_prompt_name = default_prompt_name or None
+    if model.default_prompt_name and model.default_prompt_name not in model.prompts:
+        raise ModelLoadError(f"model.default_prompt_name={model.default_prompt_name}: no such prompt (the model's prompts: {', '.join(model.prompts) or 'none'}).")
+    return model
+
+
+def _finished(model: SentenceTransformer, name: str, pooling_mode: str, normalize: bool, replace: bool, include_prompt: bool) -> SentenceTransformer:
+    found = _pooling(model)
+    own = found[1].pooling_mode if found else None
+    if replace:
+        before = describe(model)
+        model = _replace_head(model, pooling_mode, normalize, include_prompt)
+        log.warning("pooling.replace=true: %s's own head %s is replaced: %s", name, before, describe(model))
+        return model
+    prompts = ", ".join(f"{k}={v!r}" for k, v in model.prompts.items() if v) or "none"
+    ignored = []
+    if own is not None and own != pooling_mode:
+        ignored.append(f"pooling={pooling_mode}")
+    if normalize and not any(isinstance(m, Normalize) for m in model):
+        ignored.append("model.normalize=true")
+    log.info(
+        "%s is a finished sentence-transformers model, trained as it is: %s; prompts: %s; similarity: %s%s",
+        name, describe(model), prompts, model.similarity_fn_name or "cosine",
+        f". Not applied: {', '.join(ignored)} (pooling.replace=true replaces its pooling)" if ignored else "",
+    )
+    return model

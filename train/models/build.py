@@ -7,17 +7,27 @@ import logging
 from omegaconf import DictConfig
 from sentence_transformers import SentenceTransformer
 
-from train.config import ModelConfig, PoolingConfig, to_plain
+from train.config import ModelConfig, PeftConfig, PoolingConfig, to_plain
 
 log = logging.getLogger("train")
 
 
+def _plain(node):
+    return to_plain(node) if isinstance(node, DictConfig) else node
+
+
 def build_model(
-    model: DictConfig | ModelConfig, pooling: DictConfig | PoolingConfig, task: str = "bi_encoder", num_labels: int = 1
+    model: DictConfig | ModelConfig,
+    pooling: DictConfig | PoolingConfig,
+    task: str = "bi_encoder",
+    num_labels: int = 1,
+    peft: DictConfig | PeftConfig | None = None,
 ) -> SentenceTransformer:
-    """The task's model: a SentenceTransformer (bi-encoder) or a CrossEncoder with `num_labels` outputs."""
-    m: ModelConfig = to_plain(model) if isinstance(model, DictConfig) else model
-    p: PoolingConfig = to_plain(pooling) if isinstance(pooling, DictConfig) else pooling
+    """The task's model (a SentenceTransformer, or a CrossEncoder with `num_labels` outputs), with
+    its memory settings and adapter applied."""
+    m: ModelConfig = _plain(model)
+    p: PoolingConfig = _plain(pooling)
+    a: PeftConfig = _plain(peft) if peft is not None else PeftConfig()
     name, package = m.name, m.offline_package
     if m.random_init:
         from train.models.random_init import random_model_dir
@@ -25,10 +35,21 @@ def build_model(
         name, package = str(random_model_dir(m.name, m.offline_package, dict(m.random_init))), None
         log.info("Random weights (model.random_init, %s) with %s's tokenizer: a speed and memory workload, "
                  "no quality claim", m.random_init.get("model_type"), m.name)
+    model_kwargs = {}
+    if m.dtype is not None:
+        import torch
+
+        model_kwargs["dtype"] = getattr(torch, m.dtype.value)
+    built = _build(task, m, p, name, package, num_labels, model_kwargs)
+    _memory_and_adapters(built, m, a, task)
+    return built
+
+
+def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str | None, num_labels: int, model_kwargs: dict):
     if task == "cross_encoder":
         from train.models.cross_encoder import build_cross_encoder
 
-        return build_cross_encoder(name, m.max_seq_length, num_labels, package, m.attn_implementation)
+        return build_cross_encoder(name, m.max_seq_length, num_labels, package, m.attn_implementation, model_kwargs)
     if task == "image_text":
         from train.models.image_text import build_image_text_model
 
@@ -39,4 +60,28 @@ def build_model(
         )
     from train.models.bi_encoder import build_sentence_transformer
 
-    return build_sentence_transformer(name, m.max_seq_length, p.mode.value, m.normalize, package, m.attn_implementation)
+    return build_sentence_transformer(
+        name, m.max_seq_length, p.mode.value, m.normalize, package, m.attn_implementation,
+        replace_pooling=p.replace, include_prompt=p.include_prompt, prompts=dict(m.prompts),
+        default_prompt_name=m.default_prompt_name, model_kwargs=model_kwargs,
+    )
+
+
+def _memory_and_adapters(model, m: ModelConfig, a: PeftConfig, task: str) -> None:
+    from train.models.adapters import LoraSettings, add_lora, enable_gradient_checkpointing, parameter_counts
+
+    if (m.gradient_checkpointing or a.method.value != "none") and task == "image_text":
+        from train.errors import ConfigError
+
+        raise ConfigError("model.gradient_checkpointing and peft apply to task=bi_encoder and task=cross_encoder.")
+    if m.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if a.method.value == "lora":
+        add_lora(model, LoraSettings(a.r, a.alpha, a.dropout, list(a.target_modules)), task)
+    counts = parameter_counts(model)
+    log.info(
+        "Parameters: %s trainable of %s (%.2f%%)%s%s",
+        f"{counts['trainable']:,}", f"{counts['total']:,}", 100 * counts["trainable"] / max(counts["total"], 1),
+        f"; LoRA r={a.r} alpha={a.alpha}" if a.method.value == "lora" else "",
+        f"; weights in {m.dtype.value}" if m.dtype is not None else "",
+    )

@@ -11,12 +11,13 @@ def build_cross_encoder(
     num_labels: int = 1,
     offline_package: str | None = None,
     attn_implementation: str | None = None,
+    model_kwargs: dict | None = None,
 ):
     """A sentence-transformers CrossEncoder: the backbone with a sequence-classification head
     (fresh unless `name` already has one) of `num_labels` outputs."""
     from sentence_transformers.cross_encoder import CrossEncoder
 
     head = {"transformer_task": "sequence-classification", "num_labels": num_labels}
-    backbone = load_backbone(name, max_seq_length, offline_package, attn_implementation, head=head)
+    backbone = load_backbone(name, max_seq_length, offline_package, attn_implementation, head=head, model_kwargs=model_kwargs)
     check_max_seq_length(backbone, name, max_seq_length)
     return CrossEncoder(modules=[backbone])

@@ -38,15 +38,20 @@ def random_model_dir(name: str, offline_package: str | None, architecture: dict,
         AutoModel.from_config(config).save_pretrained(out)
         tokenizer.save_pretrained(out)
         if getattr(config, "type_vocab_size", 2) < 2:
-            # One token type (RoBERTa): a BERT tokenizer's second-segment type ids would index past it.
-            import json
-
-            settings_file = out / "tokenizer_config.json"
-            saved = json.loads(settings_file.read_text())
-            saved["model_input_names"] = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
-            settings_file.write_text(json.dumps(saved, indent=2, ensure_ascii=False))
+            drop_token_types(out, tokenizer)
         return {"model_type": model_type}
 
     key = {"what": "random-model", "config": config.to_dict(), "tokenizer": name, "vocab": len(tokenizer)}
     entry = cache.cached(cache.resolve_cache_dir(cache_root), "random-models", key, build, f"random {model_type} weights")
     return entry.file("config.json").parent
+
+
+def drop_token_types(folder: Path, tokenizer) -> None:
+    """Saves `folder`'s tokenizer without token type ids, for a model with one token type
+    (RoBERTa, XLM-R): a BERT tokenizer's second-segment type ids would index past it."""
+    import json
+
+    settings_file = Path(folder) / "tokenizer_config.json"
+    saved = json.loads(settings_file.read_text())
+    saved["model_input_names"] = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+    settings_file.write_text(json.dumps(saved, indent=2, ensure_ascii=False))

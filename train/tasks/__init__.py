@@ -15,14 +15,15 @@ class Task:
     name: str
     # (loss shape) -> the shape of dev/test splits (None: the data's default)
     eval_shape: Callable[[str], str | None]
-    # (train split: a cached Corpus for text tasks, model, loss spec, trainer settings, processes)
+    # (train split: a cached Corpus for text tasks, model, loss spec, trainer settings, processes,
+    #  prompts: column -> prompt name, bi-encoder only)
     # -> rows (a map-style dataset), collate, sampler
     training_inputs: Callable[..., tuple[Any, Callable, Any]]
     # (loss spec, collate of training_inputs) -> TrainStep
     train_step: Callable[[Any, Any], Any]
-    # (eval sets, batch size, matryoshka dims) -> (evaluate(model) or None, main metric)
+    # (eval sets, batch size, matryoshka dims, prompts) -> (evaluate(model) or None, main metric)
     evaluator: Callable[..., tuple[Callable | None, str]]
-    # (model, progress, evaluate, eval sets, batch size, dims) -> the report in eval.json
+    # (model, progress, evaluate, eval sets, batch size, dims, prompts) -> the report in eval.json
     final_figures: Callable[..., dict[str, Any]]
     print_report: Callable[[dict[str, Any]], None]
     # (data config, loss shape) -> (splits, the sets that score the model: dev, test, ...)

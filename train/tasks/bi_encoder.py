@@ -8,7 +8,7 @@ STS correlations on scored pairs, retrieval (NDCG@10) on (anchor, positive) data
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -26,10 +26,12 @@ from train.data.tokens import token_table
 from train.evaluation import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrieval, evaluate_sts_dims, format_table, retrieval_evaluator
 from train.data.build import load_text_task_data
 from train.losses.registry import LossSpec
+from train.models.prompts import column_prompts, excludes_prompt, prompt_length
 from train.tasks import Task
 from train.tasks.base import BatchStats
 
 log = logging.getLogger("train")
+STS_COLUMNS = ("sentence1", "sentence2")
 
 
 class BiEncoderStep:
@@ -59,13 +61,16 @@ class BiEncoderStep:
 
 
 def training_inputs(
-    corpus: Corpus, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
+    corpus: Corpus, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1, prompts: Mapping[str, str] | None = None
 ) -> tuple[datasets.Dataset, Collator, Any]:
     """The corpus's token ids (from the token cache: memory-mapped, gathered a batch at a time),
-    the collator and the batch sampler."""
+    the collator and the batch sampler. `prompts`: column -> prompt name (data.prompts)."""
     tokenizer = model.tokenizer
-    tokens = token_table(corpus, tokenizer, model.max_seq_length, "columns")
     columns = tuple(text_columns(corpus))
+    texts = column_prompts(model, prompts or {}, columns)
+    if texts:
+        log.info("Prompts in training: %s", ", ".join(f"{c}: {t!r}" for c, t in texts.items()))
+    tokens = token_table(corpus, tokenizer, model.max_seq_length, "columns", texts)
     label = label_column(corpus)
     rows = tokens.dataset.select_columns([f"ids_{c}" for c in columns])
     if label:
@@ -78,6 +83,7 @@ def training_inputs(
         columns=columns,
         label=label,
         merge=spec.from_embeddings,
+        prompt_lengths={c: prompt_length(tokenizer, t) for c, t in texts.items()} if excludes_prompt(model) else None,
     )
     if spec.shape in ("triplets", "texts"):
         # In-batch negatives: a text twice in a (global) batch would be its own negative.
@@ -91,26 +97,33 @@ def training_inputs(
     return rows, collate, sampler
 
 
-def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int]) -> tuple[Callable[[Any], dict[str, float]] | None, str]:
+def evaluator(
+    sets: dict[str, Any], batch_size: int, dims: Sequence[int], prompts: Mapping[str, str] | None = None
+) -> tuple[Callable[[Any], dict[str, float]] | None, str]:
     """The dev evaluation the loop runs, and the metric that picks best/. `sets`: STS `dev`/`test`
-    (scored pairs) and `retrieval_dev` ((anchor, positive) rows)."""
+    (scored pairs) and `retrieval_dev` ((anchor, positive) rows). `prompts`: column -> prompt name."""
     sts_dev, retrieval_dev = sets.get("dev"), sets.get("retrieval_dev")
     if sts_dev is None and retrieval_dev is None:
         return None, MAIN_METRIC
     ir = retrieval_evaluator(retrieval_dev, batch_size) if retrieval_dev is not None else None
+    names = dict(prompts or {})
 
     def evaluate(model) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if sts_dev is not None:
-            metrics.update(evaluate_sts_dims(model, sts_dev, batch_size, dims))
+            metrics.update(evaluate_sts_dims(model, sts_dev, batch_size, dims, column_prompts(model, names, STS_COLUMNS)))
         if ir is not None:
+            texts = column_prompts(model, names, ("anchor", "positive"))
+            ir.query_prompt, ir.corpus_prompt = texts.get("anchor"), texts.get("positive")
             metrics.update(evaluate_retrieval(model, ir))
         return metrics
 
     return evaluate, (MAIN_METRIC if sts_dev is not None else RETRIEVAL_MAIN_METRIC)
 
 
-def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int]) -> dict[str, Any]:
+def final_figures(
+    model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int], prompts: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """dev (the last evaluation, if it was at the last step), retrieval_dev and test figures of the final model."""
     report: dict[str, Any] = {}
     if evaluate is not None:
@@ -121,7 +134,7 @@ def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: i
         if sets.get("retrieval_dev") is not None:
             report["retrieval_dev"] = {k.removeprefix("retrieval_"): v for k, v in dev.items() if k.startswith("retrieval_")}
     if sets.get("test") is not None:
-        report["test"] = evaluate_sts_dims(model, sets["test"], batch_size, dims)
+        report["test"] = evaluate_sts_dims(model, sets["test"], batch_size, dims, column_prompts(model, prompts or {}, STS_COLUMNS))
     return report
 
 

@@ -170,7 +170,7 @@ class Collate:
 
 
 def training_inputs(
-    corpus: Corpus, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
+    corpus: Corpus, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1, prompts: Any = None
 ) -> tuple[datasets.Dataset, Collate, Any]:
     """Rows (texts, labels and the token ids of their pairs, from the token cache), the collator
     and the batch sampler."""
@@ -242,14 +242,14 @@ def evaluate_set(model: Any, ds: Any, batch_size: int) -> dict[str, float]:
     return {**metrics, **n}
 
 
-def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int] = ()) -> tuple[Callable | None, str]:
+def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int] = (), prompts: Any = None) -> tuple[Callable | None, str]:
     dev = sets.get("dev")
     if dev is None:
         return None, "spearman"
     return (lambda model: evaluate_set(model, dev, batch_size)), MAIN_METRICS[_shape_of(dev)]
 
 
-def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int] = ()) -> dict[str, Any]:
+def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int] = (), prompts: Any = None) -> dict[str, Any]:
     return dev_and_test(model, progress, evaluate, sets.get("test"), lambda m, ds: evaluate_set(m, ds, batch_size))
 
 

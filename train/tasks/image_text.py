@@ -128,7 +128,7 @@ class ClipStep:
 
 
 def training_inputs(
-    train_split: Any, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1
+    train_split: Any, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1, prompts: Any = None
 ) -> tuple[list[dict[str, Any]], Collate, Any]:
     """Rows (image reference, caption), the collator and the batch sampler."""
     rows = train_split.select_columns(["image", "text", "row"]).to_list()
@@ -216,7 +216,7 @@ def main_metric_of(ds: Any) -> str:
     return "zero_shot_accuracy" if "label" in ds.column_names else "image_to_text_recall@1"
 
 
-def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int] = ()) -> tuple[Callable | None, str]:
+def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int] = (), prompts: Any = None) -> tuple[Callable | None, str]:
     dev = sets.get("dev")
     if dev is None:
         return None, "zero_shot_accuracy"
@@ -228,7 +228,7 @@ def baseline_figures(model, sets: dict[str, Any], batch_size: int) -> dict[str, 
     return {f"{split}_before": evaluate_split(model, ds, batch_size) for split, ds in sets.items() if split in ("dev", "test")}
 
 
-def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int] = ()) -> dict[str, Any]:
+def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int] = (), prompts: Any = None) -> dict[str, Any]:
     return dev_and_test(model, progress, evaluate, sets.get("test"), lambda m, ds: evaluate_split(m, ds, batch_size))
 
 
