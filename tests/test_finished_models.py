@@ -38,6 +38,8 @@ def test_a_finished_model_trains_with_its_own_pooling_and_normalize(tiny_kure_di
     assert json.loads((final / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "cls"
     vectors = SentenceTransformer(str(final)).encode(PAIRS)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    card = (final / "README.md").read_text()
+    assert "**Pooling:** `cls`" in card and "Pooling(cls) -> Normalize" in card, "the card tells the model's own head, not the config's"
 
 
 def test_pooling_replace_swaps_a_finished_models_pooling_and_says_so(tiny_kure_dir, caplog):
@@ -156,6 +158,7 @@ def test_lora_trains_only_the_adapter_and_final_loads_with_bare_sentence_transfo
     counts = result["parameters"]
     assert 0 < counts["trainable"] < counts["total"] / 10
     assert json.loads((run_dir / "eval.json").read_text())["parameters"] == counts
+    assert "LoRA r=4 alpha=8" in (run_dir / "final" / "README.md").read_text()
     final = run_dir / "final"
     assert (final / "adapter_config.json").exists() and not (final / "model.safetensors").exists()
     adapter = load_file(str(final / "adapter_model.safetensors"))

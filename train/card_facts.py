@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from train.config import DataConfig, LossConfig, ModelConfig, to_plain
 
 
-def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], loss: object, num_labels: int, report: dict[str, Any]):
+def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], loss: object, num_labels: int, report: dict[str, Any], model: Any = None):
     """The plain facts of a run that its model cards tell (train/model_card.py)."""
     from train.config import TrainerConfig
     from train.model_card import DataFacts, RunFacts
@@ -28,8 +28,27 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         hub_id=d.hub_id if d.name == "hub" else None,
     )
     details: dict[str, Any] = {"max_seq_length": m.max_seq_length}
-    if task == "bi_encoder" and m.normalize:
+    pooling = cfg.pooling.mode.value if task == "bi_encoder" or (task == "image_text" and m.image_tower) else None
+    if task == "bi_encoder" and model is not None:
+        # What the model is, not what the config asked: a finished model keeps its own head.
+        from train.models.bi_encoder import describe
+
+        details["modules"] = describe(model)
+        pooling = next((mod.pooling_mode for mod in model if type(mod).__name__ == "Pooling"), pooling)
+        if getattr(model, "prompts", None) and any(model.prompts.values()):
+            details["prompts"] = {k: v for k, v in model.prompts.items() if v}
+        if d.prompts:
+            details["prompts in training (column: prompt)"] = dict(d.prompts)
+    elif task == "bi_encoder" and m.normalize:
         details["normalize"] = True
+    if cfg.get("peft") is not None and cfg.peft.method.value != "none":
+        p = cfg.peft
+        details["adapter"] = f"LoRA r={p.r} alpha={p.alpha} dropout={p.dropout}" + (f" on {list(p.target_modules)}" if p.target_modules else "") + (
+            " (merged into the weights)" if p.merge else " (final/ holds the adapter; it loads onto the base model)")
+    if report.get("parameters"):
+        details["parameters"] = f"{report['parameters']['trainable']:,} trainable of {report['parameters']['total']:,}"
+    if m.dtype is not None:
+        details["weights dtype"] = m.dtype.value
     if task == "image_text":
         details.update(image_tower=m.image_tower or "(the CLIP model's own)", image_pooling=m.image_pooling.value)
         details.update({k: v for k, v in (("projection_dim", m.projection_dim), ("freeze_text", m.freeze_text), ("freeze_image", m.freeze_image)) if v})
@@ -60,7 +79,7 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         data=data,
         hyperparameters=hyper,
         main_metric=report.get("main_metric", ""),
-        pooling=cfg.pooling.mode.value if task == "bi_encoder" or (task == "image_text" and m.image_tower) else None,
+        pooling=pooling,
         model_details=details,
         num_labels=num_labels,
         random_init=dict(m.random_init),

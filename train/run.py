@@ -108,7 +108,7 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
         "num_processes": state.num_processes,
         "parameters": trained_counts,
     }
-    facts = card_facts(cfg, splits, sets, loss, num_labels, out)
+    facts = card_facts(cfg, splits, sets, loss, num_labels, out, model)
     if state.is_main_process:
         checkpoint.write_json_atomic(run_dir / "eval.json", out)
         safely(write_cards, run_dir, facts, out, result.progress.history)
