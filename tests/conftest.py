@@ -99,6 +99,19 @@ def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def resume_from_checkpoint(cfg: DictConfig, run_dir: Path, into: Path, step: int = 3) -> dict:
+    """A run that "died" after its step-N checkpoint: only that checkpoint is copied into `into`,
+    then resumed there with trainer.resume=latest; returns the resumed run's eval.json."""
+    import shutil
+
+    from train.run import run
+
+    shutil.copytree(run_dir / "checkpoints" / f"step-{step}", into / "checkpoints" / f"step-{step}")
+    cfg = cfg.copy()
+    cfg.trainer.resume = "latest"
+    return run(cfg, run_dir=into)
+
+
 @pytest.fixture
 def tiny_cfg(tiny_model_dir):
     """Composes the real train config in debug mode on the tiny model and fixture files."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from safetensors.torch import load_file
 
 from train.evaluate import evaluate_run
 from train.run import run
-from tests.conftest import FIXTURES, compose_config, tiny_overrides
+from tests.conftest import FIXTURES, compose_config, tiny_overrides, resume_from_checkpoint
 
 NLI = ["data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}", f"data.dev_path={FIXTURES / 'nli_small.tsv'}", "data.max_train_samples=0"]
 CANDIDATES = ["data=candidates_file", f"data.train_path={FIXTURES / 'candidates_small.jsonl'}", f"data.dev_path={FIXTURES / 'candidates_small.jsonl'}"]
@@ -58,10 +57,7 @@ def test_evaluate_recognises_a_cross_encoder_and_gives_the_runs_figures(ce_run, 
 def test_cross_encoder_resume_from_a_checkpoint_ends_bit_identical(ce_run, tmp_path):
     cfg, run_dir, result = ce_run
     resumed_dir = tmp_path / "resumed"
-    shutil.copytree(run_dir / "checkpoints" / "step-3", resumed_dir / "checkpoints" / "step-3")
-    cfg = cfg.copy()
-    cfg.trainer.resume = "latest"
-    resumed = run(cfg, run_dir=resumed_dir)
+    resumed = resume_from_checkpoint(cfg, run_dir, resumed_dir)
     original = load_file(str(run_dir / "final" / "model.safetensors"))
     again = load_file(str(resumed_dir / "final" / "model.safetensors"))
     assert original.keys() == again.keys() and any(k.startswith("classifier") for k in original)

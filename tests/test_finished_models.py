@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
-from tests.conftest import FIXTURES, QWEN3_QUERY_PROMPT, compose_config, make_finished, tiny_overrides
+from tests.conftest import FIXTURES, QWEN3_QUERY_PROMPT, compose_config, make_finished, tiny_overrides, resume_from_checkpoint
 from train.errors import ConfigError
 from train.models.build import build_model
 from train.run import run
@@ -172,10 +171,7 @@ def test_lora_trains_only_the_adapter_and_final_loads_with_bare_sentence_transfo
 def test_lora_resume_from_a_checkpoint_ends_identical(lora_run, tmp_path):
     cfg, run_dir, result = lora_run
     resumed_dir = tmp_path / "resumed"
-    shutil.copytree(run_dir / "checkpoints" / "step-3", resumed_dir / "checkpoints" / "step-3")
-    cfg = cfg.copy()
-    cfg.trainer.resume = "latest"
-    resumed = run(cfg, run_dir=resumed_dir)
+    resumed = resume_from_checkpoint(cfg, run_dir, resumed_dir)
     original = load_file(str(run_dir / "final" / "adapter_model.safetensors"))
     again = load_file(str(resumed_dir / "final" / "adapter_model.safetensors"))
     for key in original:

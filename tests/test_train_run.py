@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 from train.errors import RunDirError, UserError
 from train.evaluate import evaluate_run
 from train.run import run
-from tests.conftest import FIXTURES, compose_config, tiny_overrides
+from tests.conftest import FIXTURES, compose_config, tiny_overrides, resume_from_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +65,7 @@ def test_resume_from_checkpoint_continues_at_the_next_step_and_ends_identical(fi
     cfg, run_dir, result = finished_run
     # A run that "died" after its step-3 checkpoint: only that checkpoint is in its dir.
     resumed_dir = tmp_path / "resumed"
-    shutil.copytree(run_dir / "checkpoints" / "step-3", resumed_dir / "checkpoints" / "step-3")
-    cfg.trainer.resume = "latest"
-    resumed = run(cfg, run_dir=resumed_dir)
+    resumed = resume_from_checkpoint(cfg, run_dir, resumed_dir)
     lines = [json.loads(line) for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
     original = load_file(str(run_dir / "final" / "model.safetensors"))

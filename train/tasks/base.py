@@ -1,4 +1,5 @@
-"""What the loop needs from a task: the loss of a batch, and what the batch held.
+"""What a task is (`Task`: the pieces run.py asks it for) and what the loop needs from it: the
+loss of a batch, and what the batch held.
 
 The loop (train/loop.py) knows no batch layout; a task's `TrainStep` does. Tasks themselves
 (train/tasks/bi_encoder.py, cross_encoder.py) also own their model, data shape, collation and
@@ -48,3 +49,27 @@ def dev_and_test(model: Any, progress: Any, evaluate: Callable | None, test_set:
     if test_set is not None:
         report["test"] = score(model, test_set)
     return report
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    # (loss shape) -> the shape of dev/test splits (None: the data's default)
+    eval_shape: Callable[[str], str | None]
+    # (train split: a cached Corpus for text tasks, model, loss spec, trainer settings, processes,
+    #  prompts: column -> prompt name, bi-encoder only)
+    # -> rows (a map-style dataset), collate, sampler
+    training_inputs: Callable[..., tuple[Any, Callable, Any]]
+    # (loss spec, collate of training_inputs) -> TrainStep
+    train_step: Callable[[Any, Any], Any]
+    # (eval sets, batch size, matryoshka dims, prompts) -> (evaluate(model) or None, main metric)
+    evaluator: Callable[..., tuple[Callable | None, str]]
+    # (model, progress, evaluate, eval sets, batch size, dims, prompts) -> the report in eval.json
+    final_figures: Callable[..., dict[str, Any]]
+    print_report: Callable[[dict[str, Any]], None]
+    # (data config, loss shape) -> (splits, the sets that score the model: dev, test, ...)
+    load_data: Callable[[Any, str], tuple[dict[str, Any], dict[str, Any]]]
+    # (model, eval sets, batch size) -> figures of the model before training, or None
+    baseline_figures: Callable[..., dict[str, Any]] | None = None
+    # What a training row is, for throughput (the progress bar, trackers, metrics.jsonl): <unit>/s.
+    unit: str = "pairs"

@@ -27,8 +27,7 @@ from train.evaluation import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrie
 from train.data.build import load_text_task_data
 from train.losses.registry import LossSpec
 from train.models.prompts import column_prompts, excludes_prompt, prompt_length
-from train.tasks import Task
-from train.tasks.base import BatchStats
+from train.tasks.base import Task, BatchStats
 
 log = logging.getLogger("train")
 STS_COLUMNS = ("sentence1", "sentence2")

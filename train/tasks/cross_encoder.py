@@ -28,8 +28,7 @@ from train.data.tokens import row_pairs, token_table
 from train.data.build import load_text_task_data
 from train.losses.registry import LossSpec
 from train.progress import long_eval
-from train.tasks import Task
-from train.tasks.base import BatchStats, dev_and_test
+from train.tasks.base import Task, BatchStats, dev_and_test
 
 log = logging.getLogger("train")
 

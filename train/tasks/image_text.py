@@ -30,8 +30,7 @@ from train.models.image_text import (
 )
 from train.losses.registry import LossSpec
 from train.progress import eval_bar, long_eval
-from train.tasks import Task
-from train.tasks.base import BatchStats, dev_and_test
+from train.tasks.base import Task, BatchStats, dev_and_test
 
 log = logging.getLogger("train")
 
