@@ -21,7 +21,8 @@ def imports_of(path: Path) -> set[str]:
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module)
+            # `from train.tasks import bi_encoder` imports the module train.tasks.bi_encoder.
+            out.update([node.module, *(f"{node.module}.{a.name}" for a in node.names)])
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
     return out
