@@ -314,7 +314,7 @@ def render_card(facts: RunFacts, figures: dict[str, dict[str, Any]], kind: str, 
 
 def final_figures(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The splits of eval.json (dev, test, retrieval_dev, dev_before, ...), final/'s figures."""
-    return {k: v for k, v in report.items() if k not in ("best", "stages") and isinstance(v, dict) and v}
+    return {k: v for k, v in report.items() if k not in ("best", "stages", "parameters") and isinstance(v, dict) and v}
 
 
 def best_figures(history: list[dict[str, Any]], best_step: int, main_metric: str, best_metric: float) -> dict[str, dict[str, Any]]:
