@@ -107,6 +107,8 @@ def resume_from_checkpoint(cfg: DictConfig, run_dir: Path, into: Path, step: int
     from train.run import run
 
     shutil.copytree(run_dir / "checkpoints" / f"step-{step}", into / "checkpoints" / f"step-{step}")
+    if (run_dir / "run_config.json").exists():  # the run's settings, written when it started
+        shutil.copy(run_dir / "run_config.json", into / "run_config.json")
     cfg = cfg.copy()
     cfg.trainer.resume = "latest"
     return run(cfg, run_dir=into)

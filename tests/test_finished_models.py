@@ -147,7 +147,7 @@ def lora_run(tiny_model_no_dropout_dir, tmp_path_factory):
 
 
 def test_peft_lora_brings_its_learning_rate_and_a_command_line_lr_wins():
-    assert compose_config(["peft=lora"]).trainer.lr == pytest.approx(2e-4)
+    assert compose_config(["peft=lora"]).trainer.lr == pytest.approx(5e-4)
     assert compose_config(["peft=lora", "trainer.lr=5e-5"]).trainer.lr == pytest.approx(5e-5)
     assert compose_config([]).trainer.lr == pytest.approx(2e-5)
 

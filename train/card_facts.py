@@ -70,6 +70,9 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         **({"loss.scale": c.scale} if c.scale is not None else {}),
         **({"loss.matryoshka_dims": list(c.matryoshka_dims)} if c.matryoshka_dims else {}),
         **({"train_seconds": report["train_seconds"]} if report.get("train_seconds") is not None else {}),
+        # trainer.resume_changed=allow: the run is not one recipe; the card says where it changed.
+        **({"changed on resume": "; ".join(f"{c['key']}: {c['old']} -> {c['new']} (from step {c['step']})" for c in report["resume_changes"])}
+           if report.get("resume_changes") else {}),
     )
     return RunFacts(
         task=task,

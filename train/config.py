@@ -50,6 +50,14 @@ class NanPolicy(str, Enum):
     skip = "skip"
 
 
+class ResumeChanged(str, Enum):
+    # A resume whose settings differ from the run's in a way that changes the result (model, data,
+    # loss, batch size, processes, lr and schedule, seed, precision): refuse it, or allow it (the
+    # change is recorded in eval.json and the model card).
+    refuse = "refuse"
+    allow = "allow"
+
+
 class MixedPrecision(str, Enum):
     # auto: bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with
     # AVX512-BF16 or AMX), else no. The forward pass runs under autocast; the loss, the
@@ -239,6 +247,8 @@ class TrainerConfig:
     keep_last: int = 0
     # A checkpoint dir, or `latest` (the newest complete checkpoint in this run dir).
     resume: Optional[str] = None
+    # A resume with settings that change the result (README, Stopping, resuming): refuse or allow.
+    resume_changed: ResumeChanged = ResumeChanged.refuse
     # Refuse to train into a run dir that already holds a finished run, unless true.
     overwrite: bool = False
     # A loss or gradient that is NaN/Inf: stop with a message (stop), or skip that update (skip).

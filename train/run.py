@@ -29,6 +29,7 @@ from train.config import LossConfig, TrainerConfig, to_plain
 from train.config_checks import check_train_config
 from train.loop import make_accelerator, train
 from train.model_card import RunFacts, write_cards, write_stages_card
+from train.resume_changes import check as resume_check, write as write_run_settings
 from train.tasks import get_task
 
 log = logging.getLogger("train")
@@ -47,6 +48,12 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     state = PartialState()
     resume_from = resolve_resume(settings.resume, run_dir)
     check_run_dir(run_dir, resume_from is not None, settings.overwrite)
+    # What the result depends on, kept beside the checkpoints: a resume with other settings is refused.
+    run_settings = {**OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "launch": {"num_processes": state.num_processes}}
+    resume_changes = resume_check(resume_from, run_settings, settings.resume_changed.value, load_progress(resume_from).step if resume_from else None)
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_settings(run_dir, run_settings, resume_changes)
 
     # Seeded before the model is built: a fresh head (the cross-encoder's classifier) must start
     # alike in every run with this seed, or a resumed run could not match an uninterrupted one.
@@ -107,6 +114,7 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
         "mixed_precision": result.mixed_precision,
         "num_processes": state.num_processes,
         "parameters": trained_counts,
+        **({"resume_changes": resume_changes} if resume_changes else {}),
     }
     facts = card_facts(cfg, splits, sets, loss, num_labels, out, model)
     if state.is_main_process:
