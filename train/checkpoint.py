@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from train.errors import RunDirError, UserError
+from train.errors import DiskFull, RunDirError, UserError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +154,18 @@ def save_checkpoint(accelerator: Any, to_save: Any, progress: Progress, target: 
     Every rank calls it: each writes its own RNG state into the shared dir."""
     main = accelerator.is_main_process
     tmp = temp_dir_for(target)
+    run_dir = Path(target).parent.parent
+    if main:
+        warn_if_short_of_space(Path(target).parent)
     accelerator.wait_for_everyone()
     if main:
         begin(target)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / ACCELERATE_STATE))
-    if main:
-        to_save.save(str(tmp), create_model_card=False)
-        (tmp / STATE_FILE).write_text(json.dumps(progress.__dict__, indent=1))
+    with space_errors(f"checkpoint {target}", run_dir, tmp):
+        accelerator.save_state(str(tmp / ACCELERATE_STATE))
+        if main:
+            to_save.save(str(tmp), create_model_card=False)
+            (tmp / STATE_FILE).write_text(json.dumps(progress.__dict__, indent=1))
     accelerator.wait_for_everyone()
     if main:
         commit(tmp, target, {"step": progress.step, "kind": "checkpoint"})
@@ -172,9 +176,55 @@ def save_model(accelerator: Any, to_save: Any, target: Path, manifest: dict) -> 
     """A model dir (final/, best/) written atomically by the main process."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with atomic_dir(target, manifest) as tmp:
+        with space_errors(str(target), Path(target).parent, temp_dir_for(target)), atomic_dir(target, manifest) as tmp:
             to_save.save(str(tmp), create_model_card=False)
     accelerator.wait_for_everyone()
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def warn_if_short_of_space(checkpoints: Path) -> None:
+    """Before a checkpoint: a warning while there is still time to act, when the disk has less
+    free space than the last checkpoint took."""
+    last = latest_checkpoint(checkpoints)
+    if last is None:
+        return
+    needed, free = dir_size(last), shutil.disk_usage(checkpoints).free
+    if free < needed:
+        log.warning(
+            "%s has %.1f MB free and the last checkpoint (%s) took %.1f MB: this checkpoint will probably not fit. "
+            "Free space, or lower trainer.keep_last.", checkpoints, free / 1e6, last.name, needed / 1e6,
+        )
+
+
+@contextmanager
+def space_errors(what: str, run_dir: Path, tmp: Path | None = None) -> Iterator[None]:
+    """A write that runs out of space ends with what is intact and how to resume (DiskFull), and
+    leaves no half-written dir behind."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFull(disk_full_message(what, run_dir)) from None
+
+
+def disk_full_message(what: str, run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    latest = latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+    free = shutil.disk_usage(run_dir).free if run_dir.exists() else None
+    needed = f"; the last checkpoint took {dir_size(latest) / 1e6:.1f} MB" if latest is not None else ""
+    intact = (f"Intact: {latest} (complete; nothing half-written is left)." if latest is not None
+              else "No complete checkpoint of this run yet; nothing half-written is left.")
+    return (
+        f"No space left on the device while writing {what} ({free / 1e6:.1f} MB free{needed}). {intact} "
+        f"Free space (or move the run dir to a larger disk) and resume with the same command plus "
+        f"hydra.run.dir={run_dir} trainer.resume=latest."
+    ) if free is not None else f"No space left on the device while writing {what}. {intact}"
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:

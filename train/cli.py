@@ -11,7 +11,7 @@ from pathlib import Path
 
 import datasets
 
-from train.errors import Preempted, UserError
+from train.errors import DiskFull, Preempted, UserError, is_disk_full
 
 log = logging.getLogger("train")
 
@@ -72,6 +72,10 @@ def user_errors() -> Iterator[None]:
         log.warning("%s", e)
         print(str(e), file=sys.stderr)
         sys.exit(Preempted.exit_code)
+    except DiskFull as e:
+        log.error("%s", e)
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(DiskFull.exit_code)
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -83,7 +87,14 @@ def user_errors() -> Iterator[None]:
             # batch has run; the Optuna sweeper tells Optuna the trial failed (conf/hpo/optuna.yaml).
             raise
         sys.exit(2)
-    except Exception:
+    except Exception as e:
+        if is_disk_full(e) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            # A write outside the checkpoints (the data cache, a tracker, eval.json) ran out of space.
+            where = getattr(e, "filename", None) or "a file"
+            log.error("No space left on the device while writing %s (%s)", where, e)
+            print(f"Error: no space left on the device while writing {where}. Checkpoints already written are complete; "
+                  "free space and run the same command again (add trainer.resume=latest to continue a run).", file=sys.stderr)
+            sys.exit(DiskFull.exit_code)
         if in_sweep():
             log.exception("This job of the sweep failed")  # into the job's log, for train.report
         raise

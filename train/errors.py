@@ -25,3 +25,25 @@ class Preempted(Exception):
     """Training stopped on SIGTERM/SIGINT after writing a checkpoint; the message says how to resume."""
 
     exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+class DiskFull(UserError):
+    """A write ran out of space (or quota); the message says what is intact and how to resume."""
+
+    exit_code = 74  # EX_IOERR: distinct from bad input (2) and preemption (75)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, is "no space left on device" (or over quota):
+    an OSError's errno, or the message of a library that wraps it (safetensors, Arrow)."""
+    import errno
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
