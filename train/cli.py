@@ -11,7 +11,7 @@ from pathlib import Path
 
 import datasets
 
-from train.errors import DiskFull, Preempted, UserError, is_disk_full
+from train.errors import DiskFull, PeerLost, Preempted, UserError, is_disk_full, is_peer_lost
 
 log = logging.getLogger("train")
 
@@ -88,6 +88,13 @@ def user_errors() -> Iterator[None]:
             raise
         sys.exit(2)
     except Exception as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and is_peer_lost(e) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            message = peer_lost_message(e)
+            log.error("%s", message)
+            print(f"Error: {message}", file=sys.stderr, flush=True)
+            # Not sys.exit: tearing the process group down would wait on the lost peer again.
+            logging.shutdown()
+            os._exit(PeerLost.exit_code)
         if is_disk_full(e) and os.environ.get("HYDRA_FULL_ERROR") != "1":
             # A write outside the checkpoints (the data cache, a tracker, eval.json) ran out of space.
             where = getattr(e, "filename", None) or "a file"
@@ -98,3 +105,26 @@ def user_errors() -> Iterator[None]:
         if in_sweep():
             log.exception("This job of the sweep failed")  # into the job's log, for train.report
         raise
+
+
+def peer_lost_message(error: BaseException) -> str:
+    """Which process gave up and why, the last complete checkpoint, and the command that resumes."""
+    from train.checkpoint import latest_checkpoint
+    from train.distributed import collective_timeout
+
+    rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    node = os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or os.environ.get("MACHINE_RANK") or "?"
+    cause = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    try:
+        run_dir: Path | None = run_dir_from_hydra()
+    except RuntimeError:
+        run_dir = None
+    latest = latest_checkpoint(run_dir / "checkpoints") if run_dir is not None and (run_dir / "checkpoints").is_dir() else None
+    return (
+        f"Process {rank} of {world} (node {node}) lost a peer: another process or machine of this run died or stopped "
+        f"answering (no answer is waited for longer than EMBED_DIST_TIMEOUT_S={int(collective_timeout().total_seconds())} s). "
+        f"The backend said: {cause[:300]}. "
+        + (f"Last complete checkpoint: {latest}. " if latest is not None else "No checkpoint of this run is complete yet. ")
+        + (f"Resume by launching every machine again with the same command plus hydra.run.dir={run_dir} trainer.resume=latest."
+           if run_dir is not None else "Resume by launching every machine again with trainer.resume=latest.")
+    )

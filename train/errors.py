@@ -47,3 +47,28 @@ def is_disk_full(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+class PeerLost(Exception):
+    """Another process of a multi-process run died or stopped answering."""
+
+    exit_code = 76  # distinct from bad input (2), a full disk (74) and preemption (75)
+
+
+# What torch.distributed's backends say when a peer is gone: gloo (its connection closed or reset, or
+# no answer within the timeout) and NCCL (the watchdog's timeout, an aborted communicator).
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out",
+               "Socket Timeout", "Watchdog caught collective operation timeout", "NCCL communicator was aborted",
+               "remote process exited", "Connection refused")
+
+
+def is_peer_lost(error: BaseException | None) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError"):
+            return True
+        if isinstance(error, RuntimeError) and any(sign in str(error) for sign in _PEER_SIGNS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
