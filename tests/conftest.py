@@ -114,6 +114,17 @@ def resume_from_checkpoint(cfg: DictConfig, run_dir: Path, into: Path, step: int
     return run(cfg, run_dir=into)
 
 
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
+    """Two safetensors files hold the same tensors (to `atol`)."""
+    import torch
+    from safetensors.torch import load_file
+
+    first, second = load_file(str(a)), load_file(str(b))
+    assert first.keys() == second.keys() and first
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=0, atol=atol)
+
+
 @pytest.fixture
 def tiny_cfg(tiny_model_dir):
     """Composes the real train config in debug mode on the tiny model and fixture files."""

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
-from tests.conftest import FIXTURES, QWEN3_QUERY_PROMPT, compose_config, make_finished, tiny_overrides, resume_from_checkpoint
+from tests.conftest import FIXTURES, QWEN3_QUERY_PROMPT, compose_config, make_finished, tiny_overrides, assert_same_weights, resume_from_checkpoint
 from train.errors import ConfigError
 from train.models.build import build_model
 from train.run import run
@@ -172,10 +172,7 @@ def test_lora_resume_from_a_checkpoint_ends_identical(lora_run, tmp_path):
     cfg, run_dir, result = lora_run
     resumed_dir = tmp_path / "resumed"
     resumed = resume_from_checkpoint(cfg, run_dir, resumed_dir)
-    original = load_file(str(run_dir / "final" / "adapter_model.safetensors"))
-    again = load_file(str(resumed_dir / "final" / "adapter_model.safetensors"))
-    for key in original:
-        torch.testing.assert_close(again[key], original[key], rtol=0, atol=1e-6)
+    assert_same_weights(run_dir / "final" / "adapter_model.safetensors", resumed_dir / "final" / "adapter_model.safetensors")
     assert resumed["dev"]["spearman_cosine"] == pytest.approx(result["dev"]["spearman_cosine"], abs=1e-6)
 
 

@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 from train.errors import RunDirError, UserError
 from train.evaluate import evaluate_run
 from train.run import run
-from tests.conftest import FIXTURES, compose_config, tiny_overrides, resume_from_checkpoint
+from tests.conftest import FIXTURES, compose_config, tiny_overrides, assert_same_weights, resume_from_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +68,7 @@ def test_resume_from_checkpoint_continues_at_the_next_step_and_ends_identical(fi
     resumed = resume_from_checkpoint(cfg, run_dir, resumed_dir)
     lines = [json.loads(line) for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
-    original = load_file(str(run_dir / "final" / "model.safetensors"))
-    again = load_file(str(resumed_dir / "final" / "model.safetensors"))
-    for key in original:
-        torch.testing.assert_close(again[key], original[key], rtol=0, atol=1e-6)
+    assert_same_weights(run_dir / "final" / "model.safetensors", resumed_dir / "final" / "model.safetensors")
     assert resumed["dev"]["spearman_cosine"] == pytest.approx(result["dev"]["spearman_cosine"], abs=1e-6)
 
 
