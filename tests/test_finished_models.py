@@ -281,3 +281,12 @@ def test_each_preset_runs_on_a_tiny_model_of_its_architecture(preset, fixture, t
     if preset == "e5_large_instruct":
         saved = SentenceTransformer(str(tmp_path / "run" / "final"))
         assert saved.prompts["sts"].startswith("Instruct: Retrieve semantically similar text.")
+
+
+@pytest.mark.parametrize("setting", ["peft=lora", "model.dtype=bfloat16", "model.gradient_checkpointing=true", "+data.prompts.text=query"])
+def test_settings_of_text_models_are_refused_for_image_text(setting):
+    # Not silently ignored: the image–text models are built without them.
+    from train.config_checks import check_train_config
+
+    with pytest.raises(ConfigError, match="task=image_text"):
+        check_train_config(compose_config(["task=image_text", setting]))

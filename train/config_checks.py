@@ -131,6 +131,8 @@ def _task_data_problems(cfg: DictConfig) -> list[str]:
         return [f"data.prompts with task={task} (prompts apply to a bi-encoder's texts)"]
     if task == "image_text" and "peft" in cfg and cfg.peft.method.value != "none":
         return ["peft with task=image_text (adapters apply to task=bi_encoder and task=cross_encoder)"]
+    if task == "image_text" and (cfg.model.get("dtype") is not None or cfg.model.get("gradient_checkpointing")):
+        return ["model.dtype and model.gradient_checkpointing with task=image_text (they apply to task=bi_encoder and task=cross_encoder)"]
     return []
 
 
