@@ -71,3 +71,14 @@ def test_a_checkpoint_that_will_not_fit_is_warned_about_before_it_is_written(tmp
     with caplog.at_level(logging.WARNING):
         checkpoint.warn_if_short_of_space(tmp_path / "checkpoints")
     assert "this checkpoint will probably not fit" in caplog.text and "step-3" in caplog.text
+
+
+def test_a_full_data_cache_ends_cleanly_and_leaves_no_half_built_entry(tiny_model_dir, tmp_path):
+    with small_disk(tmp_path / "cache", 1) as cache:
+        # 8 KB left: the first cache entry does not fit.
+        (cache / "filler").write_bytes(b"0" * (1024 * 1024 - 8 * 1024))
+        done = run_train(tmp_path / "run", tiny_model_dir, f"data.cache_dir={cache}")
+        assert done.returncode == DiskFull.exit_code, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr and "No space left on the device while writing" in done.stderr
+        assert "run the same command again" in done.stderr
+        assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")], "a half-built cache entry was left"

@@ -213,18 +213,22 @@ def space_errors(what: str, run_dir: Path, tmp: Path | None = None) -> Iterator[
         raise DiskFull(disk_full_message(what, run_dir)) from None
 
 
-def disk_full_message(what: str, run_dir: Path) -> str:
+def disk_full_message(what: str, run_dir: Path, on_run_disk: bool = True) -> str:
+    """What ran out of space, the space left (when the write was to the run dir's disk), what is
+    intact and how to resume."""
     run_dir = Path(run_dir)
     latest = latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
-    free = shutil.disk_usage(run_dir).free if run_dir.exists() else None
-    needed = f"; the last checkpoint took {dir_size(latest) / 1e6:.1f} MB" if latest is not None else ""
+    space = ""
+    if on_run_disk and run_dir.exists():
+        space = f" ({shutil.disk_usage(run_dir).free / 1e6:.1f} MB free" + (f"; the last checkpoint took {dir_size(latest) / 1e6:.1f} MB)" if latest else ")")
     intact = (f"Intact: {latest} (complete; nothing half-written is left)." if latest is not None
               else "No complete checkpoint of this run yet; nothing half-written is left.")
     return (
-        f"No space left on the device while writing {what} ({free / 1e6:.1f} MB free{needed}). {intact} "
-        f"Free space (or move the run dir to a larger disk) and resume with the same command plus "
-        f"hydra.run.dir={run_dir} trainer.resume=latest."
-    ) if free is not None else f"No space left on the device while writing {what}. {intact}"
+        f"No space left on the device while writing {what}{space}. {intact} Free space (or move the run dir, or "
+        "data.cache_dir, to a larger disk) and "
+        + (f"resume with the same command plus hydra.run.dir={run_dir} trainer.resume=latest." if latest is not None
+           else "run the same command again.")
+    )
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:

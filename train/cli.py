@@ -97,10 +97,16 @@ def user_errors() -> Iterator[None]:
             os._exit(PeerLost.exit_code)
         if is_disk_full(e) and os.environ.get("HYDRA_FULL_ERROR") != "1":
             # A write outside the checkpoints (the data cache, a tracker, eval.json) ran out of space.
-            where = getattr(e, "filename", None) or "a file"
-            log.error("No space left on the device while writing %s (%s)", where, e)
-            print(f"Error: no space left on the device while writing {where}. Checkpoints already written are complete; "
-                  "free space and run the same command again (add trainer.resume=latest to continue a run).", file=sys.stderr)
+            from train.checkpoint import disk_full_message
+
+            filename = getattr(e, "filename", None)
+            where = str(filename) if filename else f"the run dir or the data cache ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+            try:
+                message = disk_full_message(where, run_dir_from_hydra(), on_run_disk=False)
+            except RuntimeError:  # no Hydra run dir (a plain call)
+                message = f"No space left on the device while writing {where}. Free space and run the same command again."
+            log.error("%s", message)
+            print(f"Error: {message}", file=sys.stderr)
             sys.exit(DiskFull.exit_code)
         if in_sweep():
             log.exception("This job of the sweep failed")  # into the job's log, for train.report
