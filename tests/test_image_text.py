@@ -249,7 +249,8 @@ def test_cached_clip_is_clips_loss_through_gradcache(tiny_model_dir):
     from train.data.images import load_image_text_splits
     from train.models.image_text import image_processor_of, text_encoder_of
     from train.losses.registry import build_loss
-    from train.tasks.image_text import ClipStep, Collate, build_model
+    from train.models.image_text import build_image_text_model as build_model
+    from train.tasks.image_text import ClipStep, Collate
 
     torch.manual_seed(0)
     model = build_model(str(tiny_model_dir), 32, "mean", False, None, None, image_tower="scratch",

@@ -56,7 +56,7 @@ def test_two_processes_one_run_dir_and_the_same_weights_as_one_process(tiny_mode
         assert report["retrieval_dev"][key] == pytest.approx(one["retrieval_dev"][key], abs=1e-6)
 
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
-        "__main__.log", "best", "checkpoints", "eval.json", "final", "metrics.jsonl"
+        "__main__.log", "best", "checkpoints", "eval.json", "final", "metrics.jsonl", "run_config.json"
     ]
     assert sorted(p.name for p in (run / "checkpoints" / "step-3" / "accelerate_state").glob("random_states_*")) == [
         "random_states_0.pkl", "random_states_1.pkl"
