@@ -74,3 +74,17 @@ def test_the_survivor_names_the_lost_peer_the_intact_checkpoint_and_how_to_resum
     assert f"exitcode  : {PeerLost.exit_code}" in err or f"exit code {PeerLost.exit_code}" in err or f"exitcode: {PeerLost.exit_code}" in err, err[-3000:]
     if how == "silent":
         assert 15 <= waited < 120, waited
+
+
+def test_only_the_backends_signs_of_a_lost_peer_count():
+    from train.errors import is_peer_lost
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:41234")
+    assert is_peer_lost(gloo) and is_peer_lost(RuntimeError("... Timed out waiting 20000ms for send operation to complete"))
+    try:
+        raise ValueError("while reducing gradients") from gloo
+    except ValueError as wrapped:
+        assert is_peer_lost(wrapped)
+    # A tracker's or a download's network timeout is not a lost peer.
+    assert not is_peer_lost(RuntimeError("HTTPSConnectionPool: Read timed out. (read timeout=10)"))
+    assert not is_peer_lost(ConnectionRefusedError("[Errno 111] Connection refused"))

@@ -57,9 +57,9 @@ class PeerLost(Exception):
 
 # What torch.distributed's backends say when a peer is gone: gloo (its connection closed or reset, or
 # no answer within the timeout) and NCCL (the watchdog's timeout, an aborted communicator).
-_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out",
-               "Socket Timeout", "Watchdog caught collective operation timeout", "NCCL communicator was aborted",
-               "remote process exited", "Connection refused")
+# Narrow on purpose: a network timeout of a tracker or a download is not a lost peer.
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "Socket Timeout",
+               "Watchdog caught collective operation timeout", "NCCL communicator was aborted")
 
 
 def is_peer_lost(error: BaseException | None) -> bool:
