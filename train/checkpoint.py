@@ -176,7 +176,7 @@ def save_model(accelerator: Any, to_save: Any, target: Path, manifest: dict) -> 
     """A model dir (final/, best/) written atomically by the main process."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with space_errors(str(target), Path(target).parent, temp_dir_for(target)), atomic_dir(target, manifest) as tmp:
+        with space_errors(str(target), Path(target).parent), atomic_dir(target, manifest) as tmp:
             to_save.save(str(tmp), create_model_card=False)
     accelerator.wait_for_everyone()
 

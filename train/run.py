@@ -49,8 +49,9 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     resume_from = resolve_resume(settings.resume, run_dir)
     check_run_dir(run_dir, resume_from is not None, settings.overwrite)
     # What the result depends on, kept beside the checkpoints: a resume with other settings is refused.
+    resumed_step = load_progress(resume_from).step if resume_from is not None else None
     run_settings = {**OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "launch": {"num_processes": state.num_processes}}
-    resume_changes = resume_check(resume_from, run_settings, settings.resume_changed.value, load_progress(resume_from).step if resume_from else None)
+    resume_changes = resume_check(resume_from, run_settings, settings.resume_changed.value, resumed_step)
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_settings(run_dir, run_settings, resume_changes)
@@ -70,7 +71,6 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     dims = list(loss_cfg.matryoshka_dims)
     evaluate, main_metric = task.evaluator(sets, settings.eval_batch_size, dims, prompts)
     before = task.baseline_figures(model, sets, settings.eval_batch_size) if task.baseline_figures else {}
-    resumed_step = load_progress(resume_from).step if resume_from is not None else None
     trackers = tracking.build(settings.report_to, run_dir, settings.project_name, resumed_step)
     accelerator = make_accelerator(settings, log_with=trackers)
     # The trackers get the resolved config, the loop's metrics and, at the last step, the test figures.

@@ -45,7 +45,7 @@ def add_lora(model: nn.Module, settings: LoraSettings, task: str) -> None:
     try:
         from peft import LoraConfig, TaskType
     except ImportError:
-        raise ConfigError("peft=lora needs the peft package: pip install peft (or pip install embed-train[peft]).") from None
+        raise ConfigError("peft=lora needs the peft package (a dependency of this project): pip install 'peft>=0.20'.") from None
     auto_model = transformer_of(model)
     config = LoraConfig(
         r=settings.r,

@@ -17,7 +17,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
 from train.errors import ModelLoadError
-from train.models.sources import _load_transformer, check_max_seq_length, has_file, load_from_sources
+from train.models.sources import load_transformer, check_max_seq_length, has_file, load_from_sources
 
 log = logging.getLogger("train")
 
@@ -76,7 +76,7 @@ def build_sentence_transformer(
     def load(source: str, local_only: bool):
         if has_file(source, local_only, "modules.json"):
             return SentenceTransformer(source, local_files_only=local_only, model_kwargs=kwargs or None)
-        return _load_transformer(source, max_seq_length, kwargs, local_only)
+        return load_transformer(source, max_seq_length, kwargs, local_only)
 
     loaded = load_from_sources(name, offline_package, load, "the model")
     if isinstance(loaded, SentenceTransformer):

@@ -49,7 +49,7 @@ def package_model_dir(package: str) -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
-def _load_transformer(source: str, max_seq_length: int, model_kwargs: dict, local_only: bool, head: dict | None = None) -> Transformer:
+def load_transformer(source: str, max_seq_length: int, model_kwargs: dict, local_only: bool, head: dict | None = None) -> Transformer:
     extra = {"local_files_only": True} if local_only else {}
     head = head or {}
     return Transformer(
@@ -73,7 +73,7 @@ def load_backbone(
     """The transformer module (`head`: e.g. a sequence-classification head with num_labels outputs)."""
     kwargs = {**(model_kwargs or {}), **({"attn_implementation": attn_implementation} if attn_implementation else {})}
     return load_from_sources(
-        name, offline_package, lambda source, local_only: _load_transformer(source, max_seq_length, kwargs, local_only, head), "the backbone"
+        name, offline_package, lambda source, local_only: load_transformer(source, max_seq_length, kwargs, local_only, head), "the backbone"
     )
 
 
