@@ -219,12 +219,37 @@ def make_tiny_xlmr(out: Path) -> Path:
         max_position_embeddings=130, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
     )
-    from train.models.random_init import drop_token_types
+    from train.models.token_types import drop_unused_token_types
 
     XLMRobertaModel(config).save_pretrained(out)
+    drop_unused_token_types(tokenizer, config)  # bge-m3's own tokenizer returns no token types either
     tokenizer.save_pretrained(out)
-    drop_token_types(out, tokenizer)
     return out
+
+
+def make_tiny_klue_roberta(out: Path) -> Path:
+    """klue/roberta-base's layout, tiny and random: a RoBERTa with one token type
+    (`type_vocab_size=1`, positions after the padding index) saved with a BERT tokenizer that
+    returns token_type_ids, 1 on a pair's second text, exactly as klue ships it."""
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+
+    tokenizer = minilm_tokenizer()
+    assert "token_type_ids" in tokenizer.model_input_names
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=130, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+    )
+    RobertaModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_klue_dir(tmp_path_factory) -> Path:
+    return make_tiny_klue_roberta(tmp_path_factory.mktemp("tiny-klue-roberta"))
 
 
 def make_finished(backbone: Path, out: Path, pooling: str, normalize: bool = True, prompts: dict | None = None,

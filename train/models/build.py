@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 from sentence_transformers import SentenceTransformer
 
 from train.config import ModelConfig, PeftConfig, PoolingConfig, to_plain
+from train.models.token_types import fit_token_types
 
 log = logging.getLogger("train")
 
@@ -41,6 +42,7 @@ def build_model(
 
         model_kwargs["dtype"] = getattr(torch, m.dtype.value)
     built = _build(task, m, p, name, package, num_labels, model_kwargs)
+    fit_token_types(built)
     _memory_and_adapters(built, m, a, task)
     return built
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from train.errors import ConfigError
 from train.models.sources import load_tokenizer
+from train.models.token_types import drop_unused_token_types
 
 
 def random_model_dir(name: str, offline_package: str | None, architecture: dict, cache_root: str | Path | None = None) -> Path:
@@ -36,22 +37,10 @@ def random_model_dir(name: str, offline_package: str | None, architecture: dict,
 
         torch.manual_seed(0)
         AutoModel.from_config(config).save_pretrained(out)
+        drop_unused_token_types(tokenizer, config)
         tokenizer.save_pretrained(out)
-        if getattr(config, "type_vocab_size", 2) < 2:
-            drop_token_types(out, tokenizer)
         return {"model_type": model_type}
 
     key = {"what": "random-model", "config": config.to_dict(), "tokenizer": name, "vocab": len(tokenizer)}
     entry = cache.cached(cache.resolve_cache_dir(cache_root), "random-models", key, build, f"random {model_type} weights")
     return entry.file("config.json").parent
-
-
-def drop_token_types(folder: Path, tokenizer) -> None:
-    """Saves `folder`'s tokenizer without token type ids, for a model with one token type
-    (RoBERTa, XLM-R): a BERT tokenizer's second-segment type ids would index past it."""
-    import json
-
-    settings_file = Path(folder) / "tokenizer_config.json"
-    saved = json.loads(settings_file.read_text())
-    saved["model_input_names"] = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
-    settings_file.write_text(json.dumps(saved, indent=2, ensure_ascii=False))

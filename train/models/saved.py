@@ -7,6 +7,7 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 
 from train.errors import ModelLoadError
+from train.models.token_types import fit_token_types
 
 
 def _has_image_encoder(path: Path) -> bool:
@@ -53,7 +54,10 @@ def load_saved_model(path: str | Path):
         if saved_model_kind(path) == "cross_encoder":
             from sentence_transformers.cross_encoder import CrossEncoder
 
-            return CrossEncoder(str(path), local_files_only=True)
-        return SentenceTransformer(str(path), local_files_only=True)
+            model = CrossEncoder(str(path), local_files_only=True)
+        else:
+            model = SentenceTransformer(str(path), local_files_only=True)
     except Exception as e:
         raise ModelLoadError(f"checkpoint={path}: could not be loaded ({type(e).__name__}: {e}).") from None
+    fit_token_types(model)  # a model saved elsewhere (or before this fix) with a BERT tokenizer on RoBERTa
+    return model
