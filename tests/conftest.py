@@ -247,6 +247,37 @@ def make_tiny_klue_roberta(out: Path) -> Path:
     return out
 
 
+CUSTOM_CONFIG = """from transformers import BertConfig
+
+
+class TinyCustomConfig(BertConfig):
+    model_type = "tiny-custom-bert"
+"""
+CUSTOM_MODEL = """from transformers import BertModel
+
+from .configuration_tiny_custom import TinyCustomConfig
+
+
+class TinyCustomModel(BertModel):
+    config_class = TinyCustomConfig
+"""
+
+
+def make_tiny_custom_code(out: Path) -> Path:
+    """A model with its own Python code (config.json `auto_map`), as jina, gte-multilingual and
+    nomic ship theirs: the tiny BERT under a model type transformers does not know."""
+    import json
+
+    make_tiny_bert(out)
+    (out / "configuration_tiny_custom.py").write_text(CUSTOM_CONFIG)
+    (out / "modeling_tiny_custom.py").write_text(CUSTOM_MODEL)
+    config = json.loads((out / "config.json").read_text())
+    config.update(model_type="tiny-custom-bert", architectures=["TinyCustomModel"], auto_map={
+        "AutoConfig": "configuration_tiny_custom.TinyCustomConfig", "AutoModel": "modeling_tiny_custom.TinyCustomModel"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_klue_dir(tmp_path_factory) -> Path:
     return make_tiny_klue_roberta(tmp_path_factory.mktemp("tiny-klue-roberta"))

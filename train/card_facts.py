@@ -49,6 +49,8 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         details["parameters"] = f"{report['parameters']['trainable']:,} trainable of {report['parameters']['total']:,}"
     if m.dtype is not None:
         details["weights dtype"] = m.dtype.value
+    if m.trust_remote_code:
+        details["trust_remote_code"] = "true (the model runs its own Python code; loading it needs trust_remote_code=True)"
     if task == "image_text":
         details.update(image_tower=m.image_tower or "(the CLIP model's own)", image_pooling=m.image_pooling.value)
         details.update({k: v for k, v in (("projection_dim", m.projection_dim), ("freeze_text", m.freeze_text), ("freeze_image", m.freeze_image)) if v})

@@ -105,6 +105,9 @@ class ModelConfig:
     random_init: dict[str, Any] = field(default_factory=dict)
     # transformers' attention implementation: sdpa, eager, flash_attention_2; null = library default.
     attn_implementation: Optional[str] = None
+    # Run the model's own Python code (a config.json `auto_map`: jina, gte-multilingual, nomic).
+    # Only for a model whose code you trust; false: such a model is refused with this key's name.
+    trust_remote_code: bool = False
     # task=image_text. A vision model (Hub id or folder) paired with `name` as the text tower, or
     # `scratch`: a ViT built from image_config and trained from scratch. null: `name` is one
     # CLIP-architecture model (CLIP, SigLIP) that embeds both.

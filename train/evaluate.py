@@ -70,7 +70,7 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         check_scorable(splits[split], str(data_cfg.get(f"{split}_path") or f"data={cfg.data.name} ({split} split)"))
 
     if cfg.checkpoint:
-        model = load_saved_model(cfg.checkpoint)
+        model = load_saved_model(cfg.checkpoint, cfg.model.trust_remote_code)
         model_name = str(cfg.checkpoint)
     else:
         model = build_model(cfg.model, cfg.pooling, task=kind)

@@ -128,7 +128,7 @@ def load_bi_encoder(cfg: DictConfig):
             f"checkpoint={cfg.checkpoint} is a CrossEncoder (a reranker): it scores a pair but gives no embedding, "
             "so it cannot search a corpus. Mine with a bi-encoder: a task=bi_encoder run's final/, or model=minilm."
         )
-    return load_saved_model(cfg.checkpoint)
+    return load_saved_model(cfg.checkpoint, cfg.model.trust_remote_code)
 
 
 def search_depth(cfg: DictConfig, max_positives: int) -> int:

@@ -176,14 +176,14 @@ def check_saved_kind(path: str, key: str, kind: str) -> None:
         )
 
 
-def load_model_as(path: str, key: str, kind: str):
+def load_model_as(path: str, key: str, kind: str, trust_remote_code: bool = False):
     """The saved model at `path` (given as `key=`), refused unless it is a `kind` model."""
     from train.models.saved import load_saved_model
 
     check_saved_kind(path, key, kind)
     where = Path(path).expanduser()
     try:
-        model = load_saved_model(where)
+        model = load_saved_model(where, trust_remote_code)
     except ModelLoadError as e:
         # Its message names checkpoint=, the key of train.evaluate.
         raise ModelLoadError(str(e).replace("checkpoint=", f"{key}=", 1)) from None
@@ -198,10 +198,10 @@ def load_model_as(path: str, key: str, kind: str):
 def load_models(cfg: DictConfig) -> tuple[Any, str, Any | None]:
     """(bi-encoder, its name, cross-encoder or None), both in eval mode."""
     if cfg.bi_encoder:
-        bi, bi_name = load_model_as(cfg.bi_encoder, "bi_encoder", "bi_encoder"), str(cfg.bi_encoder)
+        bi, bi_name = load_model_as(cfg.bi_encoder, "bi_encoder", "bi_encoder", cfg.model.trust_remote_code), str(cfg.bi_encoder)
     else:
         bi, bi_name = build_model(cfg.model, cfg.pooling).eval(), cfg.model.name
-    cross = load_model_as(cfg.cross_encoder, "cross_encoder", "cross_encoder") if cfg.cross_encoder else None
+    cross = load_model_as(cfg.cross_encoder, "cross_encoder", "cross_encoder", cfg.model.trust_remote_code) if cfg.cross_encoder else None
     return bi, bi_name, cross
 
 

@@ -67,6 +67,7 @@ def build_sentence_transformer(
     prompts: dict[str, str] | None = None,
     default_prompt_name: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
 ) -> SentenceTransformer:
     """The bi-encoder the loop trains. `prompts` (name -> text) are added to the model's own (a name
     given here wins) and saved with it; `default_prompt_name` replaces the model's own default
@@ -75,8 +76,8 @@ def build_sentence_transformer(
 
     def load(source: str, local_only: bool):
         if has_file(source, local_only, "modules.json"):
-            return SentenceTransformer(source, local_files_only=local_only, model_kwargs=kwargs or None)
-        return load_transformer(source, max_seq_length, kwargs, local_only)
+            return SentenceTransformer(source, local_files_only=local_only, model_kwargs=kwargs or None, trust_remote_code=trust_remote_code)
+        return load_transformer(source, max_seq_length, kwargs, local_only, trust_remote_code=trust_remote_code)
 
     loaded = load_from_sources(name, offline_package, load, "the model")
     if isinstance(loaded, SentenceTransformer):

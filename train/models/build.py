@@ -33,7 +33,7 @@ def build_model(
     if m.random_init:
         from train.models.random_init import random_model_dir
 
-        name, package = str(random_model_dir(m.name, m.offline_package, dict(m.random_init))), None
+        name, package = str(random_model_dir(m.name, m.offline_package, dict(m.random_init), trust_remote_code=m.trust_remote_code)), None
         log.info("Random weights (model.random_init, %s) with %s's tokenizer: a speed and memory workload, "
                  "no quality claim", m.random_init.get("model_type"), m.name)
     model_kwargs = {}
@@ -51,7 +51,7 @@ def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str 
     if task == "cross_encoder":
         from train.models.cross_encoder import build_cross_encoder
 
-        return build_cross_encoder(name, m.max_seq_length, num_labels, package, m.attn_implementation, model_kwargs)
+        return build_cross_encoder(name, m.max_seq_length, num_labels, package, m.attn_implementation, model_kwargs, m.trust_remote_code)
     if task == "image_text":
         from train.models.image_text import build_image_text_model
 
@@ -59,13 +59,14 @@ def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str 
             name, m.max_seq_length, p.mode.value, m.normalize, package, m.attn_implementation,
             image_tower=m.image_tower, image_config=dict(m.image_config), image_pooling=m.image_pooling.value,
             projection_dim=m.projection_dim, freeze_text=m.freeze_text, freeze_image=m.freeze_image,
+            trust_remote_code=m.trust_remote_code,
         )
     from train.models.bi_encoder import build_sentence_transformer
 
     return build_sentence_transformer(
         name, m.max_seq_length, p.mode.value, m.normalize, package, m.attn_implementation,
         replace_pooling=p.replace, include_prompt=p.include_prompt, prompts=dict(m.prompts),
-        default_prompt_name=m.default_prompt_name, model_kwargs=model_kwargs,
+        default_prompt_name=m.default_prompt_name, model_kwargs=model_kwargs, trust_remote_code=m.trust_remote_code,
     )
 
 

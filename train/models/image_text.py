@@ -62,9 +62,9 @@ def scratch_vit_dir(config: dict[str, Any], into: Path) -> Path:
     return into
 
 
-def _image_tower(name: str, config: dict[str, Any], attn_implementation: str | None) -> Transformer:
+def _image_tower(name: str, config: dict[str, Any], attn_implementation: str | None, trust_remote_code: bool = False) -> Transformer:
     if name != SCRATCH:
-        return load_backbone(name, 0, attn_implementation=attn_implementation)
+        return load_backbone(name, 0, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     with tempfile.TemporaryDirectory() as tmp:
         # Loaded into memory here; the saved model later carries its own copy.
         return Transformer(str(scratch_vit_dir(config, Path(tmp))), model_kwargs={"local_files_only": True})
@@ -80,12 +80,13 @@ def build_dual_encoder(
     offline_package: str | None = None,
     image_config: dict[str, Any] | None = None,
     attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
 ) -> SentenceTransformer:
     """Text tower -> pooling [-> projection] and image tower -> pooling -> projection, by modality.
     projection_dim None: the text tower's own space is the shared one (only the image tower is
     projected into it), so a pretrained text encoder keeps its geometry (LiT's locked text)."""
-    text = load_backbone(text_name, max_seq_length, offline_package, attn_implementation)
-    image = _image_tower(image_name, image_config or {}, attn_implementation)
+    text = load_backbone(text_name, max_seq_length, offline_package, attn_implementation, trust_remote_code=trust_remote_code)
+    image = _image_tower(image_name, image_config or {}, attn_implementation, trust_remote_code)
     if "image" not in image.modalities:
         raise ModelLoadError(f"model.image_tower={image_name}: not a vision model (it takes {image.modalities})")
     text_dim, image_dim = text.get_embedding_dimension(), image.get_embedding_dimension()
@@ -99,12 +100,14 @@ def build_dual_encoder(
     return SentenceTransformer(modules=[Router(sub_modules={"text": text_route, "image": image_route}), Normalize()])
 
 
-def build_joint_model(name: str, max_seq_length: int, offline_package: str | None = None, attn_implementation: str | None = None) -> SentenceTransformer:
+def build_joint_model(
+    name: str, max_seq_length: int, offline_package: str | None = None, attn_implementation: str | None = None, trust_remote_code: bool = False
+) -> SentenceTransformer:
     """One CLIP-architecture model (Hub id or folder), or a saved image–text SentenceTransformer."""
     local = Path(name).expanduser()
     if (local / "modules.json").exists():
-        return SentenceTransformer(str(local), local_files_only=True)
-    transformer = load_backbone(name, max_seq_length, offline_package, attn_implementation)
+        return SentenceTransformer(str(local), local_files_only=True, trust_remote_code=trust_remote_code)
+    transformer = load_backbone(name, max_seq_length, offline_package, attn_implementation, trust_remote_code=trust_remote_code)
     if not {"text", "image"} <= set(transformer.modalities):
         raise ModelLoadError(
             f"model.name={name}: takes {transformer.modalities}, not both text and images. For a text model, "
@@ -161,14 +164,15 @@ def text_encoder_of(model: SentenceTransformer) -> Transformer:
 def build_image_text_model(
     name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation,
     image_tower=None, image_config=None, image_pooling="cls", projection_dim=None, freeze_text=False, freeze_image=False,
+    trust_remote_code=False,
 ) -> SentenceTransformer:
     """A dual encoder (`image_tower` beside `name`) or one CLIP-architecture model, towers frozen as asked."""
     if image_tower:
         model = build_dual_encoder(
             name, image_tower, max_seq_length, pooling_mode, image_pooling, projection_dim, offline_package,
-            image_config, attn_implementation,
+            image_config, attn_implementation, trust_remote_code,
         )
     else:
-        model = build_joint_model(name, max_seq_length, offline_package, attn_implementation)
+        model = build_joint_model(name, max_seq_length, offline_package, attn_implementation, trust_remote_code)
     freeze_towers(model, freeze_text, freeze_image)
     return model

@@ -9,7 +9,9 @@ from train.models.sources import load_tokenizer
 from train.models.token_types import drop_unused_token_types
 
 
-def random_model_dir(name: str, offline_package: str | None, architecture: dict, cache_root: str | Path | None = None) -> Path:
+def random_model_dir(
+    name: str, offline_package: str | None, architecture: dict, cache_root: str | Path | None = None, trust_remote_code: bool = False
+) -> Path:
     """A model folder with `architecture`'s weights drawn at random (seed 0) and `name`'s tokenizer:
     a workload of a given size that needs no download. Built once into the data cache
     (`random-models/`), so that every process and later run loads the same weights."""
@@ -21,7 +23,7 @@ def random_model_dir(name: str, offline_package: str | None, architecture: dict,
     model_type = settings.pop("model_type", None)
     if not model_type:
         raise ConfigError("model.random_init needs model_type (bert, roberta, xlm-roberta, ...), the architecture to build.")
-    tokenizer = load_tokenizer(name, offline_package)
+    tokenizer = load_tokenizer(name, offline_package, trust_remote_code)
     # The tokenizer's special tokens, so that padding and RoBERTa-style position ids agree with it.
     special = {k: v for k, v in (("pad_token_id", tokenizer.pad_token_id), ("bos_token_id", tokenizer.cls_token_id),
                                   ("eos_token_id", tokenizer.sep_token_id)) if v is not None}

@@ -7,6 +7,7 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 
 from train.errors import ModelLoadError
+from train.models.sources import refuse_custom_code
 from train.models.token_types import fit_token_types
 
 
@@ -36,7 +37,7 @@ def saved_model_kind(path: str | Path) -> str:
     return "image_text" if _has_image_encoder(path) else "bi_encoder"
 
 
-def load_saved_model(path: str | Path):
+def load_saved_model(path: str | Path, trust_remote_code: bool = False):
     """A model dir written by this project (final/, best/, checkpoints/step-N/) or any
     sentence-transformers dir: a CrossEncoder or a SentenceTransformer, as it was saved."""
     path = Path(path).expanduser()
@@ -54,10 +55,11 @@ def load_saved_model(path: str | Path):
         if saved_model_kind(path) == "cross_encoder":
             from sentence_transformers.cross_encoder import CrossEncoder
 
-            model = CrossEncoder(str(path), local_files_only=True)
+            model = CrossEncoder(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         else:
-            model = SentenceTransformer(str(path), local_files_only=True)
+            model = SentenceTransformer(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as e:
+        refuse_custom_code(str(path), e, key="checkpoint")
         raise ModelLoadError(f"checkpoint={path}: could not be loaded ({type(e).__name__}: {e}).") from None
     fit_token_types(model)  # a model saved elsewhere (or before this fix) with a BERT tokenizer on RoBERTa
     return model

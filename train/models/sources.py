@@ -49,8 +49,13 @@ def package_model_dir(package: str) -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
-def load_transformer(source: str, max_seq_length: int, model_kwargs: dict, local_only: bool, head: dict | None = None) -> Transformer:
+def load_transformer(
+    source: str, max_seq_length: int, model_kwargs: dict, local_only: bool, head: dict | None = None, trust_remote_code: bool = False
+) -> Transformer:
+    # trust_remote_code goes to every loader explicitly: left None, transformers would ask [y/N]
+    # on the terminal, which hangs a job that has none.
     extra = {"local_files_only": True} if local_only else {}
+    extra["trust_remote_code"] = trust_remote_code
     head = head or {}
     return Transformer(
         source,
@@ -69,11 +74,13 @@ def load_backbone(
     attn_implementation: str | None = None,
     head: dict | None = None,
     model_kwargs: dict | None = None,
+    trust_remote_code: bool = False,
 ) -> Transformer:
     """The transformer module (`head`: e.g. a sequence-classification head with num_labels outputs)."""
     kwargs = {**(model_kwargs or {}), **({"attn_implementation": attn_implementation} if attn_implementation else {})}
     return load_from_sources(
-        name, offline_package, lambda source, local_only: load_transformer(source, max_seq_length, kwargs, local_only, head), "the backbone"
+        name, offline_package,
+        lambda source, local_only: load_transformer(source, max_seq_length, kwargs, local_only, head, trust_remote_code), "the backbone",
     )
 
 
@@ -93,6 +100,15 @@ def has_file(source: str, local_only: bool, filename: str) -> bool:
         return False
 
 
+def refuse_custom_code(name: str, error: BaseException, key: str = "model.name") -> None:
+    """transformers' refusal of a model with custom code, as the key that allows it."""
+    if "trust_remote_code" in str(error):
+        raise ConfigError(
+            f"{key}={name} runs custom code (its own Python files: a config.json `auto_map`). Set "
+            "model.trust_remote_code=true to run it, only for a model whose code you have read or trust."
+        ) from None
+
+
 def load_from_sources(name: str, offline_package: str | None, load: Callable[[str, bool], T], what: str) -> T:
     """`load(source, local_only)` on the first place that has `name`: a local folder; else the Hub
     (when it answers), the local Hugging Face cache, then `offline_package`'s folder. Every
@@ -109,6 +125,7 @@ def load_from_sources(name: str, offline_package: str | None, load: Callable[[st
         except UserError:
             raise
         except Exception as e:
+            refuse_custom_code(name, e)
             raise ModelLoadError(f"model.name={name}: the folder could not be loaded as a model ({type(e).__name__}: {e}).") from None
 
     if name.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name:
@@ -129,6 +146,7 @@ def load_from_sources(name: str, offline_package: str | None, load: Callable[[st
         except UserError:
             raise
         except Exception as e:
+            refuse_custom_code(name, e)
             where = "the Hub" if not local_only else ("the local Hugging Face cache" if source == name else source)
             tried.append(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             continue
@@ -173,7 +191,7 @@ def check_max_seq_length(backbone: Transformer, name: str, max_seq_length: int) 
         )
 
 
-def load_tokenizer(name: str, offline_package: str | None):
+def load_tokenizer(name: str, offline_package: str | None, trust_remote_code: bool = False):
     """`name`'s tokenizer, from the same places as its weights (the Hub, the local cache, the package)."""
     from transformers import AutoTokenizer
 
@@ -182,7 +200,10 @@ def load_tokenizer(name: str, offline_package: str | None):
     errors = []
     for source in sources:
         try:
-            return AutoTokenizer.from_pretrained(source, local_files_only=source != name or not hub_reachable())
+            return AutoTokenizer.from_pretrained(
+                source, local_files_only=source != name or not hub_reachable(), trust_remote_code=trust_remote_code
+            )
         except Exception as e:
+            refuse_custom_code(name, e)
             errors.append(f"{source}: {type(e).__name__}")
     raise ModelLoadError(f"model.name={name}: no tokenizer could be loaded for model.random_init (tried {'; '.join(errors)}).")
