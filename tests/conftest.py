@@ -60,15 +60,8 @@ def make_tiny_bert(out: Path, **config) -> Path:
 
     tokenizer = minilm_tokenizer()
     torch.manual_seed(0)
-    bert = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        **config,
-    )
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    bert = BertConfig(vocab_size=tokenizer.vocab_size, **{**shape, **config})
     BertModel(bert).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

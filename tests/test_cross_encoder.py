@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from train.evaluate import evaluate_run
+from train.step_model import training_forward
 from train.run import run
 from tests.conftest import FIXTURES, compose_config, tiny_overrides, resume_from_checkpoint
 
@@ -84,7 +85,7 @@ def test_pairs_tokenized_once_equal_the_models_own_preprocess(tiny_model_dir):
     cached, _ = encode(rows, model.tokenizer, model.max_seq_length, "pairs", types=True, backend=backend)
     ids, types = cached["pair_ids"].to_pylist(), cached["pair_types"].to_pylist()
     tokens = PairTokens(model.tokenizer, model.max_seq_length)
-    tokens.use({pair: (i[0], t[0]) for pair, i, t in zip(pairs[:2], ids, types)})
+    tokens.use({pair: (i[0], t[0]) for pair, i, t in zip(pairs[:2], ids, types)}, torch.device("cpu"))
     ours, theirs = tokens.features(pairs), model.preprocess(pairs)
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         assert torch.equal(ours[key], theirs[key]), key
@@ -107,8 +108,9 @@ def test_forward_in_chunks_gives_the_same_loss_and_gradients_with_less_padding(t
         torch.manual_seed(0)
         model = build_cross_encoder(str(tiny_model_no_dropout_dir), max_seq_length=32)
         step = CrossEncoderStep(PairTokens(model.tokenizer, 32, chunk_rows))
-        loss = step.loss(model, BinaryCrossEntropyLoss(model), batch, contextlib.nullcontext)
-        loss.backward()
+        with training_forward(model, contextlib.nullcontext, step.forward_contexts(model)):
+            loss = step.loss(model, BinaryCrossEntropyLoss(model), batch)
+            loss.backward()
         results[chunk_rows] = (loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], step.stats(batch))
     (whole, whole_grads, whole_stats), (chunked, chunked_grads, chunked_stats) = results[0], results[4]
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
@@ -143,16 +145,16 @@ def test_each_cross_encoder_loss_trains_on_its_data_and_reports_its_metric(loss,
         assert result["dev"]["n_queries"] == (2 if loss == "mnrl" else 12)
 
 
-def test_fsdp_keeps_a_cross_encoders_pooler_trainable(tiny_model_dir):
-    """Under FSDP the pooler a bi-encoder never uses is frozen; a cross-encoder's classification
-    head reads it, so there it must keep training."""
+def test_a_cross_encoders_pooler_keeps_training(tiny_model_dir):
+    """The pooler a bi-encoder never uses is frozen (DDP then needs no search for unused
+    parameters); a cross-encoder's classification head reads it, so there it must keep training."""
     from train.models.cross_encoder import build_cross_encoder
     from train.models.bi_encoder import build_sentence_transformer
-    from train.sharding import freeze_unused_pooler
+    from train.sharding import freeze_unused_parameters
 
     reranker, embedder = build_cross_encoder(str(tiny_model_dir), 32), build_sentence_transformer(str(tiny_model_dir), 32)
     for model in (reranker, embedder):
-        freeze_unused_pooler(model)
+        freeze_unused_parameters(model)
     pooler = lambda m: [p.requires_grad for n, p in m.named_parameters() if ".pooler." in n]
     assert pooler(reranker) and all(pooler(reranker))
     assert pooler(embedder) and not any(pooler(embedder))

@@ -244,8 +244,6 @@ def test_one_clip_model_embeds_images_and_texts_and_freezes_a_tower(tiny_clip_di
 def test_cached_clip_is_clips_loss_through_gradcache(tiny_model_dir):
     """loss=cached_clip (the library's GradCache loss, both directions) gives loss=clip's value at a
     fixed temperature on a batch without repeated captions, in mini-batches smaller than the batch."""
-    from contextlib import nullcontext
-
     from train.data.images import load_image_text_splits
     from train.models.image_text import image_processor_of, text_encoder_of
     from train.losses.registry import build_loss
@@ -263,6 +261,6 @@ def test_cached_clip_is_clips_loss_through_gradcache(tiny_model_dir):
     clip, _ = build_loss("clip", model, task="image_text", learn_scale=False)
     cached, spec = build_loss("cached_clip", model, task="image_text", mini_batch_size=2)
     assert not spec.from_embeddings
-    plain = ClipStep(cached=False).loss(model, clip, batch, nullcontext)
-    through_cache = ClipStep(cached=True).loss(model, cached, batch, nullcontext)
+    plain = ClipStep(cached=False).loss(model, clip, batch)
+    through_cache = ClipStep(cached=True).loss(model, cached, batch)
     assert len(rows) > 2 and float(through_cache.detach()) == pytest.approx(float(plain.detach()), rel=1e-5)

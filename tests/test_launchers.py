@@ -145,3 +145,27 @@ def test_divergence_stops_with_the_last_good_checkpoint(tiny_model_dir, tmp_path
     assert done.returncode != 0
     assert "Training diverged at step" in done.stderr and "Last good checkpoint:" in done.stderr, done.stderr[-3000:]
     assert not (tmp_path / "final").exists() and not (tmp_path / "eval.json").exists()
+
+
+def memory_per_rank(config: str, model_dir, tmp_path, name: str, *launch_args: str) -> list[dict]:
+    out = tmp_path / name
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate" / config), *launch_args,
+         str(ROOT / "tests" / "probes" / "memory.py"), str(out), str(tmp_path / f"{name}-run"),
+         *tiny_overrides(model_dir, "trainer.max_steps=2", "trainer.eval_every=1000", "trainer.save_every=1000")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env(),
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads((tmp_path / f"{name}-{rank}.json").read_text()) for rank in range(2)]
+
+
+def test_fsdp_holds_half_the_parameters_and_optimizer_state_of_ddp_on_each_of_two_ranks(tiny_model_dir, tmp_path):
+    """Parameter and AdamW memory per rank falls with the number of ranks under FSDP (each holds
+    its shard); DDP holds everything on every rank. The main process's saving copy is on the CPU."""
+    ddp = memory_per_rank("two_processes.yaml", tiny_model_dir, tmp_path, "ddp")
+    fsdp = memory_per_rank("fsdp.yaml", tiny_model_dir, tmp_path, "fsdp", "--num_processes", "2")
+    for rank in range(2):
+        assert fsdp[rank]["parameter_bytes"] <= 0.6 * ddp[rank]["parameter_bytes"], (fsdp, ddp)
+        assert fsdp[rank]["optimizer_bytes"] <= 0.6 * ddp[rank]["optimizer_bytes"], (fsdp, ddp)
+    assert fsdp[0]["saving_copy_device"] == "cpu" and fsdp[1]["saving_copy_device"] is None
+    assert ddp[0]["saving_copy_device"] is None

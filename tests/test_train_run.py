@@ -94,9 +94,10 @@ def test_resume_latest_without_checkpoints_says_how(tiny_cfg, tmp_path):
 
 
 def weight_updates(start_dir, run_dir) -> dict[str, torch.Tensor]:
-    """final/ weights minus the starting weights, by parameter name."""
+    """final/ weights minus the starting weights, by backbone parameter name (a cross-encoder's
+    backbone is saved under `bert.`; its fresh head has no starting weights to compare)."""
     before = load_file(str(start_dir / "model.safetensors"))
-    after = load_file(str(run_dir / "final" / "model.safetensors"))
+    after = {k.removeprefix("bert."): v for k, v in load_file(str(run_dir / "final" / "model.safetensors")).items()}
     return {k: after[k] - before[k] for k in after if k in before}
 
 

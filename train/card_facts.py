@@ -67,7 +67,10 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         lr_schedule="linear with warmup",
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        mixed_precision=f"{t.mixed_precision.value} (ran as {report.get('mixed_precision')})",
+        mixed_precision=f"{t.mixed_precision.value} (ran as {report.get('mixed_precision')})"
+        + (f"; dynamic loss scaling, final scale {report['loss_scale']:g}" if report.get("loss_scale") is not None else ""),
+        **({"tf32": True} if report.get("tf32") else {}),
+        **({"skipped_optimizer_steps": report["skipped_steps"]} if report.get("skipped_steps") or report.get("loss_scale") is not None else {}),
         seed=t.seed,
         **({"loss.scale": c.scale} if c.scale is not None else {}),
         **({"loss.matryoshka_dims": list(c.matryoshka_dims)} if c.matryoshka_dims else {}),

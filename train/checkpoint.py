@@ -143,6 +143,8 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     last_eval: dict[str, float] | None = None
     last_eval_step: int | None = None
+    skipped_steps: int = 0  # optimizer steps skipped (not finite, or fp16's overflows)
+    nonfinite_losses: int = 0
 
 
 def load_progress(checkpoint: Path) -> Progress:

@@ -266,7 +266,22 @@ class TrainerConfig:
     # loss still sees the whole batch). 0 = one forward pass. null (default): with random
     # batches two chunks (half the batch's rows, at least 8); with bucket_windows > 0 one pass.
     forward_chunk_rows: Optional[int] = None
-    num_workers: int = 0
+    # DataLoader worker processes that collate the next batches while this one trains; null: up to
+    # 4 a process on CUDA (persistent, pinned memory, copies that do not wait), 0 on a CPU.
+    num_workers: Optional[int] = None
+    # A batch runs through the model padding-free where the model allows it (BERT, RoBERTa, XLM-R,
+    # ELECTRA): its sentences are packed end to end, so the projections and feed-forward layers
+    # see only real tokens and only attention pads each sentence (README, Padding-free). false:
+    # padded batches (in chunks, see forward_chunk_rows).
+    padding_free: bool = True
+    # Padded widths rounded up to a multiple of this (tensor cores want multiples of 8); null: 8 on
+    # CUDA, 1 on a CPU.
+    pad_to_multiple_of: Optional[int] = None
+    # TF32 tensor cores for fp32 matmuls on CUDA (recorded in eval.json); no effect on a CPU.
+    tf32: bool = True
+    # DDP searches every step's graph for parameters without a gradient; only for a model with
+    # parameters no loss reaches (the first step names them when it is needed).
+    find_unused_parameters: bool = False
     # Experiment trackers that get the config, loss, lr, throughput and dev/test figures:
     # tensorboard (event files in <run dir>/tensorboard), mlflow (a file store in <run dir>/mlruns
     # unless MLFLOW_TRACKING_URI is set), wandb, trackio; [] or [none] = only metrics.jsonl.

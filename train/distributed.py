@@ -35,3 +35,62 @@ def agree_on_run_dir(args: list[str], root: str = "outputs") -> list[str]:
     if not state.is_main_process:
         args = [*args, "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     return args
+
+
+class StopVote:
+    """Whether any process got a stop signal, agreed without making the GPU wait: each step posts
+    this process's vote (an all-reduce of one CPU number on a gloo group of its own, in the
+    background) and reads the previous step's outcome, long finished by then. Every process reads
+    the same outcome at the same step, one step after the signal."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.group = None
+        self.pending = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self.group = dist.new_group(backend="gloo", timeout=collective_timeout())
+
+    def vote(self, stop: bool) -> bool:
+        """Posts this step's vote; returns whether any process voted to stop at the previous step."""
+        if self.group is None:
+            return stop
+        import torch
+        import torch.distributed as dist
+
+        outcome = self._collect()
+        flag = torch.tensor([1.0 if stop else 0.0])
+        self.pending = (dist.all_reduce(flag, group=self.group, async_op=True), flag)
+        return outcome
+
+    def _collect(self) -> bool:
+        if self.pending is None:
+            return False
+        work, flag = self.pending
+        self.pending = None
+        work.wait()
+        return bool(flag.item())  # a CPU tensor: no device involved
+
+    def close(self) -> None:
+        """Waits for the vote in flight (every process posted it), so that none is left pending."""
+        self._collect()
+
+
+def sync_loss_parameters(params: list, accelerator) -> None:
+    """The loss's own weights (the softmax classifier, CLIP's temperature) are in no prepared
+    model: their gradients are averaged here, all in one flat all-reduce."""
+    import torch
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = accelerator.reduce(_flatten_dense_tensors(grads), reduction="mean")
+    with torch.no_grad():
+        for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            grad.copy_(averaged)
+
+
+def unused_parameters(model) -> list[str]:
+    """Trainable parameters that got no gradient from a backward pass (host-side: no read)."""
+    return [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]

@@ -20,14 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -37,9 +37,12 @@ from transformers import get_linear_schedule_with_warmup
 from train import checkpoint, tracking
 from train.checkpoint import ACCELERATE_STATE, Progress, latest_checkpoint, load_progress, prune
 from train.config import TrainerConfig
+from train.device_stats import DeviceStats, Reading, skips_on_device
+from train.distributed import StopVote, sync_loss_parameters, unused_parameters
 from train.errors import Preempted, UserError
-from train.precision import resolve_precision
-from train.sharding import check_deepspeed_settings, deepspeed_batch_size, freeze_unused_pooler, fsdp_on_cpu, fsdp_plugin, savable_model
+from train.precision import fp16_on_cpu, resolve_precision, set_tf32
+from train.sharding import check_deepspeed_settings, deepspeed_batch_size, freeze_unused_parameters, fsdp_on_cpu, fsdp_plugin, savable_model
+from train.step_model import route_loss_through, training_forward
 from train.tasks.base import TrainStep
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,9 @@ class LoopResult:
     real_tokens: int
     padded_tokens: int
     mixed_precision: str
+    skipped_steps: int = 0  # not finite (bf16/fp32), or overflowed under fp16's loss scaling
+    loss_scale: float | None = None  # fp16: the dynamic loss scale at the end
+    tf32: bool = False
 
 
 def build_optimizer(
@@ -97,18 +103,11 @@ class StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _all_agree(ok: bool, accelerator: Accelerator) -> bool:
-    """True only if every process says so (one NaN anywhere stops or skips the step everywhere)."""
-    if accelerator.num_processes == 1:
-        return ok
-    flag = torch.tensor(0.0 if ok else 1.0, device=accelerator.device)
-    return accelerator.reduce(flag, "sum").item() == 0
-
-
-def _nan_message(step: int, loss: torch.Tensor, run_dir: Path) -> str:
+def _nan_message(step: int, now: int, run_dir: Path) -> str:
     last = latest_checkpoint(run_dir / "checkpoints")
+    later = f" (seen at step {now}; the steps since were skipped, so the weights are those before step {step})" if now > step else ""
     return (
-        f"Training diverged at step {step}: the loss ({loss.item()}) or its gradient is not finite. "
+        f"Training diverged at step {step}: the loss or its gradient is not finite{later}. "
         f"Last good checkpoint: {last or 'none yet'}. Try a lower trainer.lr, a longer trainer.warmup_ratio, "
         "trainer.mixed_precision=bf16 instead of fp16, or look for broken rows in the data; "
         "trainer.on_nan=skip skips such steps instead of stopping."
@@ -138,21 +137,9 @@ class LossWeights:
                 p.copy_(state[n])
 
 
-def _all_reduce_grads(params: list[nn.Parameter], accelerator: Accelerator) -> None:
-    # For what DDP does not see: a loss's own parameters (the softmax classifier), and the model
-    # itself when the loss runs it outside the DDP wrapper (GradCache, Matryoshka).
-    for p in params:
-        if p.grad is not None:
-            p.grad = accelerator.reduce(p.grad, reduction="mean")
-
-
-
-
-def compute_loss(
-    step: TrainStep, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]
-) -> torch.Tensor:
+def compute_loss(step: TrainStep, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """The batch's loss, as the task computes it (a seam for tests that plant a NaN)."""
-    return step.loss(model, loss_fn, batch, autocast)
+    return step.loss(model, loss_fn, batch)
 
 
 def make_accelerator(settings: TrainerConfig, log_with: list | None = None) -> Accelerator:
@@ -161,14 +148,21 @@ def make_accelerator(settings: TrainerConfig, log_with: list | None = None) -> A
     # `log_with`: trackers (train/tracking.py `build`); run.py opens and closes them.
     AcceleratorState._reset_state()
     fsdp_on_cpu()
-    return Accelerator(
+    cuda = PartialState().device.type == "cuda"
+    accelerator = Accelerator(
         mixed_precision=resolve_precision(settings.mixed_precision.value, PartialState().device),
         gradient_accumulation_steps=settings.grad_accum,
-        # The backbone's pooler (BERT) gets no gradient from a sentence-embedding loss.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # Every trainable parameter gets a gradient each step (the unused pooler is frozen, and the
+        # first step checks the rest), so DDP need not search the graph for unused ones. No
+        # BatchNorm-style running statistics: no buffers to broadcast before each forward pass.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=settings.find_unused_parameters, broadcast_buffers=False)],
+        # Pinned batches copied to the GPU without waiting (the copy overlaps the previous step).
+        dataloader_config=DataLoaderConfiguration(non_blocking=cuda),
         fsdp_plugin=fsdp_plugin(),
         log_with=log_with or None,
     )
+    fp16_on_cpu(accelerator)
+    return accelerator
 
 
 @dataclass
@@ -185,20 +179,27 @@ class Session:
     step_fn: TrainStep
     settings: TrainerConfig
     run_dir: Path
-    plain: nn.Module | None  # FSDP: an unsharded copy that checkpoints and final/ save
+    plain: nn.Module | None  # FSDP: an unsharded copy (on the CPU) that checkpoints and final/ save
     loss_params: list[nn.Parameter]
-    manual_sync: list[nn.Parameter]
+    sync_loss_params: bool  # several processes: the loss's own weights are averaged by hand
+    trainable: list[nn.Parameter]  # what clipping and the optimizer see
     total_steps: int
     n_epochs: int
     progress: Progress
     evaluate: Callable[[nn.Module], dict[str, float]] | None
     main_metric: str
+    stats: DeviceStats
+    vote: StopVote
+    undo_routing: Callable[[], None]
+    tf32: bool = False
     unit: str = "pairs"  # what a training row is: throughput is <unit>/s
     pairs: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
-    running_loss: float = 0.0
-    running_n: int = 0
+    last_read: Reading = field(default_factory=lambda: Reading(0.0, 0.0, 0, 0, None, None))  # the device figures at the last read
+    logged_loss: tuple[float, float] = (0.0, 0.0)  # loss sum and count at the last log line
+    shown_loss: float | None = None  # the bar's loss: the mean of the last log window
+    checked_unused: bool = False
     eval_seconds: float = 0.0
     # Throughput: training time only (data, forward, backward, update; not evaluation or checkpoints).
     last_tick: float = 0.0  # when the previous step's bookkeeping ended
@@ -211,16 +212,33 @@ class Session:
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
+    @property
+    def scaler(self):
+        return self.accelerator.scaler
+
     def to_save(self) -> nn.Module:
         return savable_model(self.accelerator, self.model, self.plain)
 
 
+def loader_workers(setting: int | None, device: torch.device) -> int:
+    """trainer.num_workers; null: on CUDA worker processes that collate the next batches while the
+    GPU trains (up to 4 a process, from the cores there are), on a CPU none (the cores train)."""
+    if setting is not None:
+        return setting
+    if device.type != "cuda":
+        return 0
+    per_process = (os.cpu_count() or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
+    return max(1, min(4, per_process - 1))
+
+
 def _make_loader(rows: Any, sampler: Any, collate: Callable, settings: TrainerConfig, device: torch.device) -> DataLoader:
+    workers = loader_workers(settings.num_workers, device)
     return DataLoader(
         rows,
         batch_sampler=sampler,
         collate_fn=collate,
-        num_workers=settings.num_workers,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
         # Its own generator: creating an iterator draws a seed from it, and drawing from the global
         # RNG would shift dropout after a resume (which creates one iterator more than a plain run).
@@ -251,29 +269,29 @@ def setup(
     """Prepares model, optimizer, loader and schedule with accelerate, and loads a checkpoint."""
     accelerator = accelerator or make_accelerator(settings)
     set_seed(settings.seed)
+    tf32 = set_tf32(settings.tf32, accelerator.device)
     loader = _make_loader(rows, sampler, collate, settings, accelerator.device)
-    loss_params = [p for name, p in loss_fn.named_parameters() if not name.startswith("model.")]
+    in_model = {id(p) for p in model.parameters()}
+    loss_params = [p for p in loss_fn.parameters() if id(p) not in in_model]
     loss_fn.to(accelerator.device)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if fsdp:
-        freeze_unused_pooler(model)
-    # Fused AdamW: one kernel for all parameters; on this 2-core CPU it cut the step from 40 to 9 ms.
+    freeze_unused_parameters(model)
+    # Fused AdamW: one kernel for all parameters (on this 2-core CPU it cut the step from 40 to 9
+    # ms), and the one that can skip a step on the device (train/device_stats.py).
     optimizer = build_optimizer(
         model, settings.lr, settings.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"), extra=loss_params
     )
-    plain = copy.deepcopy(model) if fsdp and accelerator.is_main_process else None
+    # FSDP: the copy that gathers full weights for saving stays on the CPU, where the model was built.
+    plain = copy.deepcopy(model).cpu() if fsdp and accelerator.is_main_process else None
     if deepspeed:
         check_deepspeed_settings(settings.on_nan.value)
         deepspeed_batch_size(accelerator, settings.batch_size)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # prepare() makes the model's forward autocast; undo that (in place) so that evaluation and
-    # saved models stay fp32, and autocast only the training forward pass (compute_loss).
-    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    log.info("Mixed precision: %s", accelerator.mixed_precision)
-    # Gradients that DDP does not average for us (see _all_reduce_grads).
-    own = [*loss_fn.parameters()] if step_fn.runs_model_itself else loss_params
-    manual_sync = own if accelerator.num_processes > 1 else []
+    # saved models stay fp32: the training step autocasts its forward passes itself (training_forward).
+    accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
+    log.info("Mixed precision: %s%s", accelerator.mixed_precision, "; TF32 matmuls" if tf32 else "")
     scheduler, total_steps, n_epochs = _schedule(accelerator, optimizer, len(loader), settings, deepspeed)
     if loss_params:
         # The loss's own weights (the softmax classifier, CLIP's temperature) are in no prepared
@@ -284,48 +302,68 @@ def setup(
         accelerator.load_state(str(resume_from / ACCELERATE_STATE))
         progress = load_progress(resume_from)
         log.info("Resumed from %s at step %d (epoch %d, batch %d)", resume_from, progress.step, progress.epoch, progress.batches_in_epoch)
-    return Session(
-        accelerator, model, loss_fn, optimizer, scheduler, loader, sampler, step_fn, settings, Path(run_dir), plain,
-        loss_params, manual_sync, total_steps, n_epochs, progress, evaluate, main_metric, unit,
+    on_device = skips_on_device(optimizer) and not deepspeed
+    stats = DeviceStats(accelerator.device, on_device, progress.skipped_steps, progress.nonfinite_losses)
+    trainable = [p for p in (*prepared.parameters(), *loss_params) if p.requires_grad]
+    session = Session(
+        accelerator, prepared, loss_fn, optimizer, scheduler, loader, sampler, step_fn, settings, Path(run_dir), plain,
+        loss_params, bool(loss_params) and accelerator.num_processes > 1 and not deepspeed, trainable, total_steps, n_epochs,
+        progress, evaluate, main_metric, stats, StopVote(), route_loss_through(loss_fn, prepared, model), tf32, unit,
     )
+    session.last_read = Reading(0.0, 0.0, progress.nonfinite_losses, progress.skipped_steps, None, None)
+    return session
 
 
-def update(s: Session, batch: dict[str, Any]) -> tuple[torch.Tensor, bool]:
+def update(s: Session, batch: dict[str, Any]) -> torch.Tensor:
     """Forward and backward of one batch, and the optimizer step when the accumulation is full.
-    Returns the loss and whether it (and the gradient) was finite."""
-    accelerator, settings = s.accelerator, s.settings
+    Nothing is read back from the device (train/device_stats.py)."""
+    accelerator = s.accelerator
     with accelerator.accumulate(s.model):
-        try:
-            loss = compute_loss(s.step_fn, s.model, s.loss_fn, batch, accelerator.autocast)
-            accelerator.backward(loss)
-        except torch.OutOfMemoryError:
-            raise UserError(_oom_message(settings)) from None
-        finite = bool(torch.isfinite(loss.detach()))
+        # The forward passes in autocast, outputs and loss in fp32, also GradCache's replay in backward.
+        with training_forward(s.model, accelerator.autocast, s.step_fn.forward_contexts(s.model)):
+            try:
+                loss = compute_loss(s.step_fn, s.model, s.loss_fn, batch)
+                accelerator.backward(loss)
+            except torch.OutOfMemoryError:
+                raise UserError(_oom_message(s.settings)) from None
+        s.stats.add_loss(loss)
+        if not s.checked_unused:
+            check_every_parameter_used(s)
         if accelerator.sync_gradients:
-            if s.manual_sync:
-                _all_reduce_grads(s.manual_sync, accelerator)
-            norm = accelerator.clip_grad_norm_(
-                [*s.model.parameters(), *s.loss_params],
-                settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf"),
-            )
-            # DeepSpeed: a float (or None), of the step accelerator.backward has already taken.
-            finite = _all_agree(finite and (norm is None or math.isfinite(float(norm))), accelerator)
-            if not finite:
-                if settings.on_nan.value == "stop":
-                    raise UserError(_nan_message(s.progress.step + 1, loss, s.run_dir))
-                log.warning("step %d: loss or gradient is not finite; step skipped (trainer.on_nan=skip)", s.progress.step + 1)
-            else:
-                s.optimizer.step()
-            s.scheduler.step()
-            s.optimizer.zero_grad(set_to_none=True)
-    return loss, finite
+            optimizer_step(s)
+    return loss
 
 
-def count(s: Session, batch: dict[str, Any], loss: torch.Tensor, finite: bool) -> None:
+def check_every_parameter_used(s: Session) -> None:
+    """After the first backward pass: DDP (without find_unused_parameters) needs a gradient for
+    every trainable parameter, or it fails at the next step with a list of indices."""
+    s.checked_unused = True
+    if s.accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU) or s.settings.find_unused_parameters:
+        return
+    missing = unused_parameters(s.accelerator.unwrap_model(s.model))
+    if missing:
+        raise UserError(
+            f"{len(missing)} trainable parameters got no gradient from the loss ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}), which DDP cannot average. Set trainer.find_unused_parameters=true "
+            "(DDP then searches the graph for them every step, which costs time)."
+        )
+
+
+def optimizer_step(s: Session) -> None:
+    settings = s.settings
+    if s.sync_loss_params:
+        sync_loss_parameters(s.loss_params, s.accelerator)
+    norm = s.accelerator.clip_grad_norm_(s.trainable, settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf"))
+    applied = s.stats.optimizer_step(s.optimizer, norm, s.progress.step + 1, s.scaler)
+    if applied is False and s.scaler is None and settings.on_nan.value == "stop":  # decided on the host (DeepSpeed)
+        raise UserError(_nan_message(s.progress.step + 1, s.progress.step + 1, s.run_dir))
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+
+
+def count(s: Session, batch: dict[str, Any]) -> None:
+    """The batch's rows and tokens, from what the collator counted (no device value is read)."""
     s.progress.batches_in_epoch += 1
-    if finite:
-        s.running_loss += loss.detach().float().item()
-        s.running_n += 1
     stats = s.step_fn.stats(batch)
     s.pairs += stats.rows
     s.step_rows += stats.rows
@@ -344,9 +382,32 @@ def time_step(s: Session) -> None:
         s.rate = rows / seconds if s.rate is None else 0.3 * rows / seconds + 0.7 * s.rate  # tqdm's smoothing
 
 
+def read_device(s: Session) -> Reading:
+    """One read of the device figures; a step that was not finite stops the run or is reported,
+    as trainer.on_nan says. Under fp16 a skipped step is the loss scaler's (an overflow, expected
+    now and then) and only a non-finite loss counts as divergence."""
+    before = s.last_read
+    reading = s.stats.read(s.accelerator, s.scaler)
+    s.last_read = reading
+    p = s.progress
+    p.skipped_steps, p.nonfinite_losses = reading.skipped_steps, reading.nonfinite_losses
+    fp16 = s.scaler is not None
+    new_skips = reading.skipped_steps - before.skipped_steps
+    new_bad_losses = reading.nonfinite_losses - before.nonfinite_losses
+    diverged = new_bad_losses > 0 if fp16 else new_skips > 0
+    if diverged and s.settings.on_nan.value == "stop":
+        raise UserError(_nan_message(reading.first_bad_step or p.step, p.step, s.run_dir))
+    if diverged:
+        log.warning("step %d: loss or gradient is not finite; step skipped (trainer.on_nan=skip)", reading.first_bad_step or p.step)
+    elif new_skips and fp16:
+        log.info("fp16: %d step(s) skipped by the loss scaler (gradient overflow); loss scale now %g", new_skips, reading.loss_scale)
+    return reading
+
+
 def run_eval(s: Session) -> dict[str, float]:
     """Dev figures of the model now; a new best is saved to best/."""
     started = time.perf_counter()
+    read_device(s)  # a diverged run is not evaluated (or saved as best)
     metrics = s.evaluate(s.accelerator.unwrap_model(s.model))
     p = s.progress
     p.last_eval, p.last_eval_step = metrics, p.step
@@ -358,20 +419,32 @@ def run_eval(s: Session) -> dict[str, float]:
     return metrics
 
 
+def log_figures(s: Session) -> dict[str, Any]:
+    """The log line's training figures: the mean loss since the last line (over all processes),
+    lr, throughput, and the skipped steps and loss scale when there are any."""
+    reading = read_device(s)
+    loss_sum, loss_count = reading.loss_sum - s.logged_loss[0], reading.loss_count - s.logged_loss[1]
+    s.logged_loss = (reading.loss_sum, reading.loss_count)
+    s.shown_loss = loss_sum / loss_count if loss_count else float("nan")
+    entry: dict[str, Any] = {"loss": s.shown_loss, "lr": s.scheduler.get_last_lr()[0]}
+    if s.window_seconds > 0:
+        entry[f"{s.unit}_per_second"] = round(s.window_rows / s.window_seconds, 2)
+    if reading.skipped_steps or reading.loss_scale is not None:
+        entry["skipped_steps"] = reading.skipped_steps
+    if reading.loss_scale is not None:
+        entry["loss_scale"] = reading.loss_scale
+    s.window_rows, s.window_seconds = 0, 0.0
+    return entry
+
+
 def log_and_evaluate(s: Session, epoch: int, last: bool, epoch_end: bool) -> None:
-    """After an optimizer step: the metrics.jsonl line (mean loss, lr, throughput) and dev figures
-    when due, also sent to the trackers."""
+    """After an optimizer step: the metrics.jsonl line and dev figures when due, also sent to the
+    trackers. Only these steps read figures back from the device."""
     settings, p, step = s.settings, s.progress, s.progress.step
     entry: dict[str, Any] = {}
     where = dict(step=step, epoch=round(epoch + p.batches_in_epoch / len(s.loader), 4))
     if step % settings.log_every == 0 or last:
-        # The mean over processes: each rank's loss covers only its own share of the batch.
-        local = torch.tensor(s.running_loss / max(s.running_n, 1), device=s.accelerator.device)
-        entry.update(where, loss=s.accelerator.reduce(local, "mean").item(), lr=s.scheduler.get_last_lr()[0])
-        if s.window_seconds > 0:
-            entry[f"{s.unit}_per_second"] = round(s.window_rows / s.window_seconds, 2)
-        s.running_loss, s.running_n = 0.0, 0
-        s.window_rows, s.window_seconds = 0, 0.0
+        entry.update(where, **log_figures(s))
     due = settings.eval_every > 0 and step % settings.eval_every == 0 or settings.eval_every <= 0 and epoch_end
     if s.evaluate is not None and (last or due):
         entry.update(where, **{f"dev_{k}": v for k, v in run_eval(s).items() if k != "n_pairs"})
@@ -384,15 +457,18 @@ def log_and_evaluate(s: Session, epoch: int, last: bool, epoch_end: bool) -> Non
 
 
 def checkpoint_if_due(s: Session, epoch_end: bool, stop: "StopOnSignal") -> None:
-    """A step checkpoint when due; on a signal, one (if not just written) and Preempted."""
+    """A step checkpoint when due; on a signal (agreed by every process), one (if not just
+    written) and Preempted."""
     settings, step = s.settings, s.progress.step
     target = s.run_dir / "checkpoints" / f"step-{step}"
     if (settings.save_every > 0 and step % settings.save_every == 0) or (settings.save_every <= 0 and epoch_end):
+        read_device(s)  # a diverged run writes no checkpoint; the skip counts go into this one
         checkpoint.save_checkpoint(s.accelerator, s.to_save(), s.progress, target)
         if s.main:
             prune(s.run_dir / "checkpoints", settings.keep_last)
-    if not _all_agree(stop.received is None, s.accelerator):
+    if s.vote.vote(stop.received is not None):
         if not checkpoint.is_complete(target):
+            read_device(s)
             checkpoint.save_checkpoint(s.accelerator, s.to_save(), s.progress, target)
         raise Preempted(
             f"Stopped by a signal after step {step}; checkpoint {target}. Resume with the same "
@@ -411,8 +487,8 @@ def run_epochs(s: Session, bar: tqdm) -> None:
             batches = s.accelerator.skip_first_batches(s.loader, skip) if skip else s.loader
             p.epoch, p.batches_in_epoch = epoch, skip
             for batch in batches:
-                loss, finite = update(s, batch)
-                count(s, batch, loss, finite)
+                update(s, batch)
+                count(s, batch)
                 if not s.accelerator.sync_gradients:
                     continue
                 p.step += 1
@@ -431,8 +507,9 @@ def run_epochs(s: Session, bar: tqdm) -> None:
 
 
 def bar_figures(s: Session) -> dict[str, str]:
-    """The training bar's postfix: mean loss since the last log line, lr, throughput."""
-    figures = {"loss": f"{s.running_loss / max(s.running_n, 1):.4f}", "lr": f"{s.scheduler.get_last_lr()[0]:.2e}"}
+    """The training bar's postfix: the mean loss of the last log window (the bar reads nothing
+    from the device), lr, throughput."""
+    figures = {"loss": f"{s.shown_loss:.4f}" if s.shown_loss is not None else "-", "lr": f"{s.scheduler.get_last_lr()[0]:.2e}"}
     if s.rate is not None:
         figures[f"{s.unit}/s"] = f"{s.rate:.1f}"
     return figures
@@ -480,8 +557,11 @@ def train(
         with logging_redirect_tqdm(loggers=[logging.getLogger()]):
             if s.progress.step < s.total_steps:
                 run_epochs(s, bar)
+        reading = read_device(s)
     finally:
         bar.close()
+        s.vote.close()
+        s.undo_routing()
     seconds = time.perf_counter() - started - s.eval_seconds  # training only: evaluation is not throughput
     final_dir = s.run_dir / "final"
     checkpoint.save_model(s.accelerator, s.to_save(), final_dir, {"step": s.progress.step, "kind": "final"})
@@ -495,4 +575,7 @@ def train(
         real_tokens=s.real_tokens,
         padded_tokens=s.padded_tokens,
         mixed_precision=s.accelerator.mixed_precision,
+        skipped_steps=reading.skipped_steps,
+        loss_scale=reading.loss_scale,
+        tf32=s.tf32,
     )

@@ -28,6 +28,7 @@ from train.checkpoint import check_run_dir, load_progress, resolve_resume
 from train.config import LossConfig, TrainerConfig, to_plain
 from train.config_checks import check_train_config
 from train.loop import make_accelerator, train
+from train.sharding import build_device
 from train.model_card import RunFacts, write_cards, write_stages_card
 from train.resume_changes import check as resume_check, write as write_run_settings
 from train.tasks import get_task
@@ -60,7 +61,7 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     # alike in every run with this seed, or a resumed run could not match an uninterrupted one.
     set_seed(settings.seed)
     num_labels = model_outputs(loss_cfg, task.name)
-    model = build_model(cfg.model, cfg.pooling, task.name, num_labels, cfg.peft)
+    model = build_model(cfg.model, cfg.pooling, task.name, num_labels, cfg.peft, device=build_device())
     prompts = dict(cfg.data.prompts)
     check_prompt_names(model, prompts)
     loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name)
@@ -112,6 +113,9 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
         "train_pairs_per_second": round(result.pairs / result.seconds, 2) if result.seconds else None,
         "padding_ratio": round(result.padded_tokens / result.real_tokens, 3) if result.real_tokens else None,
         "mixed_precision": result.mixed_precision,
+        "tf32": result.tf32,
+        "skipped_steps": result.skipped_steps,
+        **({"loss_scale": result.loss_scale} if result.loss_scale is not None else {}),
         "num_processes": state.num_processes,
         "parameters": trained_counts,
         **({"resume_changes": resume_changes} if resume_changes else {}),

@@ -19,6 +19,12 @@ def fsdp_on_cpu() -> None:
         state.distributed_type = DistributedType.MULTI_GPU  # AcceleratorState then picks FSDP
 
 
+def build_device() -> str | None:
+    """Where the model is built: on the CPU under FSDP, which shards it onto the GPUs from there
+    (a model larger than one GPU never is on one whole); else the library's choice."""
+    return "cpu" if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" else None
+
+
 def fsdp_plugin() -> FullyShardedDataParallelPlugin | None:
     """Under FSDP (the launcher's settings), weights stay fp32 in all-gathers: mixed precision is
     the autocast of the training forward alone, as without FSDP, so evaluation runs in fp32."""
@@ -28,15 +34,17 @@ def fsdp_plugin() -> FullyShardedDataParallelPlugin | None:
     return FullyShardedDataParallelPlugin(mixed_precision_policy=fp32)
 
 
-def freeze_unused_pooler(model) -> None:
-    """BERT's pooler gets no gradient from a sentence-embedding loss, hence no AdamW state, and
-    FSDP's optimizer load_state refuses a trainable parameter without state ("Missing optimizer
-    state"): under FSDP it is frozen (it takes no part in the embedding either way). A
-    sequence-classification head (a cross-encoder's) reads the pooler: then it trains."""
-    if any("ForSequenceClassification" in type(m).__name__ for m in model.modules()):
-        return
+def freeze_unused_parameters(model) -> None:
+    """Parameters that no loss here reaches are frozen: BERT's pooler in an embedding model (the
+    pooling layer reads the token vectors, not it) and a CLIP model's own logit scale and bias
+    (the loss keeps its own temperature). They would get no gradient, so DDP would have to search
+    the graph for unused parameters every step (find_unused_parameters), and FSDP's optimizer
+    load_state refuses a trainable parameter without AdamW state. Freezing changes nothing else:
+    AdamW leaves a parameter without gradient alone. A sequence-classification head (a
+    cross-encoder's) reads the pooler: then it trains."""
+    classifier = any("ForSequenceClassification" in type(m).__name__ for m in model.modules())
     for name, param in model.named_parameters():
-        if ".pooler." in name:
+        if (".pooler." in name and not classifier) or name.split(".")[-1] in ("logit_scale", "logit_bias"):
             param.requires_grad_(False)
 
 

@@ -12,6 +12,7 @@ long one, and on KorSTS test such batches scored lower (README, "Quality over se
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -31,13 +32,15 @@ TEXT_COLUMNS = ("sentence1", "sentence2", "anchor", "positive", "negative")
 MIN_CHUNK_ROWS = 8
 
 
-def forward_chunk_rows(setting: int | None, bucket_windows: int) -> int | None:
-    """trainer.forward_chunk_rows as the collators take it: N rows a chunk, 0 one forward pass, or
-    None for the default: chunks when batches are random, one pass when they are length-bucketed
-    (they have little padding left to save)."""
+def forward_chunk_rows(setting: int | None, bucket_windows: int, cuda: bool = False) -> int | None:
+    """trainer.forward_chunk_rows as the collators take it (padded batches only): N rows a chunk,
+    0 one forward pass, or None for the default: on a CPU chunks when batches are random, one pass
+    when they are length-bucketed (they have little padding left to save). On CUDA one pass: a
+    GPU's fixed cost per forward call (kernel launches) outweighs the padding chunks save at
+    these sizes, by construction; the suite measures it (python -m train.bench --suite gpu)."""
     if setting is not None:
         return setting
-    return None if bucket_windows == 0 else 0
+    return None if bucket_windows == 0 and not cuda else 0
 
 
 def chunk_size(rows: int, chunk_rows: int | None) -> int:
@@ -242,29 +245,34 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         return full // self.batch_size + len(tail)
 
 
-def pad(sequences: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), padded to the longest sequence."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if left:
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-        else:
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-    return ids, mask
+def pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False, multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), padded to the longest sequence (rounded up to `multiple_of`).
+    Vectorised: the ids are laid end to end once and dropped into place by the mask (at batch 256
+    about 10x the row-by-row loop)."""
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    width = padded_width(int(lengths.max()), multiple_of)
+    flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    columns = np.arange(width)
+    mask = columns >= (width - lengths)[:, None] if left else columns < lengths[:, None]
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    ids[mask] = flat  # row-major: each row's ids in order, rows in order
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+
+
+def padded_width(longest: int, multiple_of: int = 1) -> int:
+    return -(-longest // multiple_of) * multiple_of
 
 
 class Collator:
-    """A batch of B rows with k text columns as model inputs.
+    """A batch of B rows with k text columns as model inputs, with its token counts (host ints).
 
-    `merge=True`: all kB sentences (column after column) in one input, or with `chunk_rows > 0`
-    sorted by length and cut into chunks of that many rows, each padded only to its own longest
-    sentence; `restore` puts the embeddings back in order. The loss still sees the whole,
-    randomly composed batch. `merge=False`: one padded input per column (`columns`), for losses
-    that run the model themselves.
+    `merge=True`: all kB sentences (column after column) in one input. Packed (`packed`, a
+    PackLayout of train/models/packed.py): end to end, padding-free, in batch order. Padded: one
+    input, or with `chunk_rows > 0` sorted by length and cut into chunks of that many rows, each
+    padded only to its own longest sentence; `restore` puts the embeddings back in order. The
+    loss still sees the whole, randomly composed batch. `merge=False`: one input per column
+    (`columns`), for losses that run the model themselves; packed too unless the loss slices its
+    inputs into mini-batches (`packed_columns=False`: GradCache).
     """
 
     def __init__(
@@ -277,6 +285,9 @@ class Collator:
         label: str | None = "score",
         merge: bool = True,
         prompt_lengths: dict[str, int] | None = None,
+        multiple_of: int = 1,
+        packed: Any = None,
+        packed_columns: bool = True,
     ) -> None:
         self.pad_token_id = pad_token_id
         self.left = padding_side == "left"
@@ -288,47 +299,66 @@ class Collator:
         # Pooling(include_prompt=False): the prompt's token count of each column, for the pooling
         # to skip. One count a forward pass, so chunks then hold one column each.
         self.prompt_lengths = prompt_lengths or {}
+        self.multiple_of = multiple_of
+        self.packed = packed
+        self.packed_columns = packed_columns
 
-    def features(self, sequences: list[list[int]], column: str | None = None) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = pad(sequences, self.pad_token_id, self.left)
-        features = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.token_type_ids:
-            features["token_type_ids"] = torch.zeros_like(input_ids)
+    def features(self, sequences: list[list[int]], column: str | None = None, counts: list[int] | None = None, pack: bool = False) -> dict[str, torch.Tensor]:
+        """Model inputs of `sequences`; `counts` ([real, padded]) gets what they hold and what runs."""
+        if pack:
+            from train.data.packing import pack as packed_inputs
+
+            features = packed_inputs(sequences, self.packed)
+            ran = features["input_ids"].shape[1]
+        else:
+            input_ids, attention_mask = pad(sequences, self.pad_token_id, self.left, self.multiple_of)
+            features = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if self.token_type_ids:
+                features["token_type_ids"] = torch.zeros_like(input_ids)
+            ran = input_ids.numel()
         if column in self.prompt_lengths:
             features["prompt_length"] = torch.tensor([self.prompt_lengths[column]])
+        if counts is not None:
+            counts[0] += sum(map(len, sequences))
+            counts[1] += ran
         return features
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         labels = torch.tensor([r[self.label] for r in rows], dtype=LABEL_COLUMNS[self.label]) if self.label else None
-        batch: dict[str, Any] = {"labels": labels, "n_columns": len(self.columns)}
+        counts = [0, 0]
+        batch: dict[str, Any] = {"labels": labels, "n_columns": len(self.columns), "rows": len(rows), "counts": counts}
         if not self.merge:
-            batch["columns"] = [self.features([r[f"ids_{c}"] for r in rows], c) for c in self.columns]
+            pack = self.packed is not None and self.packed_columns
+            batch["columns"] = [self.features([r[f"ids_{c}"] for r in rows], c, counts, pack) for c in self.columns]
             return batch
         sequences = [r[f"ids_{c}"] for c in self.columns for r in rows]
         if self.prompt_lengths:
-            return {**batch, **self._by_column(sequences, len(rows))}
+            return {**batch, **self._by_column(sequences, len(rows), counts)}
+        if self.packed is not None:
+            return {**batch, "chunks": [self.features(sequences, counts=counts, pack=True)], "restore": None}
         size = chunk_size(len(sequences), self.chunk_rows)
         if size <= 0 or len(sequences) <= size:
-            return {**batch, "chunks": [self.features(sequences)], "restore": None}
+            return {**batch, "chunks": [self.features(sequences, counts=counts)], "restore": None}
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        chunks = [self.features([sequences[i] for i in order[start : start + size]]) for start in range(0, len(order), size)]
+        chunks = [self.features([sequences[i] for i in order[start : start + size]], counts=counts) for start in range(0, len(order), size)]
         restore = torch.empty(len(order), dtype=torch.long)
         restore[torch.tensor(order)] = torch.arange(len(order))
         return {**batch, "chunks": chunks, "restore": restore}
 
-
-    def _by_column(self, sequences: list[list[int]], rows: int) -> dict[str, Any]:
-        """Chunks that each hold one column's sentences (sorted by length within it), so that each
-        forward pass carries that column's prompt length."""
+    def _by_column(self, sequences: list[list[int]], rows: int, counts: list[int]) -> dict[str, Any]:
+        """Chunks that each hold one column's sentences (sorted by length within it, or packed), so
+        that each forward pass carries that column's prompt length."""
         size = chunk_size(len(sequences), self.chunk_rows)
-        size = rows if size <= 0 else min(size, rows)
+        size = rows if size <= 0 or self.packed is not None else min(size, rows)
         order: list[int] = []
         chunks = []
         for k, column in enumerate(self.columns):
-            mine = sorted(range(k * rows, (k + 1) * rows), key=lambda i: len(sequences[i]))
+            mine = list(range(k * rows, (k + 1) * rows))
+            if self.packed is None:
+                mine.sort(key=lambda i: len(sequences[i]))
             for start in range(0, rows, size):
                 part = mine[start : start + size]
-                chunks.append(self.features([sequences[i] for i in part], column))
+                chunks.append(self.features([sequences[i] for i in part], column, counts, pack=self.packed is not None))
                 order += part
         restore = torch.empty(len(order), dtype=torch.long)
         restore[torch.tensor(order)] = torch.arange(len(order))

@@ -32,6 +32,8 @@ class LossSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     # Model outputs the loss needs (cross-encoder: 1 score, or 3 NLI logits).
     num_labels: Callable[[dict[str, Any]], int] = lambda options: 1
+    # The loss cuts each input into mini-batches itself (GradCache): it needs padded inputs.
+    slices_inputs: bool = False
 
 
 def _st():
@@ -86,7 +88,7 @@ BI_ENCODER_LOSSES: dict[str, LossSpec] = {
         ),
         "MNRL with GradCache: the batch is embedded in mini-batches, so memory stays flat as it grows "
         "(loss=cached_mnrl trainer.batch_size=1024 loss.mini_batch_size=32).",
-        defaults={"scale": 20.0},
+        defaults={"scale": 20.0}, slices_inputs=True,
     ),
     "triplet": LossSpec(
         Shape.triplets, lambda model, margin, **_: _st().TripletLoss(model, triplet_margin=margin),

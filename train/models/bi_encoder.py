@@ -68,6 +68,7 @@ def build_sentence_transformer(
     default_prompt_name: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    device: str | None = None,
 ) -> SentenceTransformer:
     """The bi-encoder the loop trains. `prompts` (name -> text) are added to the model's own (a name
     given here wins) and saved with it; `default_prompt_name` replaces the model's own default
@@ -76,7 +77,7 @@ def build_sentence_transformer(
 
     def load(source: str, local_only: bool):
         if has_file(source, local_only, "modules.json"):
-            return SentenceTransformer(source, local_files_only=local_only, model_kwargs=kwargs or None, trust_remote_code=trust_remote_code)
+            return SentenceTransformer(source, local_files_only=local_only, model_kwargs=kwargs or None, trust_remote_code=trust_remote_code, device=device)
         return load_transformer(source, max_seq_length, kwargs, local_only, trust_remote_code=trust_remote_code)
 
     loaded = load_from_sources(name, offline_package, load, "the model")
@@ -84,7 +85,7 @@ def build_sentence_transformer(
         model = _finished(loaded, name, pooling_mode, normalize, replace_pooling, include_prompt)
     else:
         modules = [loaded, Pooling(loaded.get_embedding_dimension(), pooling_mode=pooling_mode, include_prompt=include_prompt)]
-        model = SentenceTransformer(modules=modules + ([Normalize()] if normalize else []))
+        model = SentenceTransformer(modules=modules + ([Normalize()] if normalize else []), device=device)
     transformer = model[0]
     if not hasattr(transformer, "auto_model"):
         raise ModelLoadError(f"model.name={name}: its first module is {type(transformer).__name__}, not a transformer; only transformer models train here.")

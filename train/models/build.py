@@ -23,9 +23,11 @@ def build_model(
     task: str = "bi_encoder",
     num_labels: int = 1,
     peft: DictConfig | PeftConfig | None = None,
+    device: str | None = None,
 ) -> SentenceTransformer:
     """The task's model (a SentenceTransformer, or a CrossEncoder with `num_labels` outputs), with
-    its memory settings and adapter applied."""
+    its memory settings and adapter applied. `device`: where it is built (None: the library's
+    choice, the GPU when there is one; `cpu` under FSDP, which shards it from there)."""
     m: ModelConfig = _plain(model)
     p: PoolingConfig = _plain(pooling)
     a: PeftConfig = _plain(peft) if peft is not None else PeftConfig()
@@ -41,17 +43,17 @@ def build_model(
         import torch
 
         model_kwargs["dtype"] = getattr(torch, m.dtype.value)
-    built = _build(task, m, p, name, package, num_labels, model_kwargs)
+    built = _build(task, m, p, name, package, num_labels, model_kwargs, device)
     fit_token_types(built)
     _memory_and_adapters(built, m, a, task)
     return built
 
 
-def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str | None, num_labels: int, model_kwargs: dict):
+def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str | None, num_labels: int, model_kwargs: dict, device: str | None):
     if task == "cross_encoder":
         from train.models.cross_encoder import build_cross_encoder
 
-        return build_cross_encoder(name, m.max_seq_length, num_labels, package, m.attn_implementation, model_kwargs, m.trust_remote_code)
+        return build_cross_encoder(name, m.max_seq_length, num_labels, package, m.attn_implementation, model_kwargs, m.trust_remote_code, device)
     if task == "image_text":
         from train.models.image_text import build_image_text_model
 
@@ -59,7 +61,7 @@ def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str 
             name, m.max_seq_length, p.mode.value, m.normalize, package, m.attn_implementation,
             image_tower=m.image_tower, image_config=dict(m.image_config), image_pooling=m.image_pooling.value,
             projection_dim=m.projection_dim, freeze_text=m.freeze_text, freeze_image=m.freeze_image,
-            trust_remote_code=m.trust_remote_code,
+            trust_remote_code=m.trust_remote_code, device=device,
         )
     from train.models.bi_encoder import build_sentence_transformer
 
@@ -67,6 +69,7 @@ def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str 
         name, m.max_seq_length, p.mode.value, m.normalize, package, m.attn_implementation,
         replace_pooling=p.replace, include_prompt=p.include_prompt, prompts=dict(m.prompts),
         default_prompt_name=m.default_prompt_name, model_kwargs=model_kwargs, trust_remote_code=m.trust_remote_code,
+        device=device,
     )
 
 

@@ -13,6 +13,7 @@ def build_cross_encoder(
     attn_implementation: str | None = None,
     model_kwargs: dict | None = None,
     trust_remote_code: bool = False,
+    device: str | None = None,
 ):
     """A sentence-transformers CrossEncoder: the backbone with a sequence-classification head
     (fresh unless `name` already has one) of `num_labels` outputs."""
@@ -21,4 +22,4 @@ def build_cross_encoder(
     head = {"transformer_task": "sequence-classification", "num_labels": num_labels}
     backbone = load_backbone(name, max_seq_length, offline_package, attn_implementation, head=head, model_kwargs=model_kwargs, trust_remote_code=trust_remote_code)
     check_max_seq_length(backbone, name, max_seq_length)
-    return CrossEncoder(modules=[backbone])
+    return CrossEncoder(modules=[backbone], device=device)

@@ -81,6 +81,7 @@ def build_dual_encoder(
     image_config: dict[str, Any] | None = None,
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    device: str | None = None,
 ) -> SentenceTransformer:
     """Text tower -> pooling [-> projection] and image tower -> pooling -> projection, by modality.
     projection_dim None: the text tower's own space is the shared one (only the image tower is
@@ -97,23 +98,24 @@ def build_dual_encoder(
     # A CLIP-like image tower already gives one vector an image; a plain vision model gives tokens.
     pooled = [Pooling(image_dim, image_pooling)] if image.module_output_name == "token_embeddings" else []
     image_route = [image, *pooled, Dense(image_dim, dim, activation_function=None)]
-    return SentenceTransformer(modules=[Router(sub_modules={"text": text_route, "image": image_route}), Normalize()])
+    return SentenceTransformer(modules=[Router(sub_modules={"text": text_route, "image": image_route}), Normalize()], device=device)
 
 
 def build_joint_model(
-    name: str, max_seq_length: int, offline_package: str | None = None, attn_implementation: str | None = None, trust_remote_code: bool = False
+    name: str, max_seq_length: int, offline_package: str | None = None, attn_implementation: str | None = None, trust_remote_code: bool = False,
+    device: str | None = None,
 ) -> SentenceTransformer:
     """One CLIP-architecture model (Hub id or folder), or a saved image–text SentenceTransformer."""
     local = Path(name).expanduser()
     if (local / "modules.json").exists():
-        return SentenceTransformer(str(local), local_files_only=True, trust_remote_code=trust_remote_code)
+        return SentenceTransformer(str(local), local_files_only=True, trust_remote_code=trust_remote_code, device=device)
     transformer = load_backbone(name, max_seq_length, offline_package, attn_implementation, trust_remote_code=trust_remote_code)
     if not {"text", "image"} <= set(transformer.modalities):
         raise ModelLoadError(
             f"model.name={name}: takes {transformer.modalities}, not both text and images. For a text model, "
             "pair it with an image tower: model.image_tower=<vision model or 'scratch'>."
         )
-    return SentenceTransformer(modules=[transformer, Normalize()])
+    return SentenceTransformer(modules=[transformer, Normalize()], device=device)
 
 
 def tower_parameters(model: SentenceTransformer, tower: str) -> list[torch.nn.Parameter]:
@@ -164,15 +166,15 @@ def text_encoder_of(model: SentenceTransformer) -> Transformer:
 def build_image_text_model(
     name, max_seq_length, pooling_mode, normalize, offline_package, attn_implementation,
     image_tower=None, image_config=None, image_pooling="cls", projection_dim=None, freeze_text=False, freeze_image=False,
-    trust_remote_code=False,
+    trust_remote_code=False, device=None,
 ) -> SentenceTransformer:
     """A dual encoder (`image_tower` beside `name`) or one CLIP-architecture model, towers frozen as asked."""
     if image_tower:
         model = build_dual_encoder(
             name, image_tower, max_seq_length, pooling_mode, image_pooling, projection_dim, offline_package,
-            image_config, attn_implementation, trust_remote_code,
+            image_config, attn_implementation, trust_remote_code, device,
         )
     else:
-        model = build_joint_model(name, max_seq_length, offline_package, attn_implementation, trust_remote_code)
+        model = build_joint_model(name, max_seq_length, offline_package, attn_implementation, trust_remote_code, device)
     freeze_towers(model, freeze_text, freeze_image)
     return model

@@ -25,18 +25,50 @@ class BatchStats:
 
 
 class TrainStep(Protocol):
-    # True when the loss calls the model itself (not through the DDP wrapper), so the loop must
-    # average the model's gradients across processes on its own.
-    runs_model_itself: bool
-
-    def loss(
-        self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]
-    ) -> torch.Tensor:
-        """The batch's loss; only the model's forward pass runs under `autocast`."""
+    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's loss. `model` is the prepared model (DDP's wrapper under several processes),
+        which `loss_fn` holds too; calling it autocasts the forward pass and gives fp32 outputs
+        (train/step_model.py), so the loss itself is computed in fp32."""
         ...
 
     def stats(self, batch: dict[str, Any]) -> BatchStats:
+        """What the batch held, from what the collator counted on the host (no device read)."""
         ...
+
+    def forward_contexts(self, model: nn.Module) -> list[Callable[[], AbstractContextManager]]:
+        """Context managers the step's forward and backward passes run in (a padding-free forward)."""
+        ...
+
+
+def on_cuda() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().device.type == "cuda"
+
+
+def pad_multiple(setting: int | None) -> int:
+    """trainer.pad_to_multiple_of; null: 8 on CUDA (tensor-core tiles), 1 on a CPU."""
+    if setting is not None:
+        return setting
+    return 8 if on_cuda() else 1
+
+
+def padding_free_layout(model: Any, settings: Any) -> Any:
+    """The padding-free layout of the model's batches (train/models/packed.py), or None (padded)
+    when trainer.padding_free is off or the model does not allow it; the log says which."""
+    import logging
+
+    from train.models.packed import pack_layout
+
+    log = logging.getLogger("train")
+    if not settings.padding_free:
+        return None
+    layout, why_not = pack_layout(model, pad_multiple(settings.pad_to_multiple_of))
+    if layout is None:
+        log.info("Padded batches (not padding-free: %s)", why_not)
+    else:
+        log.info("Padding-free batches: sentences packed end to end, only the attention core padded")
+    return layout
 
 
 def dev_and_test(model: Any, progress: Any, evaluate: Callable | None, test_set: Any, score: Callable[[Any, Any], dict]) -> dict[str, Any]:

@@ -27,36 +27,31 @@ from train.evaluation import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrie
 from train.data.build import load_text_task_data
 from train.losses.registry import LossSpec
 from train.models.prompts import column_prompts, excludes_prompt, prompt_length
-from train.tasks.base import Task, BatchStats
+from train.models.packed import packed_forwards
+from train.tasks.base import Task, BatchStats, on_cuda, pad_multiple, padding_free_layout
 
 log = logging.getLogger("train")
 STS_COLUMNS = ("sentence1", "sentence2")
 
 
 class BiEncoderStep:
-    def __init__(self, from_embeddings: bool) -> None:
+    def __init__(self, from_embeddings: bool, packed: bool = False) -> None:
         self.from_embeddings = from_embeddings
-        self.runs_model_itself = not from_embeddings
+        self.packed = packed
 
-    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         labels = batch["labels"]
         if not self.from_embeddings:
-            with autocast():
-                return loss_fn(batch["columns"], labels)
-        with autocast():
-            embeddings = embed_batch(model, batch)
-        # The loss in fp32: bf16's 8-bit mantissa would blur the small similarity differences it ranks.
-        return loss_fn.compute_loss_from_embeddings(list(embeddings.float().chunk(batch["n_columns"])), labels)
+            return loss_fn(batch["columns"], labels)  # the loss runs `model` (it holds it)
+        embeddings = embed_batch(model, batch)  # fp32: the loss is computed in fp32
+        return loss_fn.compute_loss_from_embeddings(list(embeddings.chunk(batch["n_columns"])), labels)
 
     def stats(self, batch: dict[str, Any]) -> BatchStats:
-        masks = [f["attention_mask"] for f in batch.get("chunks") or batch["columns"]]
-        if batch["labels"] is not None:
-            rows = len(batch["labels"])
-        elif batch.get("columns"):
-            rows = batch["columns"][0]["input_ids"].shape[0]
-        else:
-            rows = sum(c["input_ids"].shape[0] for c in batch["chunks"]) // batch["n_columns"]
-        return BatchStats(rows, sum(int(m.sum()) for m in masks), sum(m.numel() for m in masks))
+        real, ran = batch["counts"]
+        return BatchStats(batch["rows"], real, ran)
+
+    def forward_contexts(self, model: nn.Module) -> list[Callable[[], AbstractContextManager]]:
+        return [lambda: packed_forwards(model)] if self.packed else []
 
 
 def training_inputs(
@@ -71,6 +66,7 @@ def training_inputs(
         log.info("Prompts in training: %s", ", ".join(f"{c}: {t!r}" for c, t in texts.items()))
     tokens = token_table(corpus, tokenizer, model.max_seq_length, "columns", texts)
     label = label_column(corpus)
+    layout = padding_free_layout(model, settings)
     rows = tokens.dataset.select_columns([f"ids_{c}" for c in columns])
     if label:
         rows = datasets.concatenate_datasets([rows, corpus.dataset.select_columns([label])], axis=1)
@@ -78,11 +74,14 @@ def training_inputs(
         pad_token_id=tokenizer.pad_token_id,
         padding_side=tokenizer.padding_side,
         token_type_ids="token_type_ids" in tokenizer.model_input_names,
-        chunk_rows=forward_chunk_rows(settings.forward_chunk_rows, settings.bucket_windows),
+        chunk_rows=forward_chunk_rows(settings.forward_chunk_rows, settings.bucket_windows, on_cuda()),
         columns=columns,
         label=label,
         merge=spec.from_embeddings,
         prompt_lengths={c: prompt_length(tokenizer, t) for c, t in texts.items()} if excludes_prompt(model) else None,
+        multiple_of=pad_multiple(settings.pad_to_multiple_of),
+        packed=layout,
+        packed_columns=not spec.slices_inputs,
     )
     if spec.shape in ("triplets", "texts"):
         # In-batch negatives: a text twice in a (global) batch would be its own negative.
@@ -149,7 +148,7 @@ TASK = Task(
     name="bi_encoder",
     eval_shape=lambda shape: None,
     training_inputs=training_inputs,
-    train_step=lambda spec, collate: BiEncoderStep(spec.from_embeddings),
+    train_step=lambda spec, collate: BiEncoderStep(spec.from_embeddings, collate.packed is not None and (spec.from_embeddings or collate.packed_columns)),
     evaluator=evaluator,
     final_figures=final_figures,
     print_report=print_report,

@@ -16,11 +16,12 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from torch import nn
 
 from train.config import TrainerConfig
-from train.data.batching import BucketBatchSampler, NoDuplicatesBatchSampler, chunk_size, forward_chunk_rows, pad
+from train.data.batching import BucketBatchSampler, NoDuplicatesBatchSampler, chunk_size, forward_chunk_rows, pad, padded_width
 from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
 from train.data.shapes import Shape
@@ -28,7 +29,9 @@ from train.data.tokens import row_pairs, token_table
 from train.data.build import load_text_task_data
 from train.losses.registry import LossSpec
 from train.progress import long_eval
-from train.tasks.base import Task, BatchStats, dev_and_test
+from train.data.packing import pack
+from train.models.packed import packed_forwards
+from train.tasks.base import Task, BatchStats, dev_and_test, on_cuda, pad_multiple, padding_free_layout
 
 log = logging.getLogger("train")
 
@@ -39,19 +42,25 @@ class PairTokens:
     """Model inputs for text pairs, the signature of CrossEncoder.preprocess: a batch's own pairs
     come from the token cache (`use`), tokenized as the model's `preprocess` would ([CLS] a [SEP]
     b [SEP], longest-first truncation to max_seq_length); a pair the data did not hold (an
-    in-batch negative of MNRL) is tokenized on the spot, as the library would. Padded per call."""
+    in-batch negative of MNRL) is tokenized on the spot, as the library would. Packed
+    padding-free (`packed`, train/models/packed.py), or padded per call with a host-side plan of
+    length-sorted chunks. The inputs are put on the model's device here, from pinned memory
+    without waiting, and counted from their lengths: nothing is read back from the device."""
 
-    def __init__(self, tokenizer: Any, max_length: int, chunk_rows: int | None = 0) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, chunk_rows: int | None = 0, multiple_of: int = 1, packed: Any = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.chunk_rows = chunk_rows  # trainer.forward_chunk_rows (see forward_in_chunks)
+        self.multiple_of = multiple_of
+        self.packed = packed
         self.token_types = "token_type_ids" in tokenizer.model_input_names
         self.known: dict[Pair, tuple[list[int], list[int] | None]] = {}
+        self.device = torch.device("cpu")
         self.real = self.padded = 0  # tokens of the features built since the last reset
 
-    def use(self, known: dict[Pair, tuple[list[int], list[int] | None]]) -> None:
-        """The pre-tokenized pairs of the batch about to be trained on."""
-        self.known = known
+    def use(self, known: dict[Pair, tuple[list[int], list[int] | None]], device: torch.device) -> None:
+        """The pre-tokenized pairs of the batch about to be trained on, and where the model is."""
+        self.known, self.device = known, device
 
     def _encode(self, pairs: Sequence[Pair]) -> dict[Pair, tuple[list[int], list[int] | None]]:
         encoded = self.tokenizer(
@@ -62,58 +71,95 @@ class PairTokens:
         return {pair: (ids, tt) for pair, ids, tt in zip(pairs, encoded["input_ids"], types)}
 
     def features(self, pairs: Sequence[Pair], **_: Any) -> dict[str, Any]:
-        """Model inputs for `pairs`."""
+        """Model inputs for `pairs`, on the model's device."""
         pairs = [tuple(p) for p in pairs]
         missing = [p for p in dict.fromkeys(pairs) if p not in self.known]
         extra = self._encode(missing) if missing else {}
         entries = [self.known.get(p) or extra[p] for p in pairs]
+        ids = [e[0] for e in entries]
+        self.real += sum(map(len, ids))
+        if self.packed is not None:
+            features = pack(ids, self.packed, [e[1] for e in entries] if self.token_types else None)
+            self.padded += features["input_ids"].shape[1]
+        else:
+            features = self._padded(ids, [e[1] for e in entries])
+        features = {k: _to(v, self.device) for k, v in features.items()}
+        features["modality"] = "text"
+        return features
+
+    def _padded(self, ids: list[list[int]], types: list[Any]) -> dict[str, Any]:
         left = self.tokenizer.padding_side == "left"
-        input_ids, attention_mask = pad([e[0] for e in entries], self.tokenizer.pad_token_id, left)
+        input_ids, attention_mask = pad(ids, self.tokenizer.pad_token_id, left, self.multiple_of)
         features: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.token_types:
-            features["token_type_ids"], _ = pad([e[1] for e in entries], 0, left)
-        features["modality"] = "text"
-        self.real += int(attention_mask.sum())
-        self.padded += attention_mask.numel()
+            features["token_type_ids"], _ = pad(types, 0, left, self.multiple_of)
+        plan = chunk_plan([len(x) for x in ids], self.chunk_rows, input_ids.shape[1], left, self.multiple_of)
+        if plan is not None:
+            features["chunk_plan"] = plan
+            self.padded += sum(len(part) * (cut.stop - cut.start) for part, cut in plan)
+        else:
+            self.padded += attention_mask.numel()
         return features
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if torch.is_tensor(value):
+        return value.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else value.to(device)
+    if isinstance(value, list):  # a chunk plan
+        return [(_to(part, device), cut) for part, cut in value]
+    return value
+
+
+def chunk_plan(lengths: list[int], chunk_rows: int | None, width: int, left: bool, multiple_of: int = 1) -> list[tuple[torch.Tensor, slice]] | None:
+    """Host side: the batch's rows sorted by length and cut into chunks of `chunk_rows`, each with
+    the columns its longest row needs; None for one forward pass."""
+    if chunk_rows is not None and chunk_rows <= 0:
+        return None
+    rows = chunk_size(len(lengths), chunk_rows)
+    if len(lengths) <= rows:
+        return None
+    order = np.argsort(lengths, kind="stable")
+    plan = []
+    for start in range(0, len(order), rows):
+        part = order[start : start + rows]
+        used = padded_width(max(lengths[i] for i in part), multiple_of)
+        plan.append((torch.from_numpy(part.astype(np.int64)), slice(width - used, width) if left else slice(0, used)))
+    return plan
 
 
 @contextmanager
 def tokenized_once(model: nn.Module, tokens: PairTokens) -> Iterator[None]:
     """For the duration of a step, the model's `preprocess` looks up pre-tokenized pairs."""
+    had, previous = "preprocess" in model.__dict__, model.__dict__.get("preprocess")
     model.preprocess = tokens.features
     try:
         yield
     finally:
-        del model.preprocess
+        if had:
+            model.preprocess = previous
+        else:
+            del model.preprocess
 
 
 @contextmanager
-def forward_in_chunks(model: nn.Module, tokens: PairTokens) -> Iterator[None]:
-    """For the duration of a step, the model runs a batch of pairs in length-sorted chunks of
-    `tokens.chunk_rows` rows, each cut to its own longest pair; the loss gets the whole batch's
-    scores in batch order. A randomly composed batch then costs little more padding than a
-    length-bucketed one (trainer.forward_chunk_rows)."""
-    if tokens.chunk_rows is not None and tokens.chunk_rows <= 0:
-        yield
-        return
-    forward, left = model.forward, tokens.tokenizer.padding_side == "left"
+def forward_in_chunks(model: nn.Module) -> Iterator[None]:
+    """For the duration of a step, the model runs a padded batch of pairs in the length-sorted
+    chunks its features carry (`chunk_plan`, from PairTokens), each cut to its own longest pair;
+    the loss gets the whole batch's scores in batch order. A randomly composed batch then costs
+    little more padding than a length-bucketed one (trainer.forward_chunk_rows)."""
+    had, previous = "forward" in model.__dict__, model.__dict__.get("forward")
+    forward = model.forward
 
     def chunked(features: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        mask = features["attention_mask"]
-        rows = chunk_size(mask.shape[0], tokens.chunk_rows)
-        if mask.shape[0] <= rows:
+        plan = features.pop("chunk_plan", None)
+        if plan is None:
             return forward(features, *args, **kwargs)
-        lengths = mask.sum(1)
-        order = torch.argsort(lengths, stable=True)
-        scores, padded = [], 0
-        for part in order.split(rows):
-            width = int(lengths[part].max())
-            cut = slice(mask.shape[1] - width, None) if left else slice(0, width)
+        scores, order = [], []
+        for part, cut in plan:
             chunk = {k: v[part][:, cut] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in features.items()}
             scores.append(forward(chunk, *args, **kwargs)["scores"])
-            padded += len(part) * width
-        tokens.padded += padded - mask.numel()  # what actually ran, not the batch's full padding
+            order.append(part)
+        order = torch.cat(order)
         restore = torch.empty_like(order)
         restore[order] = torch.arange(len(order), device=order.device)
         return {**features, "scores": torch.cat(scores)[restore]}
@@ -122,24 +168,28 @@ def forward_in_chunks(model: nn.Module, tokens: PairTokens) -> Iterator[None]:
     try:
         yield
     finally:
-        del model.forward
+        if had:
+            model.forward = previous
+        else:
+            del model.forward
 
 
 class CrossEncoderStep:
-    # The library's losses call the CrossEncoder they hold, not the DDP wrapper.
-    runs_model_itself = True
-
     def __init__(self, tokens: PairTokens) -> None:
         self.tokens = tokens
 
-    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        # The library's loss calls the model it holds (the step model, `model`), through `preprocess`.
         self.tokens.real = self.tokens.padded = 0
-        self.tokens.use(batch["known"])
-        with tokenized_once(loss_fn.model, self.tokens), forward_in_chunks(loss_fn.model, self.tokens), autocast():
-            return loss_fn(batch["inputs"], batch["labels"])
+        self.tokens.use(batch["known"], model.device)
+        return loss_fn(batch["inputs"], batch["labels"])
 
     def stats(self, batch: dict[str, Any]) -> BatchStats:
         return BatchStats(batch["rows"], self.tokens.real, self.tokens.padded)
+
+    def forward_contexts(self, model: nn.Module) -> list[Callable[[], AbstractContextManager]]:
+        forward = (lambda: packed_forwards(model)) if self.tokens.packed is not None else (lambda: forward_in_chunks(model))
+        return [lambda: tokenized_once(model, self.tokens), forward]
 
 
 class Collate:
@@ -175,7 +225,10 @@ def training_inputs(
     and the batch sampler."""
     cached = token_table(corpus, model.tokenizer, model.max_seq_length, "pairs")
     rows = datasets.concatenate_datasets([corpus.dataset, cached.dataset], axis=1)
-    tokens = PairTokens(model.tokenizer, model.max_seq_length, forward_chunk_rows(settings.forward_chunk_rows, settings.bucket_windows))
+    tokens = PairTokens(
+        model.tokenizer, model.max_seq_length, forward_chunk_rows(settings.forward_chunk_rows, settings.bucket_windows, on_cuda()),
+        pad_multiple(settings.pad_to_multiple_of), padding_free_layout(model, settings),
+    )
     if spec.shape == Shape.triplets:
         # In-batch negatives: a text twice in a (global) batch would be its own negative.
         sampler: Any = NoDuplicatesBatchSampler(corpus.hashes, settings.batch_size, settings.seed, group=num_processes)

@@ -65,11 +65,14 @@ class Collate:
         distinct = list(dict.fromkeys(captions))
         position = {c: i for i, c in enumerate(distinct)}
         texts = dict(self.tokenizer(distinct, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="pt"))
+        mask = texts["attention_mask"]
         return {
             "images": {"pixel_values": pixels, "modality": "image"},
             "texts": {**texts, "modality": "text"},
             "caption_rows": torch.tensor([position[c] for c in captions]),
             "caption_ids": torch.tensor([self.caption_ids[c] for c in captions]),
+            # Counted here, on the host (in a worker), so the step reads nothing from the device.
+            "counts": [len(rows), int(mask.sum()), mask.numel()],
         }
 
 
@@ -94,36 +97,33 @@ def _embed(model: nn.Module, features: dict[str, Any]) -> torch.Tensor:
 
 
 class ClipStep:
-    # Both towers run through the model the loss holds, not the DDP wrapper (two forward passes
-    # before one backward), so the loop averages the gradients itself.
-    runs_model_itself = True
-
+    # Both towers run through the step model (DDP's wrapper under several processes): two forward
+    # passes before one backward, reduced in DDP's buckets.
     def __init__(self, cached: bool) -> None:
         self.cached = cached
         self.frozen: list[nn.Module] | None = None
 
-    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         # A frozen tower runs as at inference, without dropout (LiT's locked tower gives fixed
         # embeddings); the loop puts the whole model in train mode.
         if self.frozen is None:
-            self.frozen = frozen_modules(loss_fn.model)
+            self.frozen = frozen_modules(model)
         for module in self.frozen:
             module.eval()
         if self.cached:
             # sentence-transformers' GradCache loss embeds in mini-batches itself, a row a caption.
             texts = {k: v[batch["caption_rows"]] if torch.is_tensor(v) else v for k, v in batch["texts"].items()}
-            with autocast():
-                return loss_fn([batch["images"], texts], None)
-        with autocast():
-            images = _embed(loss_fn.model, batch["images"])
-            texts = _embed(loss_fn.model, batch["texts"])[batch["caption_rows"]]
-        # The loss in fp32, like the bi-encoder's: similarities are close together.
-        return loss_fn.from_embeddings(images.float(), texts.float(), batch["caption_ids"])
+            return loss_fn([batch["images"], texts], None)
+        images = _embed(model, batch["images"])  # fp32 outputs: the loss in fp32, like the bi-encoder's
+        texts = _embed(model, batch["texts"])[batch["caption_rows"]]
+        return loss_fn.from_embeddings(images, texts, batch["caption_ids"])
 
     def stats(self, batch: dict[str, Any]) -> BatchStats:
         # Text tokens only (an image is always its fixed number of patches), of the distinct captions embedded.
-        mask = batch["texts"]["attention_mask"]
-        return BatchStats(len(batch["caption_ids"]), int(mask.sum()), mask.numel())
+        return BatchStats(*batch["counts"])
+
+    def forward_contexts(self, model: nn.Module) -> list[Callable[[], AbstractContextManager]]:
+        return []
 
 
 def training_inputs(

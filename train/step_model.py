@@ -1,0 +1,96 @@
+"""The model as a training step calls it: through the DDP wrapper, the forward pass alone under
+autocast, its outputs in fp32.
+
+- **One pass through the wrapper for every loss.** A loss that runs the model itself (the
+  library's cross-encoder losses, GradCache, Matryoshka, the softmax classifier, CLIP's towers)
+  holds the plain model; it is given the prepared one (DDP's wrapper) instead, as
+  sentence-transformers' own trainer does (`override_model_in_loss`), so that DDP reduces the
+  gradients in its buckets while backward runs, and GradCache finds the wrapper's `no_sync`.
+- **Autocast covers the forward pass only.** Within `training_forward`, a call of the step model
+  runs under autocast and hands back `sentence_embedding` / `scores` in fp32, so every loss
+  computes its similarities, logits and softmax in fp32 (bf16's 8-bit mantissa blurs the small
+  differences a ranking loss works on), whether the loop or the loss called the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+# The outputs a loss reads; token embeddings stay as computed (casting them would cost memory).
+OUTPUT_KEYS = ("sentence_embedding", "scores")
+# What the library's losses call on the model besides forward (DDP's wrapper has `device` itself).
+_BOUND = ("preprocess", "get_embedding_dimension", "num_labels")
+
+
+def _holders(loss_fn: nn.Module, plain: nn.Module) -> list[nn.Module]:
+    """The loss and the losses it wraps (MatryoshkaLoss's inner loss) whose `model` is `plain`."""
+    return [m for m in loss_fn.modules() if m is not plain and m._modules.get("model") is plain]
+
+
+def route_loss_through(loss_fn: nn.Module, wrapped: nn.Module, plain: nn.Module) -> Callable[[], None]:
+    """Gives every loss that holds `plain` the prepared `wrapped` instead; returns the undo."""
+    if wrapped is plain:
+        return lambda: None
+    holders = _holders(loss_fn, plain)
+    for name in _BOUND:
+        if hasattr(plain, name) and name not in wrapped.__dict__:
+            wrapped.__dict__[name] = getattr(plain, name)
+    for holder in holders:
+        holder._modules["model"] = wrapped
+
+    def undo() -> None:
+        for holder in holders:
+            holder._modules["model"] = plain
+
+    return undo
+
+
+def to_fp32(outputs: Any) -> Any:
+    if isinstance(outputs, dict):
+        for key in OUTPUT_KEYS:
+            value = outputs.get(key)
+            if torch.is_tensor(value) and value.is_floating_point() and value.dtype != torch.float32:
+                outputs[key] = value.float()
+    return outputs
+
+
+@contextmanager
+def patched_forward(module: nn.Module, make: Callable[[Callable], Callable]) -> Iterator[None]:
+    """`module.forward` replaced by `make(the current forward)` for the duration."""
+    had = "forward" in module.__dict__
+    previous = module.__dict__.get("forward")
+    module.forward = make(module.forward)
+    try:
+        yield
+    finally:
+        if had:
+            module.forward = previous
+        else:
+            del module.forward
+
+
+@contextmanager
+def training_forward(
+    model: nn.Module, autocast: Callable[[], AbstractContextManager], extra: list[Callable[[], AbstractContextManager]] = ()
+) -> Iterator[None]:
+    """Within: `model(...)` (the step model, whoever calls it) runs under autocast and returns fp32
+    outputs; `extra` context managers (padding-free forwards of the task) are entered inside."""
+
+    def make(forward: Callable) -> Callable:
+        def forward_in_autocast(*args: Any, **kwargs: Any) -> Any:
+            with autocast():
+                outputs = forward(*args, **kwargs)
+            return to_fp32(outputs)
+
+        return forward_in_autocast
+
+    with ExitStack() as stack:
+        stack.enter_context(patched_forward(model, make))
+        for manager in extra:
+            stack.enter_context(manager())
+        yield
