@@ -279,6 +279,9 @@ class TrainerConfig:
     pad_to_multiple_of: Optional[int] = None
     # TF32 tensor cores for fp32 matmuls on CUDA (recorded in eval.json); no effect on a CPU.
     tf32: bool = True
+    # torch.compile the backbone (dynamic shapes: batches vary in length): faster steps on a GPU
+    # after a compilation of a minute or so, which a CPU rarely pays back.
+    compile: bool = False
     # DDP searches every step's graph for parameters without a gradient; only for a model with
     # parameters no loss reaches (the first step names them when it is needed).
     find_unused_parameters: bool = False

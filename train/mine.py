@@ -165,6 +165,9 @@ class Layout:
         self.positive_docs = doc_of_row[by_query]
         self.positive_starts = np.searchsorted(query_of_row[by_query], np.arange(len(self.query_rows) + 1))
         self.pairs = len(anchor_hash)
+        # Each query's own text as a corpus row (when it is also some row's positive), else -1.
+        row_of_doc = {int(h): i for i, h in enumerate(self.doc_hash)}
+        self.query_doc = np.array([row_of_doc.get(int(h), -1) for h in self.query_hash], dtype=np.int64)
         # As sentence-transformers counts a query's positives (its rows) for the search depth.
         self.max_rows_a_query = int(np.bincount(query_of_row).max()) if len(query_of_row) else 0
 
@@ -204,16 +207,15 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path)
             progress(start)
             stop = min(start + QUERY_CHUNK, n_queries)
             queries = embed(model, layout.queries[start:stop], cfg.batch_size, prompts.get("anchor"))
-            scores, ids = index.search(queries, range_max + max_positives)
+            # Its positives and its own text are searched past, as sentence-transformers does.
+            scores, ids = index.search(queries, range_max + max_positives + 1)
             positives = [layout.positives(q) for q in range(start, stop)]
             positive_scores = [gather(vectors, p) @ queries[i] for i, p in enumerate(positives)]
-            negatives, negative_scores = select_negatives(scores, ids, positives, positive_scores, range_max, cfg)
+            negatives, negative_scores = select_negatives(scores, ids, positives, positive_scores, range_max, cfg, layout.query_doc[start:stop])
             texts = layout.queries[start:stop]
-            for i, q in enumerate(range(start, stop)):
-                # The query's own text (when it is also some row's positive) would be a sure false negative.
-                keep = [j for j, doc in enumerate(negatives[i]) if layout.doc_hash[doc] != layout.query_hash[q]]
-                if keep:
-                    yield _record(texts[i], layout.corpus, positives[i], positive_scores[i], negatives[i][keep], negative_scores[i][keep], cfg.scores)
+            for i in range(stop - start):
+                if len(negatives[i]):
+                    yield _record(texts[i], layout.corpus, positives[i], positive_scores[i], negatives[i], negative_scores[i], cfg.scores)
 
     counts = write_jsonl_atomic(out, records(), count=lambda r: len(r["negatives"]))
     corpus = {"corpus": len(layout.corpus), "corpus_embed_seconds": round(embed_seconds, 2), "corpus_vectors_reused": reused}
@@ -221,13 +223,18 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path)
 
 
 def select_negatives(
-    scores: np.ndarray, ids: np.ndarray, positives: list[np.ndarray], positive_scores: list[np.ndarray], range_max: int, cfg: DictConfig
+    scores: np.ndarray, ids: np.ndarray, positives: list[np.ndarray], positive_scores: list[np.ndarray], range_max: int, cfg: DictConfig,
+    own: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each query's negatives (corpus rows) and their scores, best first, from its search results:
-    sentence-transformers' mine_hard_negatives filters (its positives never, a margin below the
-    query's hardest positive, max_score, ranks range_min..range_max, the top or a random draw)."""
+    sentence-transformers' mine_hard_negatives filters (its positives and its own text never, a
+    margin below the query's hardest positive, max_score, ranks range_min..range_max, the top or a
+    random draw). `own`: each query's own text as a corpus row, or -1."""
     scores_t, ids_t = torch.from_numpy(scores.copy()), torch.from_numpy(ids)
     scores_t[ids_t == -1] = -float("inf")
+    if own is not None:
+        # The query's own text (when it is also some row's positive) would be a sure false negative.
+        scores_t[ids_t == torch.from_numpy(own)[:, None]] = -float("inf")
     width = max(len(p) for p in positives)
     pos = torch.full((len(positives), width), -2, dtype=torch.long)
     pos_scores = torch.full((len(positives), width), float("inf"))

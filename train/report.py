@@ -230,7 +230,8 @@ def training_lines(result: dict[str, Any]) -> list[str]:
         ["steps", result.get("steps")],
         ["train seconds", result.get("train_seconds")],
         ["pairs/s (training)", result.get("train_pairs_per_second")],
-        ["padding ratio (padded/real tokens)", result.get("padding_ratio")],
+        # A ratio (1 = padding-free), not a figure in [0, 1]: four digits, not four decimals.
+        ["padding ratio (padded/real tokens)", f"{result['padding_ratio']:.4g}" if result.get("padding_ratio") is not None else None],
         ["mixed precision", result.get("mixed_precision")],
         ["processes", result.get("num_processes")],
         ["main metric", result.get("main_metric")],

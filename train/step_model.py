@@ -50,6 +50,16 @@ def route_loss_through(loss_fn: nn.Module, wrapped: nn.Module, plain: nn.Module)
     return undo
 
 
+def compile_backbones(model: nn.Module) -> int:
+    """torch.compile each transformer's own forward in place (parameter names, saving and the
+    state dict stay as they are), with dynamic shapes, since every batch has its own length.
+    Returns how many were compiled."""
+    found = [m.auto_model for m in model.modules() if hasattr(m, "auto_model")]
+    for backbone in found:
+        backbone.compile(dynamic=True)
+    return len(found)
+
+
 def to_fp32(outputs: Any) -> Any:
     if isinstance(outputs, dict):
         for key in OUTPUT_KEYS:

@@ -169,6 +169,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale.add_argument("--search", default="auto", choices=["auto", "faiss", "torch"], help="--retrieval: the search backend")
     p.add_argument("--out", default=None, help="the JSON report (default bench_results/bench.json, or scale.json); "
                                                 "--suite: the folder for suite.json and suite.md")
+    steps = p.add_argument_group("steady-state step rates (train/bench/steps.py)")
+    steps.add_argument("--steps", action="store_true", help="time the training step of each variant (padding-free or padded, "
+                       "chunks, bf16 or fp32, compiled or not) after warm-up steps, the device synchronised at the window's edges")
+    steps.add_argument("--steps-only", default=None, metavar="NAME,NAME", help="--steps: only these variants")
+    steps.add_argument("--warmup-steps", type=int, default=20, help="--steps: steps run before the timed window")
+    steps.add_argument("--timed-steps", type=int, default=200, help="--steps: steps timed")
+    steps.add_argument("--collation", action="store_true", help="ms the loader spends a batch (--batch-size, default 256 MNRL pairs): "
+                       "gathering rows, padding (vectorised and row by row) and packing")
     p.add_argument("--suite", default=None, choices=["gpu"],
                    help="gpu: every GPU recipe against the library's trainer at equal precision, one JSON and one Markdown "
                         "table (train/bench/suite.py)")
@@ -178,6 +186,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--profile", action="store_true",
                    help="ours: a torch.profiler summary of the timed span (top operators by GPU and CPU time) beside --out")
     args = p.parse_args(argv)
+    if args.steps:
+        from train.bench.steps import run_steps
+
+        return run_steps(args, argv if argv is not None else sys.argv[1:])
+    if args.collation:
+        from train.bench.steps import collation_cost
+
+        return collation_cost(args)
     if args.suite:
         from train.bench.suite import run_suite
 

@@ -48,9 +48,7 @@ def peak_memory(device: str) -> dict[str, float]:
 def timed_train(task_name: str, model, loss, spec, train_split, settings, precision: str, device: str):
     """Our side's timed span: the task's training inputs and the loop, into a throwaway run dir.
     Returns the loop's result and the seconds it took."""
-    from accelerate import Accelerator
-
-    from train.loop import train
+    from train.loop import make_accelerator, train
     from train.tasks import get_task
 
     task = get_task(task_name)
@@ -59,7 +57,7 @@ def timed_train(task_name: str, model, loss, spec, train_split, settings, precis
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
             model, loss, rows, collate, sampler, task.train_step(spec, collate), None, Path(run_dir), settings,
-            accelerator=Accelerator(mixed_precision=precision, cpu=device == "cpu"),
+            accelerator=make_accelerator(settings),  # the run's own: DDP settings, fp16's scaler, the loader
         )
         return result, time.perf_counter() - started
 
