@@ -191,3 +191,28 @@ def test_contrastive_recipe_trains_both_sides_on_the_same_triplets(tiny_model_di
     assert ours["test_spearman"] == pytest.approx(theirs["test_spearman"], abs=1e-6)
     with pytest.raises(SystemExit):
         bench.main(["--loss", "mnrl", "--data", "stsb"])  # scored pairs cannot feed in-batch negatives
+
+
+def test_steps_bench_times_each_variant_after_its_warm_up_and_writes_one_table(tiny_model_dir, shared_data, tmp_path):
+    """--steps on the CPU with the tiny model: each variant (padding-free, padded in one pass or in
+    chunks) trains its warm-up and timed steps through the loop and gets a row."""
+    out = tmp_path / "steps"
+    names = "minilm_cosent_free,minilm_cosent_one_pass,minilm_cosent_chunks"
+    report = bench.main(["--steps", "--device", "cpu", "--data-dir", str(shared_data), "--out", str(out), "--steps-only", names,
+                         "--warmup-steps", "1", "--timed-steps", "2", "--suite-override", f"model={tiny_model_dir}",
+                         "--suite-override", "batch_size=8", "--suite-override", "max_seq_length=32"])
+    rows = report["rows"]
+    assert list(rows) == names.split(",")
+    for name, row in rows.items():
+        assert row["steps"] == 2 and row["pairs_per_s"] > 0 and row["distinct_shapes"] >= 1, name
+        assert 0 < row["mfu"] and row["model_tflops_per_s"] > 0
+    free, one_pass = rows["minilm_cosent_free"], rows["minilm_cosent_one_pass"]
+    assert free["computed_tokens_per_s"] == pytest.approx(free["real_tokens_per_s"])  # padding-free computes real tokens only
+    assert one_pass["computed_tokens_per_s"] > one_pass["real_tokens_per_s"]
+    table = (out / "steps.md").read_text()
+    assert all(f"| {name} |" in table for name in rows)
+
+
+def test_collation_bench_reports_each_part_of_a_batch(tiny_model_dir, shared_data):
+    costs = bench.main(["--collation", "--model", str(tiny_model_dir), "--data-dir", str(shared_data), "--batch-size", "32"])
+    assert set(costs) == {"gather rows", "pad (vectorised)", "pad (row by row, before)", "pack"} and all(v > 0 for v in costs.values())

@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ def in_subprocess(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 def summarize(runs: list[dict[str, Any]], unit: str) -> dict[str, float]:
     total = sum(r["seconds"] for r in runs)
     out = {"seconds_mean": total / len(runs), f"{unit}_per_s": sum(r[unit] for r in runs) / total}
+    if "process_seconds" in runs[0]:
+        out["process_seconds_mean"] = statistics.fmean(r["process_seconds"] for r in runs)
     if "real_tokens" in runs[0]:
         out["real_tokens_per_s"] = sum(r["real_tokens"] for r in runs) / total
         out["padded_tokens_per_s"] = sum(r["padded_tokens"] for r in runs) / total
@@ -78,6 +81,9 @@ def ratios_against(summary: dict[str, dict], ours: str, theirs: str, unit: str) 
         f"{unit}_per_s": summary[ours][f"{unit}_per_s"] / summary[theirs][f"{unit}_per_s"],
         "peak_rss": summary[ours]["peak_rss_mb_max"] / summary[theirs]["peak_rss_mb_max"],
     }
+    if "process_seconds_mean" in summary[ours] and "process_seconds_mean" in summary[theirs]:
+        # How many times faster the whole process is (its seconds, theirs over ours).
+        out["whole_process"] = summary[theirs]["process_seconds_mean"] / summary[ours]["process_seconds_mean"]
     for figure in QUALITY:
         if f"{figure}_mean" in summary[ours] and f"{figure}_mean" in summary[theirs]:
             out[f"{figure}_diff"] = summary[ours][f"{figure}_mean"] - summary[theirs][f"{figure}_mean"]
@@ -102,7 +108,8 @@ def print_summary(runs: dict[str, list], summary: dict[str, dict], ratios: dict[
     if unit in ("pairs", "images"):
         ours = summary[kinds[0]]
         parts = [f"{r[f'{unit}_per_s']:.2f}x SentenceTransformerTrainer at {'its default' if t == 'st_trainer' else 'equal'} precision "
-                 f"({runs[t][0]['precision']})" for t, r in ratios.items()]
+                 f"({runs[t][0]['precision']})" + (f" ({r['whole_process']:.2f}x as a whole process)" if "whole_process" in r else "")
+                 for t, r in ratios.items()]
         print(f"headline: ours ({runs[kinds[0]][0]['precision']}) {ours[f'{unit}_per_s']:.1f} {unit}/s = " + ", ".join(parts))
 
 
@@ -233,7 +240,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # A new seed each repeat (the same for both sides): dev means average over seeds too.
         repeat_args = argparse.Namespace(**{**vars(args), "seed": args.seed + repeat})
         for kind in order:
+            started = time.perf_counter()
             result = {"seed": repeat_args.seed, **in_subprocess(kind, repeat_args)}
+            # The whole process: start-up and imports, model and data loading, training, dev evaluation.
+            result["process_seconds"] = time.perf_counter() - started
             runs[kind].append(result)
             print(f"[{repeat + 1}/{args.repeats}] {kind}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in result.items()), flush=True)
     summary = {k: summarize(v, unit) for k, v in runs.items()}

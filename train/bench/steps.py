@@ -115,9 +115,9 @@ def run_variant(v: dict[str, Any]) -> dict[str, Any]:
     task = get_task(v.get("task", "bi_encoder"))
     torch.manual_seed(0)
     if task.name == "cross_encoder":
-        model = build_cross_encoder(name, 128, 1, offline_package=package)
+        model = build_cross_encoder(name, v.get("max_seq_length", 128), 1, offline_package=package)
     else:
-        model = build_sentence_transformer(name, 128, "mean", offline_package=package)
+        model = build_sentence_transformer(name, v.get("max_seq_length", 128), "mean", offline_package=package)
     settings = TrainerConfig(
         max_steps=steps, batch_size=v["batch_size"], mixed_precision=MixedPrecision(v["precision"]), log_every=10**9,
         eval_every=10**9, save_every=10**9, padding_free=v.get("padding_free", True), forward_chunk_rows=v.get("chunk_rows"),
@@ -193,6 +193,7 @@ def run_steps(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     import torch
 
     from train.bench.flops import measured_peak_tflops
+    from train.bench.suite import overrides
 
     variants = selected(args.steps_only)
     estimate = sum(v["seconds"] for v in variants.values()) * max(args.timed_steps / 200, 0.5)
@@ -203,7 +204,9 @@ def run_steps(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     out = Path(args.out or "bench_results/steps")
     out.mkdir(parents=True, exist_ok=True)
     rows = {}
+    extra = overrides(args.suite_override)  # --suite-override model=... and the like, for every variant
     for name, v in variants.items():
+        v = {**v, **extra}
         settings = {**BASE, **v, "device": args.device, "warmup": args.warmup_steps, "timed": args.timed_steps,
                     "data_dir": args.data_dir, "peak": peak["bf16" if v["precision"] == "bf16" else "no"]}
         started = time.perf_counter()
