@@ -200,44 +200,43 @@ def make_tiny_qwen3(out: Path) -> Path:
     return out
 
 
-def make_tiny_xlmr(out: Path) -> Path:
-    """A bare random XLM-RoBERTa (bge-m3's and KURE-v1's architecture, 2 layers, hidden 32) with MiniLM's tokenizer."""
+def make_tiny_roberta_like(out: Path, model_type: str, token_types: bool) -> Path:
+    """A bare random RoBERTa-family model (2 layers, hidden 32, one token type, positions after the
+    padding index) with MiniLM's BERT tokenizer, which returns token types (1 on a pair's second
+    text) unless `token_types` is false."""
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+    from transformers import AutoConfig, AutoModel
+
+    from train.models.token_types import drop_unused_token_types
 
     tokenizer = minilm_tokenizer()
     torch.manual_seed(0)
-    config = XLMRobertaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    config = AutoConfig.for_model(
+        model_type, vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=130, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
     )
-    from train.models.token_types import drop_unused_token_types
-
-    XLMRobertaModel(config).save_pretrained(out)
-    drop_unused_token_types(tokenizer, config)  # bge-m3's own tokenizer returns no token types either
+    AutoModel.from_config(config).save_pretrained(out)
+    if not token_types:
+        drop_unused_token_types(tokenizer, config)
     tokenizer.save_pretrained(out)
     return out
+
+
+def make_tiny_xlmr(out: Path) -> Path:
+    """bge-m3's and KURE-v1's architecture (XLM-RoBERTa), whose own tokenizer returns no token types."""
+    return make_tiny_roberta_like(out, "xlm-roberta", token_types=False)
 
 
 def make_tiny_klue_roberta(out: Path) -> Path:
-    """klue/roberta-base's layout, tiny and random: a RoBERTa with one token type
-    (`type_vocab_size=1`, positions after the padding index) saved with a BERT tokenizer that
-    returns token_type_ids, 1 on a pair's second text, exactly as klue ships it."""
-    import torch
-    from transformers import RobertaConfig, RobertaModel
+    """klue/roberta-base's layout: a RoBERTa with one token type saved with a BERT tokenizer that
+    returns token_type_ids, exactly as klue ships it."""
+    return make_tiny_roberta_like(out, "roberta", token_types=True)
 
-    tokenizer = minilm_tokenizer()
-    assert "token_type_ids" in tokenizer.model_input_names
-    torch.manual_seed(0)
-    config = RobertaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=130, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-    )
-    RobertaModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+
+@pytest.fixture(scope="session")
+def tiny_klue_dir(tmp_path_factory) -> Path:
+    return make_tiny_klue_roberta(tmp_path_factory.mktemp("tiny-klue-roberta"))
 
 
 CUSTOM_CONFIG = """from transformers import BertConfig
@@ -271,9 +270,7 @@ def make_tiny_custom_code(out: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_klue_dir(tmp_path_factory) -> Path:
-    return make_tiny_klue_roberta(tmp_path_factory.mktemp("tiny-klue-roberta"))
+
 
 
 def make_finished(backbone: Path, out: Path, pooling: str, normalize: bool = True, prompts: dict | None = None,

@@ -13,24 +13,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> None:
-    import torch
-    from accelerate import PartialState
-    from hydra import compose, initialize_config_dir
     from torch.profiler import ProfilerActivity, profile
 
-    from train.config import register_configs
+    from tests.probes.launched import config_from_argv
     from train.run import run
 
-    out, run_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
-    state = PartialState(cpu=not torch.cuda.is_available())
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    out, run_dir, cfg, state = config_from_argv()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         result = run(cfg, run_dir=run_dir)
     counts = Counter(e.name for e in prof.events() if e.name.startswith(("gloo:", "nccl:")))

@@ -14,8 +14,7 @@ import resource
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def local_bytes(tensor) -> int:
@@ -25,18 +24,12 @@ def local_bytes(tensor) -> int:
 
 def main() -> None:
     import torch
-    from accelerate import PartialState
-    from hydra import compose, initialize_config_dir
 
     import train.loop as loop
-    from train.config import register_configs
+    from tests.probes.launched import config_from_argv
     from train.run import run
 
-    out, run_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
-    state = PartialState(cpu=not torch.cuda.is_available())
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    out, run_dir, cfg, state = config_from_argv()
     measured: dict = {}
     real = loop.optimizer_step
 
