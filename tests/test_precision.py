@@ -51,3 +51,31 @@ def test_bf16_autocasts_training_but_evaluates_and_saves_fp32(tiny_cfg, tmp_path
     )
     assert again["dev"]["spearman_cosine"] == pytest.approx(runs["bf16"]["dev"]["spearman_cosine"], abs=1e-6)
     assert again["dev"]["pearson_cosine"] == pytest.approx(runs["bf16"]["dev"]["pearson_cosine"], abs=1e-6)
+
+
+def test_tf32_is_set_for_cuda_only_and_reported():
+    from train.precision import set_tf32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        assert set_tf32(True, torch.device("cpu")) is False and torch.backends.cuda.matmul.allow_tf32 is False
+        assert set_tf32(True, torch.device("cuda")) is True
+        assert torch.backends.cuda.matmul.allow_tf32 is True and torch.backends.cudnn.allow_tf32 is True
+        assert set_tf32(False, torch.device("cuda")) is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_the_run_reports_tf32_off_on_a_cpu(tiny_cfg, tmp_path):
+    assert run(tiny_cfg(), run_dir=tmp_path)["tf32"] is False
+
+
+def test_under_fsdp_the_model_is_built_on_the_cpu(monkeypatch):
+    """FSDP shards the model from the CPU onto the GPUs: it is never whole on one GPU."""
+    from train.sharding import build_device
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert build_device() == "cpu"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert build_device() is None

@@ -38,7 +38,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "minilm_cosent_chunks": {"model": "minilm", "loss": "cosent", "batch_size": 64, "precision": "bf16", "padding_free": False, "chunk_rows": 64, "seconds": 20},
     "minilm_cosent_free_fp32": {"model": "minilm", "loss": "cosent", "batch_size": 64, "precision": "no", "seconds": 20},
     "minilm_mnrl_free": {"model": "minilm", "loss": "mnrl", "batch_size": 256, "precision": "bf16", "seconds": 25},
-    "minilm_mnrl_free_compiled": {"model": "minilm", "loss": "mnrl", "batch_size": 256, "precision": "bf16", "compile": True, "seconds": 80},
     "roberta_mnrl_free": {"model": "roberta_base_random", "loss": "mnrl", "batch_size": 256, "precision": "bf16", "seconds": 35},
     "roberta_mnrl_one_pass": {"model": "roberta_base_random", "loss": "mnrl", "batch_size": 256, "precision": "bf16", "padding_free": False, "chunk_rows": 0, "seconds": 35},
     "roberta_mnrl_chunks": {"model": "roberta_base_random", "loss": "mnrl", "batch_size": 256, "precision": "bf16", "padding_free": False, "chunk_rows": 128, "seconds": 35},
