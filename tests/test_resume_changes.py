@@ -60,3 +60,13 @@ def test_processes_and_precision_change_the_result_trackers_do_not():
     new = {"trainer": {"mixed_precision": "no", "report_to": ["tensorboard"]}, "launch": {"num_processes": 2}}
     assert {(k, harmful) for k, _, _, harmful in changes(old, new)} == {
         ("launch.num_processes", True), ("trainer.mixed_precision", True), ("trainer.report_to", False)}
+
+
+def test_a_setting_newer_than_the_run_is_no_change_but_a_changed_one_is():
+    """A run started by an older version has no trainer.padding_free in its file: the key's
+    default is not a change the command asked for; setting a key the file has still is."""
+    old = {"trainer": {"lr": 2e-5}}
+    new = {"trainer": {"lr": 2e-5, "padding_free": True}}
+    assert [(k, harmful) for k, _, _, harmful in changes(old, new)] == [("trainer.padding_free", False)]
+    assert [(k, harmful) for k, _, _, harmful in changes({"trainer": {"padding_free": True}}, {"trainer": {"padding_free": False}})] == [
+        ("trainer.padding_free", True)]

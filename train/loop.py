@@ -5,6 +5,11 @@ function, the trainer settings) and writes into the run dir: metrics.jsonl, chec
 best/, final/; what it writes to metrics.jsonl also goes to the accelerator's trackers, if any
 (train/tracking.py). Nothing here knows a batch layout, reads files of a dataset format or the config.
 Read `train` first: it calls the rest top-down.
+
+A step reads nothing back from the device (train/device_stats.py): what it counts is read at log
+lines, evaluations and checkpoints. The model a step calls is the prepared one, DDP's wrapper
+under several processes, for the loop and for losses that run the model themselves alike, its
+forward pass under autocast and its outputs in fp32 (train/step_model.py).
 """
 
 from __future__ import annotations
@@ -565,19 +570,14 @@ def train(
         s.vote.close()
         s.undo_routing()
     seconds = time.perf_counter() - started - s.eval_seconds  # training only: evaluation is not throughput
-    final_dir = s.run_dir / "final"
-    checkpoint.save_model(s.accelerator, s.to_save(), final_dir, {"step": s.progress.step, "kind": "final"})
+    checkpoint.save_model(s.accelerator, s.to_save(), s.run_dir / "final", {"step": s.progress.step, "kind": "final"})
+    return loop_result(s, seconds, reading)
+
+
+def loop_result(s: Session, seconds: float, reading: Reading) -> LoopResult:
     best_dir = s.run_dir / "best"
     return LoopResult(
-        progress=s.progress,
-        final_dir=final_dir,
-        best_dir=best_dir if best_dir.exists() else None,
-        seconds=seconds,
-        pairs=s.pairs,
-        real_tokens=s.real_tokens,
-        padded_tokens=s.padded_tokens,
-        mixed_precision=s.accelerator.mixed_precision,
-        skipped_steps=reading.skipped_steps,
-        loss_scale=reading.loss_scale,
-        tf32=s.tf32,
+        progress=s.progress, final_dir=s.run_dir / "final", best_dir=best_dir if best_dir.exists() else None, seconds=seconds,
+        pairs=s.pairs, real_tokens=s.real_tokens, padded_tokens=s.padded_tokens, mixed_precision=s.accelerator.mixed_precision,
+        skipped_steps=reading.skipped_steps, loss_scale=reading.loss_scale, tf32=s.tf32,
     )

@@ -39,7 +39,9 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, An
     out = []
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
-            out.append((key, a.get(key), b.get(key), not key.startswith(NEUTRAL)))
+            # A key the run's file does not have is a setting newer than the run: its default
+            # is what this version does, not a change the command asked for.
+            out.append((key, a.get(key), b.get(key), not key.startswith(NEUTRAL) and key in a))
     return out
 
 
