@@ -96,9 +96,12 @@ def test_roberta_positions_start_after_the_padding_index(tmp_path):
     layout, _ = pack_layout(model)
     pad = model[0].auto_model.config.pad_token_id
     assert layout.position_offset == pad + 1
-    batch = collators(model)[0](rows_of(model.tokenizer, 2))
-    first = len(rows_of(model.tokenizer, 2)[0]["ids_sentence1"])
-    assert batch["chunks"][0]["position_ids"][0, :first].tolist() == list(range(pad + 1, pad + 1 + first))
+    rows = rows_of(model.tokenizer, 2)
+    chunk = collators(model)[0](rows)["chunks"][0]
+    for i, ids in enumerate([r["ids_sentence1"] for r in rows] + [r["ids_sentence2"] for r in rows]):
+        start = int(chunk["first_tokens"][i])  # packed shortest first: sentence i starts here
+        assert chunk["input_ids"][0, start : start + len(ids)].tolist() == ids
+        assert chunk["position_ids"][0, start : start + len(ids)].tolist() == list(range(pad + 1, pad + 1 + len(ids)))
 
 
 @pytest.mark.parametrize("mode", ["cls", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens"])
@@ -170,3 +173,18 @@ def test_a_run_trains_to_the_same_weights_padding_free_or_padded(task, tiny_mode
     assert_same_updates(weight_updates(tiny_model_no_dropout_dir, tmp_path / "free"), weight_updates(tiny_model_no_dropout_dir, tmp_path / "padded"),
                         rtol=1e-4)
 
+
+
+def test_attention_groups_pad_each_to_its_own_longest():
+    """Shortest first, cut into groups: each group's block is as wide as its own longest sentence,
+    and the groups cover every token once."""
+    from train.data.packing import PackLayout, pack
+
+    lengths = [3, 40, 7, 12, 5, 33, 9, 21] * 4
+    features = pack([[1] * n for n in lengths], PackLayout(0, False))
+    groups = features["packed_groups"]
+    assert len(groups) == 4
+    widths = [mask.shape[-1] for *_, mask in groups]
+    assert widths == sorted(widths) and widths[-1] == 40 and widths[0] < 10
+    assert [g[0] for g in groups] == [0] + [g[1] for g in groups[:-1]] and groups[-1][1] == sum(lengths)
+    assert sum(int(mask.sum()) for *_, mask in groups) == sum(lengths)

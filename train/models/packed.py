@@ -4,8 +4,8 @@ A random batch of STS-B sentences is about half padding, and a padded forward pa
 on a pad as on a token in every projection and feed-forward layer. Packed, those layers run on
 the `[tokens, hidden]` rows of real tokens only, and only the attention core is padded, per
 sentence, as MosaicBERT and FlashAttention's BERT do: queries, keys and values are scattered into
-`[sentences, heads, width, head_dim]`, attended with a key-padding mask, and gathered back. That
-core is a few percent of a BERT layer's work at these lengths. On CUDA, in half precision and
+`[sentences, heads, width, head_dim]` in a few groups of neighbouring lengths, each padded to its
+own longest (train/data/packing.py), attended with a key-padding mask, and gathered back. On CUDA, in half precision and
 without attention dropout (evaluation, or a model trained without it), the core is torch's
 varlen flash attention on the packed rows instead, with no padding at all.
 
@@ -72,11 +72,9 @@ def is_packed(features: dict[str, Any]) -> bool:
 class Packed:
     """What the attention function needs: passed down the layers as a keyword argument."""
 
-    slots: torch.Tensor  # [tokens]: index into [sentences * width]
-    key_mask: torch.Tensor  # [sentences, 1, 1, width], True at real tokens
-    sentences: int
-    width: int
+    groups: list  # per attention group: (first token, end token, slots in its padded block, key mask)
     cu_seq_lens: torch.Tensor
+    longest: int
 
 
 def _varlen_ok(query: torch.Tensor, dropout: float) -> bool:
@@ -87,22 +85,23 @@ def packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
                      dropout: float = 0.0, scaling: float | None = None, packed: Packed | None = None, **_: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention interface on packed rows: [1, heads, tokens, d] in, [1, tokens, heads, d] out."""
     heads, dim = query.shape[1], query.shape[-1]
+    rows = [x[0].transpose(0, 1) for x in (query, key, value)]  # [tokens, heads, d]
     if _varlen_ok(query, dropout):
         from torch.nn.attention.varlen import varlen_attn
 
-        width = packed.width
-        rows = [x[0].transpose(0, 1) for x in (query, key, value)]  # [tokens, heads, d]
-        out = varlen_attn(*rows, packed.cu_seq_lens, packed.cu_seq_lens, width, width, scale=scaling)
+        out = varlen_attn(*rows, packed.cu_seq_lens, packed.cu_seq_lens, packed.longest, packed.longest, scale=scaling)
         return out.unsqueeze(0), None
+    outs = []
+    for start, end, slots, mask in packed.groups:
+        sentences, width = mask.shape[0], mask.shape[-1]
 
-    def padded(x: torch.Tensor) -> torch.Tensor:
-        rows = x[0].transpose(0, 1)
-        core = rows.new_zeros(packed.sentences * packed.width, heads, dim).index_copy(0, packed.slots, rows)
-        return core.view(packed.sentences, packed.width, heads, dim).transpose(1, 2)
+        def padded(x: torch.Tensor) -> torch.Tensor:
+            block = x.new_zeros(sentences * width, heads, dim).index_copy(0, slots, x[start:end])
+            return block.view(sentences, width, heads, dim).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(padded(query), padded(key), padded(value), attn_mask=packed.key_mask, dropout_p=dropout, scale=scaling)
-    out = out.transpose(1, 2).reshape(packed.sentences * packed.width, heads, dim)[packed.slots]
-    return out.unsqueeze(0), None
+        out = F.scaled_dot_product_attention(*(padded(x) for x in rows), attn_mask=mask, dropout_p=dropout, scale=scaling)
+        outs.append(out.transpose(1, 2).reshape(sentences * width, heads, dim)[slots])
+    return (outs[0] if len(outs) == 1 else torch.cat(outs)).unsqueeze(0), None
 
 
 def _register() -> None:
@@ -121,16 +120,16 @@ def _attention(config: Any) -> Iterator[None]:
         config._attn_implementation = previous
 
 
-def _first_tokens(base: nn.Module, starts: torch.Tensor) -> Any:
+def _first_tokens(base: nn.Module, first: torch.Tensor) -> Any:
     """A hook that gives a sequence-classification head each pair's first token ([pairs, 1, hidden]),
     and the pooler's output of it where the head reads the pooler (BERT)."""
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-        first = output.last_hidden_state[0, starts].unsqueeze(1)
-        output["last_hidden_state"] = first
+        tokens = output.last_hidden_state[0, first].unsqueeze(1)
+        output["last_hidden_state"] = tokens
         pooler = getattr(base, "pooler", None)
         if pooler is not None:
-            output["pooler_output"] = pooler(first)
+            output["pooler_output"] = pooler(tokens)
         return output
 
     return hook
@@ -143,10 +142,10 @@ def packed_forward(module: nn.Module, features: dict[str, Any]) -> dict[str, Any
     mask = features["attention_mask"]
     sentences, width = mask.shape
     slots = features["packed_slots"]
-    packed = Packed(slots, mask.bool()[:, None, None, :], sentences, width, features["cu_seq_lens"])
+    packed = Packed(features["packed_groups"], features["cu_seq_lens"], width)
     inputs = {k: features[k] for k in ("input_ids", "position_ids", "token_type_ids") if k in features}
     classify = module.module_output_name == "scores"
-    handle = auto.base_model.register_forward_hook(_first_tokens(auto.base_model, features["cu_seq_lens"][:-1].long())) if classify else None
+    handle = auto.base_model.register_forward_hook(_first_tokens(auto.base_model, features["first_tokens"])) if classify else None
     try:
         with _attention(auto.config):
             output = auto(**inputs, packed=packed, return_dict=True)

@@ -103,10 +103,11 @@ class PairTokens:
 
 
 def _to(value: Any, device: torch.device) -> Any:
+    """Tensors, also inside lists and tuples (a chunk plan, attention groups), on `device`."""
     if torch.is_tensor(value):
         return value.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else value.to(device)
-    if isinstance(value, list):  # a chunk plan
-        return [(_to(part, device), cut) for part, cut in value]
+    if isinstance(value, list | tuple):
+        return type(value)(_to(v, device) for v in value)
     return value
 
 
