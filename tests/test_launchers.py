@@ -82,7 +82,11 @@ def test_fsdp_on_cpu_processes_shards_and_saves_full_weights_equal_to_ddp(tiny_m
     final = weights(tmp_path)
     assert all(final[k].shape == start[k].shape for k in start), "full tensors, not one process's shard"
     # Weights stay fp32 in FSDP's all-gathers; bf16 only as the autocast of the training forward (as in DDP).
-    assert all(torch.allclose(final[k], ddp[k], atol=1e-6) for k in ddp)
+    # Not the attention key biases: softmax cancels them, so their gradient is rounding noise that
+    # AdamW scales up to lr-sized steps, different under any other order of summation.
+    compared = [k for k in ddp if not k.endswith("attention.self.key.bias")]
+    assert len(compared) > 0.9 * len(ddp)
+    assert all(torch.allclose(final[k], ddp[k], atol=1e-6) for k in compared)
     ddp_report = json.loads((ddp_run / "eval.json").read_text())
     assert report["dev"] == pytest.approx(ddp_report["dev"], abs=1e-6)
     assert SentenceTransformer(str(tmp_path / "final")).encode(["a sentence"]).shape == (1, 32)
