@@ -53,7 +53,7 @@ def count_step_reads(monkeypatch, run_training) -> tuple[CountReads, int]:
     """Runs `run_training()` with reads counted inside the loop's per-step work (update: forward,
     backward, optimizer step; count: the batch statistics), not in log, eval or checkpoint steps.
     Returns the counter and the number of steps counted."""
-    import train.loop as loop
+    import train.engine.loop as loop
 
     mode = CountReads()
     steps = {"n": 0}

@@ -35,7 +35,7 @@ def test_mfu_against_the_device_peak():
 
 def test_bench_runs_both_trainers_and_writes_comparable_results(tiny_model_dir, shared_data, tmp_path, capsys):
     from train.data.presets import load_sts_splits
-    from train.evaluation import evaluate_sts, sts_evaluator
+    from train.evaluation.figures import evaluate_sts, sts_evaluator
     from train.models.bi_encoder import build_sentence_transformer
 
     out = tmp_path / "bench.json"
@@ -106,7 +106,7 @@ def test_seeds_give_each_side_the_mean_and_spread_over_seeds_0_to_n(monkeypatch)
                 "dev_spearman": 0.5 + 0.1 * args.seed + (0.01 if kind == "ours" else 0.0)}
 
     monkeypatch.setattr(cli, "in_subprocess", fake_run)
-    monkeypatch.setattr(cli, "_write", lambda report, out: None)
+    monkeypatch.setattr(cli, "write_report", lambda report, out: None)
     report = cli.main(["--seeds", "3", "--precision", "no", "--st-precision", "no"])
     assert sorted(seen) == sorted((k, s) for k in ("ours", "st_trainer") for s in (0, 1, 2))
     ours, theirs = report["summary"]["ours"], report["summary"]["st_trainer"]
@@ -126,7 +126,7 @@ def test_every_suite_recipe_is_a_valid_bench_command(monkeypatch, shared_data, t
     monkeypatch.setattr(cli, "summarize", lambda runs, unit: {})
     monkeypatch.setattr(cli, "ratios_against", lambda *a: {})
     monkeypatch.setattr(cli, "print_summary", lambda *a: None)
-    monkeypatch.setattr(cli, "_write", lambda *a: None)
+    monkeypatch.setattr(cli, "write_report", lambda *a: None)
     for name, _, own in RECIPES:
         seen.clear()
         settings = recipe_settings(name, own, {}, "cpu", shared_data, tmp_path)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from train.checkpoint import atomic_dir, latest_checkpoint, prune, step_checkpoints, write_json_atomic
+from train.engine.checkpoint import atomic_dir, latest_checkpoint, prune, step_checkpoints, write_json_atomic
 
 
 def make(root, step, complete=True):

@@ -6,7 +6,6 @@ CPU without changing what is checked."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from train.run import run
 from tests.conftest import compose_config, tiny_overrides

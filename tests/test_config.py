@@ -68,7 +68,7 @@ def test_every_data_and_experiment_option_passes_the_checks_of_its_task():
     # Composing is not enough: config_checks refuses image data for a text task and text data
     # for task=image_text. Each data option passes them under the task that trains it, and each
     # experiment as it stands.
-    from train.config_checks import IMAGE_DATA, check_train_config
+    from train.config.checks import IMAGE_DATA, check_train_config
 
     for option in hydra_group_options("data"):
         cfg = compose_config([f"data={option}"])
@@ -217,7 +217,7 @@ def test_loss_option_builds_its_loss(task, option, tiny_model_dir):
 
 
 def test_a_loss_of_the_other_task_is_refused_at_config_check():
-    from train.config_checks import check_train_config
+    from train.config.checks import check_train_config
     from train.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"loss=cosent does not train a cross-encoder.*bce, ce, mnrl, lambda, listnet"):

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from train.evaluate import evaluate_run
-from train.step_model import training_forward
+from train.engine.step_model import training_forward
 from train.run import run
 from tests.conftest import FIXTURES, compose_config, tiny_overrides, resume_from_checkpoint
 
@@ -150,7 +150,7 @@ def test_a_cross_encoders_pooler_keeps_training(tiny_model_dir):
     parameters); a cross-encoder's classification head reads it, so there it must keep training."""
     from train.models.cross_encoder import build_cross_encoder
     from train.models.bi_encoder import build_sentence_transformer
-    from train.sharding import freeze_unused_parameters
+    from train.engine.parallel import freeze_unused_parameters
 
     reranker, embedder = build_cross_encoder(str(tiny_model_dir), 32), build_sentence_transformer(str(tiny_model_dir), 32)
     for model in (reranker, embedder):

@@ -71,7 +71,7 @@ def test_two_processes_reach_the_weights_of_one(case, tiny_model_no_dropout_dir,
 def test_a_parameter_without_gradient_is_named_before_ddp_fails(tiny_model_dir, tmp_path):
     """A trainable parameter no loss reaches (here: the pooler, unfrozen) ends the run at its first
     step with the parameter's name and the key that allows it."""
-    script = ("import train.sharding as s; s.freeze_unused_parameters = lambda model: None; "
+    script = ("import train.engine.parallel as s; s.freeze_unused_parameters = lambda model: None; "
               "import runpy, sys; sys.argv = ['train', *sys.argv[1:]]; runpy.run_module('train', run_name='__main__')")
     done = subprocess.run([*LAUNCH, "--no_python", sys.executable, "-c", script, *tiny_overrides(tiny_model_dir, *EXACT),
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -61,7 +61,7 @@ def test_a_full_disk_mid_run_ends_cleanly_and_the_intact_checkpoint_resumes(tiny
 def test_a_checkpoint_that_will_not_fit_is_warned_about_before_it_is_written(tmp_path, caplog, monkeypatch):
     import logging
 
-    from train import checkpoint
+    from train.engine import checkpoint
 
     step = tmp_path / "checkpoints" / "step-3"
     step.mkdir(parents=True)

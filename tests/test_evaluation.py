@@ -7,8 +7,8 @@ import pytest
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
 from train.data.readers import ScoreRange, read_sts_file
-from train.evaluation import SIMILARITIES, evaluate_sts, format_table, sts_evaluator
-from train.inference import encode
+from train.evaluation.figures import SIMILARITIES, evaluate_sts, format_table, sts_evaluator
+from train.evaluation.encode import encode
 from train.models.bi_encoder import build_sentence_transformer
 from tests.conftest import FIXTURES
 

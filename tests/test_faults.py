@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import train.loop
+import train.engine.loop
 from train.errors import UserError
 from train.run import run
 from tests.conftest import ROOT, tiny_image_text_overrides, tiny_overrides
@@ -123,14 +123,14 @@ def test_sigterm_writes_a_checkpoint_and_exits_with_75(tiny_model_dir, uninterru
 
 def planted_nan(monkeypatch, at_call: int):
     calls = {"n": 0}
-    real = train.loop.compute_loss
+    real = train.engine.loop.compute_loss
 
     def compute_loss(*a, **k):
         calls["n"] += 1
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == at_call else loss
 
-    monkeypatch.setattr(train.loop, "compute_loss", compute_loss)
+    monkeypatch.setattr(train.engine.loop, "compute_loss", compute_loss)
 
 
 def test_planted_nan_stops_with_step_and_last_checkpoint(tiny_cfg, tmp_path, monkeypatch):

@@ -120,7 +120,7 @@ def test_pooling_without_the_prompt_matches_the_library(tiny_model_dir, tmp_path
     # Pooling(include_prompt=False): our batched encode and the training collator skip the prompt's
     # tokens exactly as sentence-transformers' encode does.
     from train.data.batching import Collator, embed_batch
-    from train.inference import encode
+    from train.evaluation.encode import encode
     from train.models.prompts import prompt_length
 
     finished = make_finished(tiny_model_dir, tmp_path / "instructor", "mean", prompts={"query": "represent the query: "}, include_prompt=False)
@@ -251,7 +251,7 @@ def test_a_qwen3_decoder_trains_with_last_token_pooling_checkpointing_and_lora(t
     assert (final / "adapter_config.json").exists() and result["parameters"]["trainable"] < result["parameters"]["total"]
     trained = SentenceTransformer(str(final))
     assert trained.prompts["query"] == QWEN3_QUERY_PROMPT and trained.tokenizer.padding_side == "left"
-    from train.inference import encode
+    from train.evaluation.encode import encode
 
     ours = build_model(compose_config([f"model.name={final}", "model.max_seq_length=64"]).model, compose_config().pooling)
     assert np.allclose(encode(ours, PAIRS, 2, prompt=QWEN3_QUERY_PROMPT), trained.encode(PAIRS, prompt_name="query"), atol=1e-5)
@@ -286,7 +286,7 @@ def test_each_preset_runs_on_a_tiny_model_of_its_architecture(preset, fixture, t
 @pytest.mark.parametrize("setting", ["peft=lora", "model.dtype=bfloat16", "model.gradient_checkpointing=true", "+data.prompts.text=query"])
 def test_settings_of_text_models_are_refused_for_image_text(setting):
     # Not silently ignored: the image–text models are built without them.
-    from train.config_checks import check_train_config
+    from train.config.checks import check_train_config
 
     with pytest.raises(ConfigError, match="task=image_text"):
         check_train_config(compose_config(["task=image_text", setting]))

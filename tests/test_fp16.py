@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import train.loop
+import train.engine.loop
 from train.errors import UserError
 from train.run import run
 
@@ -21,20 +21,20 @@ FP16 = ("trainer.mixed_precision=fp16", "trainer.save_every=1000")
 def overflow_at(monkeypatch, calls: set[int], factor: float = 1e30) -> None:
     """The loss of the given batches times `factor`: finite, but the scaled gradient overflows fp16."""
     seen = {"n": 0}
-    real = train.loop.compute_loss
+    real = train.engine.loop.compute_loss
 
     def compute_loss(*a, **k):
         seen["n"] += 1
         loss = real(*a, **k)
         return loss * factor if seen["n"] in calls else loss
 
-    monkeypatch.setattr(train.loop, "compute_loss", compute_loss)
+    monkeypatch.setattr(train.engine.loop, "compute_loss", compute_loss)
 
 
 def forward_dtypes(monkeypatch) -> list[torch.dtype]:
     """The dtype of what the model's first linear layer computed in each training forward pass."""
     seen: list[torch.dtype] = []
-    real = train.loop.update
+    real = train.engine.loop.update
 
     def update(s, batch):
         module = next(m for m in s.accelerator.unwrap_model(s.model).modules() if isinstance(m, torch.nn.Linear))
@@ -44,7 +44,7 @@ def forward_dtypes(monkeypatch) -> list[torch.dtype]:
         finally:
             handle.remove()
 
-    monkeypatch.setattr(train.loop, "update", update)
+    monkeypatch.setattr(train.engine.loop, "update", update)
     return seen
 
 

@@ -59,7 +59,7 @@ class HalfOutsideForward(TorchFunctionMode):
 
 
 def run_watched(cfg, tmp_path, monkeypatch) -> HalfOutsideForward:
-    import train.loop as loop
+    import train.engine.loop as loop
 
     real = loop.update
     watch: dict[str, HalfOutsideForward] = {}

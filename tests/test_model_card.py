@@ -14,8 +14,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF, FIXTURES, compose_config, tiny_image_text_overrides, tiny_overrides
-from train import checkpoint
-from train.model_card import DataFacts, RunFacts, render_card
+from train.engine import checkpoint
+from train.cards.model_card import DataFacts, RunFacts, render_card
 from train.run import run
 
 

@@ -132,7 +132,7 @@ def test_packed_cross_encoder_scores_and_gradients_equal_the_padded_ones(model_t
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
     from train.models.cross_encoder import build_cross_encoder
-    from train.step_model import training_forward
+    from train.engine.step_model import training_forward
     from train.tasks.cross_encoder import CrossEncoderStep, PairTokens
 
     results = []

@@ -49,8 +49,8 @@ def _model(task: str, model_dir):
 
 
 def _ours(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Tensor]:
-    from train.config import MixedPrecision, TrainerConfig
-    from train.loop import train
+    from train.config.schema import MixedPrecision, TrainerConfig
+    from train.engine.loop import train
     from train.losses.registry import build_loss
     from train.tasks import get_task
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import train.precision
+import train.engine.precision
 from train.evaluate import evaluate_run
 from train.run import run
 from tests.conftest import FIXTURES, compose_config
@@ -20,15 +20,15 @@ from tests.conftest import FIXTURES, compose_config
 def test_auto_picks_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert train.precision.resolve_precision("auto", torch.device("cpu")) == expected
-    assert train.precision.resolve_precision("no", torch.device("cpu")) == "no"
-    assert train.precision.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert train.engine.precision.resolve_precision("auto", torch.device("cpu")) == expected
+    assert train.engine.precision.resolve_precision("no", torch.device("cpu")) == "no"
+    assert train.engine.precision.resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
 def test_auto_is_fp32_on_a_torch_without_the_cpu_probes(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert train.precision.resolve_precision("auto", torch.device("cpu")) == "no"
+    assert train.engine.precision.resolve_precision("auto", torch.device("cpu")) == "no"
 
 
 def test_bf16_autocasts_training_but_evaluates_and_saves_fp32(tiny_cfg, tmp_path):
@@ -54,7 +54,7 @@ def test_bf16_autocasts_training_but_evaluates_and_saves_fp32(tiny_cfg, tmp_path
 
 
 def test_tf32_is_set_for_cuda_only_and_reported():
-    from train.precision import set_tf32
+    from train.engine.precision import set_tf32
 
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
@@ -73,7 +73,7 @@ def test_the_run_reports_tf32_off_on_a_cpu(tiny_cfg, tmp_path):
 
 def test_under_fsdp_the_model_is_built_on_the_cpu(monkeypatch):
     """FSDP shards the model from the CPU onto the GPUs: it is never whole on one GPU."""
-    from train.sharding import build_device
+    from train.engine.parallel import build_device
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert build_device() == "cpu"

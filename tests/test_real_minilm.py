@@ -11,7 +11,7 @@ from train.data.build import build_data
 
 from train.models.build import build_model
 from train.evaluate import evaluate_run
-from train.evaluation import evaluate_retrieval, retrieval_evaluator
+from train.evaluation.figures import evaluate_retrieval, retrieval_evaluator
 from train.run import run
 from tests.conftest import compose_config, minilm_dir
 

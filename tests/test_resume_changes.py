@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import compose_config, resume_from_checkpoint, tiny_overrides
 from train.errors import UserError
-from train.resume_changes import changes
+from train.config.resume_rules import changes
 from train.run import run
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train import search
-from train.search import Index, Vectors, cached_vectors
+from train.evaluation import search
+from train.evaluation.search import Index, Vectors, cached_vectors
 
 
 def vector_file(tmp_path, rows: int, dim: int = 8, seed: int = 0) -> tuple[Vectors, np.ndarray]:
@@ -69,7 +69,7 @@ def test_long_loops_log_their_progress_at_most_every_interval(monkeypatch, caplo
     interval has passed, none before, with done, total and the seconds since the start."""
     import logging
 
-    from train import progress
+    from train.evaluation import bars as progress
 
     now = [100.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])

@@ -61,7 +61,7 @@ def test_a_second_run_maps_the_cache_and_tokenizes_nothing(tiny_model_dir, tmp_p
 def test_a_changed_file_tokenizer_or_max_length_gets_its_own_entry(tiny_model_dir, tmp_path):
     from train.models.bi_encoder import build_sentence_transformer
     from train.tasks.bi_encoder import training_inputs
-    from train.config import TrainerConfig
+    from train.config.schema import TrainerConfig
     from train.losses.registry import build_loss
 
     cache_dir = tmp_path / "cache"

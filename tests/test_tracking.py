@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
-import train.loop
-from train.config_checks import check_train_config
+import train.engine.loop
+from train.config.checks import check_train_config
 from train.errors import ConfigError
 from train.run import run
 from train.tasks import get_task
-from train.tracking import MLFLOW_RUN_ID, final_scalars, flatten, scalars
+from train.engine.tracking import MLFLOW_RUN_ID, final_scalars, flatten, scalars
 from tests.conftest import FIXTURES, ROOT, compose_config, tiny_overrides
 
 STEPS = [1, 2, 3, 4, 5, 6]  # the debug config: 6 steps, log_every=1, dev at 3 and 6, checkpoints at 3 and 6
@@ -49,7 +49,7 @@ def mlflow_client(monkeypatch):
     yield client
     import mlflow
 
-    mlflow.set_tracking_uri(None)  # what train.tracking set for the run
+    mlflow.set_tracking_uri(None)  # what train.engine.tracking set for the run
 
 
 def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -96,7 +96,7 @@ def fail_at_call(monkeypatch, at_call: int):
     """The run dies at its `at_call`-th batch, after metrics of later steps than its last checkpoint
     were logged (as a SIGKILL leaves it)."""
     calls = {"n": 0}
-    real = train.loop.compute_loss
+    real = train.engine.loop.compute_loss
 
     def compute_loss(*a, **k):
         calls["n"] += 1
@@ -104,7 +104,7 @@ def fail_at_call(monkeypatch, at_call: int):
             raise RuntimeError("planted crash")
         return real(*a, **k)
 
-    monkeypatch.setattr(train.loop, "compute_loss", compute_loss)
+    monkeypatch.setattr(train.engine.loop, "compute_loss", compute_loss)
     return real
 
 
@@ -114,7 +114,7 @@ def test_a_resumed_run_continues_the_same_curves_without_duplicate_steps(tiny_cf
     real = fail_at_call(monkeypatch, at_call=6)  # steps 1-5 logged, the last checkpoint is step-3
     with pytest.raises(RuntimeError, match="planted crash"):
         run(cfg, run_dir=tmp_path)
-    monkeypatch.setattr(train.loop, "compute_loss", real)
+    monkeypatch.setattr(train.engine.loop, "compute_loss", real)
     client = mlflow_client(tmp_path)
     run_id = (tmp_path / MLFLOW_RUN_ID).read_text().strip()
     assert client.get_run(run_id).info.status == "FAILED"
@@ -243,7 +243,7 @@ def test_the_bar_shows_steps_eta_and_pairs_per_second_and_log_lines_print_above_
     handler = logging.StreamHandler(sys.stderr)
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
     logging.getLogger().addHandler(handler)
-    real = train.loop.compute_loss
+    real = train.engine.loop.compute_loss
     calls = {"n": 0}
 
     def compute_loss(*a, **k):
@@ -252,7 +252,7 @@ def test_the_bar_shows_steps_eta_and_pairs_per_second_and_log_lines_print_above_
             logging.getLogger("train").warning(MID_RUN_LINE)
         return real(*a, **k)
 
-    monkeypatch.setattr(train.loop, "compute_loss", compute_loss)
+    monkeypatch.setattr(train.engine.loop, "compute_loss", compute_loss)
     try:
         run(tiny_cfg(), run_dir=tmp_path)
     finally:
@@ -272,7 +272,7 @@ def test_the_unit_is_the_task_s():
 
 
 def test_long_evaluations_show_a_bar_short_ones_do_not(tiny_model_dir, capsys):
-    from train.evaluation import encode_sharded
+    from train.evaluation.figures import encode_sharded
     from train.models.bi_encoder import build_sentence_transformer
 
     model = build_sentence_transformer(str(tiny_model_dir), 16, "mean", False, None, None)
@@ -285,12 +285,12 @@ def test_long_evaluations_show_a_bar_short_ones_do_not(tiny_model_dir, capsys):
 
 
 def test_evaluation_bars_only_on_the_main_process(monkeypatch):
-    import train.progress
+    import train.evaluation.bars
 
-    assert train.progress.long_eval(5000) and not train.progress.long_eval(100)
+    assert train.evaluation.bars.long_eval(5000) and not train.evaluation.bars.long_eval(100)
 
     class NotMain:
         is_main_process = False
 
-    monkeypatch.setattr(train.progress, "PartialState", lambda: NotMain())
-    assert not train.progress.long_eval(5000)
+    monkeypatch.setattr(train.evaluation.bars, "PartialState", lambda: NotMain())
+    assert not train.evaluation.bars.long_eval(5000)

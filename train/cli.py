@@ -97,7 +97,7 @@ def user_errors() -> Iterator[None]:
             os._exit(PeerLost.exit_code)
         if is_disk_full(e) and os.environ.get("HYDRA_FULL_ERROR") != "1":
             # A write outside the checkpoints (the data cache, a tracker, eval.json) ran out of space.
-            from train.checkpoint import disk_full_message
+            from train.engine.checkpoint import disk_full_message
 
             filename = getattr(e, "filename", None)
             where = str(filename) if filename else f"the run dir or the data cache ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
@@ -115,8 +115,8 @@ def user_errors() -> Iterator[None]:
 
 def peer_lost_message(error: BaseException) -> str:
     """Which process gave up and why, the last complete checkpoint, and the command that resumes."""
-    from train.checkpoint import latest_checkpoint
-    from train.distributed import collective_timeout
+    from train.engine.checkpoint import latest_checkpoint
+    from train.engine.parallel import collective_timeout
 
     rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
     node = os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or os.environ.get("MACHINE_RANK") or "?"

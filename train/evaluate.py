@@ -27,8 +27,8 @@ from train.data.build import build_data, build_image_text_splits
 from train.models.build import build_model
 
 from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
-from train.config import register_configs
-from train.config_checks import check_evaluate_config
+from train.config.schema import register_configs
+from train.config.checks import check_evaluate_config
 from train.data.checks import check_scorable
 from train.errors import DataError
 
@@ -39,8 +39,8 @@ SPLIT_NAMES = ("train", "dev", "test")
 
 
 def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    from train import checkpoint
-    from train.evaluation import evaluate_sts, format_table, sts_evaluator
+    from train.engine import checkpoint
+    from train.evaluation.figures import evaluate_sts, format_table, sts_evaluator
     from train.models.saved import load_saved_model
 
     setup_logging()
@@ -103,7 +103,7 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
 
 def _model_kind(cfg: DictConfig) -> str:
     """What is evaluated: the checkpoint's own kind, or (a model preset) what the data scores."""
-    from train.config_checks import IMAGE_DATA
+    from train.config.checks import IMAGE_DATA
     from train.models.saved import saved_model_kind
 
     if cfg.checkpoint and Path(cfg.checkpoint).is_dir():

@@ -39,9 +39,9 @@ from train.data.build import build_corpus
 from train.models.build import build_model
 
 from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
-from train.checkpoint import write_json_atomic
-from train.config import register_configs, to_plain
-from train.config_checks import check_mine_config
+from train.engine.checkpoint import write_json_atomic
+from train.config.schema import register_configs, to_plain
+from train.config.checks import check_mine_config
 from train.data.corpus import Corpus
 from train.data.texts import Texts, column_hashes, unique_first
 from train.errors import ConfigError, DataError
@@ -178,9 +178,9 @@ class Layout:
 def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Mines every query's negatives and writes its record to `out` (atomically); returns the summary."""
     from train.data.corpus import CacheSettings
-    from train.progress import ProgressLog
+    from train.evaluation.bars import ProgressLog
     from train.models.prompts import check_prompt_names, column_prompts
-    from train.search import Index, cached_vectors, embed, gather
+    from train.evaluation.search import Index, cached_vectors, embed, gather
 
     layout = Layout(pairs, extra)
     n_queries = len(layout.query_rows)

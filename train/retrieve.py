@@ -39,10 +39,10 @@ from train.data.build import build_corpus
 from train.models.build import build_model
 
 from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
-from train.config import register_configs, to_plain
+from train.config.schema import register_configs, to_plain
 from train.data.corpus import Corpus
 from train.data.texts import Texts, column_hashes, unique_first
-from train.config_checks import check_retrieve_config
+from train.config.checks import check_retrieve_config
 from train.errors import DataError, ModelLoadError
 
 register_configs()
@@ -215,8 +215,8 @@ def bi_encoder_search(
     + search) of each of the first `timed` queries (0: all), run one by one as a search service
     meets them: it embeds a query when it arrives, not in a batch with later ones. The rest are
     embedded and searched in batches."""
-    from train.progress import ProgressLog
-    from train.search import QUERY_BATCH, embed
+    from train.evaluation.bars import ProgressLog
+    from train.evaluation.search import QUERY_BATCH, embed
 
     depth = min(depth, index.vectors.rows)
     timed = len(queries) if timed <= 0 else min(timed, len(queries))
@@ -316,7 +316,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    from train import checkpoint
+    from train.engine import checkpoint
 
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
@@ -331,7 +331,7 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
 
     from train.data.corpus import CacheSettings
     from train.models.prompts import check_prompt_names, column_prompts
-    from train.search import Index, cached_vectors
+    from train.evaluation.search import Index, cached_vectors
 
     d = to_plain(cfg.data)
     check_prompt_names(bi, d.prompts)

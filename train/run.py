@@ -17,20 +17,20 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
-from train import checkpoint, tracking
+from train.engine import checkpoint, tracking
 from train.losses.build import build_loss_from, model_outputs
 from train.models.adapters import has_adapter, merge_adapters, parameter_counts
 from train.models.build import build_model
 from train.models.prompts import check_prompt_names
-from train.card_facts import card_facts
+from train.cards.facts import card_facts
 from train.cli import run_dir_from_hydra, setup_logging
-from train.checkpoint import check_run_dir, load_progress, resolve_resume
-from train.config import LossConfig, TrainerConfig, to_plain
-from train.config_checks import check_train_config
-from train.loop import make_accelerator, train
-from train.sharding import build_device
-from train.model_card import RunFacts, write_cards, write_stages_card
-from train.resume_changes import check as resume_check, write as write_run_settings
+from train.engine.checkpoint import check_run_dir, load_progress, resolve_resume
+from train.config.schema import LossConfig, TrainerConfig, to_plain
+from train.config.checks import check_train_config
+from train.engine.loop import make_accelerator, train
+from train.engine.parallel import build_device
+from train.cards.model_card import RunFacts, write_cards, write_stages_card
+from train.config.resume_rules import check as resume_check, write as write_run_settings
 from train.tasks import get_task
 
 log = logging.getLogger("train")

@@ -25,7 +25,7 @@ def local_bytes(tensor) -> int:
 def main() -> None:
     import torch
 
-    import train.loop as loop
+    import train.engine.loop as loop
     from tests.probes.launched import config_from_argv
     from train.run import run
 

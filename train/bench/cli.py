@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from train.bench.common import precision as _precision
+from train.bench.common import machine, precision as _precision, write_report
 from train.bench.recipes import __doc__ as DOC, run_encode, run_ours, run_st_trainer, unit_of
 
 QUALITY = ("dev_spearman", "test_spearman", "dev_zero_shot")  # the figures averaged over seeds
@@ -204,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.suite:
         from train.bench.suite import run_suite
 
-        return run_suite(args, argv if argv is not None else sys.argv[1:])
+        return run_suite(args, argv if argv is not None else sys.argv[1:], run_recipe=main)
     _check(p, args)
     if args.seeds:
         args.repeats, args.seed = args.seeds, 0
@@ -217,14 +214,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.retrieval:
         from train.bench.scale import run_retrieval_scale
 
-        report = {"args": vars(args), "machine": _machine(), "results": run_retrieval_scale(args)}
-        _write(report, args.out if args.out != "bench_results/bench.json" else "bench_results/retrieval.json")
+        report = {"args": vars(args), "machine": machine(), "results": run_retrieval_scale(args)}
+        write_report(report, args.out if args.out != "bench_results/bench.json" else "bench_results/retrieval.json")
         return report
     if sizing:
         from train.bench.scale import run_scale
 
-        report = {"args": vars(args), "machine": _machine(), "results": run_scale(args)}
-        _write(report, args.out)
+        report = {"args": vars(args), "machine": machine(), "results": run_scale(args)}
+        write_report(report, args.out)
         return report
 
     kinds = ("encode_ours", "encode_st") if args.encode else ("ours", "st_trainer")
@@ -249,8 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {k: summarize(v, unit) for k, v in runs.items()}
     ratios = {theirs: ratios_against(summary, kinds[0], theirs, unit) for theirs in kinds[1:]}
     print_summary(runs, summary, ratios, unit)
-    report = {"args": vars(args), "machine": _machine(), "runs": runs, "summary": summary, "ratios": ratios}
-    _write(report, args.out)
+    report = {"args": vars(args), "machine": machine(), "runs": runs, "summary": summary, "ratios": ratios}
+    write_report(report, args.out)
     return report
 
 
@@ -264,18 +261,6 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--loss {args.loss} does not go with --task {args.task}")
     elif args.train_file:
         p.error("--train-file is for --loss mnrl or cached_mnrl")
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(), "torch": torch.__version__}
-
-
-def _write(report: dict[str, Any], out: str) -> None:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

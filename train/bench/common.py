@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import resource
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
 
@@ -31,7 +36,7 @@ def resolve_model(model: str) -> tuple[str, str | None]:
 def precision(requested: str, device: str) -> str:
     import torch
 
-    from train.precision import resolve_precision
+    from train.engine.precision import resolve_precision
 
     return resolve_precision(requested, torch.device(device))
 
@@ -48,7 +53,7 @@ def peak_memory(device: str) -> dict[str, float]:
 def timed_train(task_name: str, model, loss, spec, train_split, settings, precision: str, device: str):
     """Our side's timed span: the task's training inputs and the loop, into a throwaway run dir.
     Returns the loop's result and the seconds it took."""
-    from train.loop import make_accelerator, train
+    from train.engine.loop import make_accelerator, train
     from train.tasks import get_task
 
     task = get_task(task_name)
@@ -90,3 +95,15 @@ def profiled(args):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n\n".join(parts) + "\n")
     print(f"wrote {out}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(), "torch": torch.__version__}
+
+
+def write_report(report: dict[str, Any], out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")

@@ -84,7 +84,7 @@ def _score(model, splits, args) -> float:
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from train.bench.common import peak_memory, profiled, timed_train
     from train.bench.common import precision as resolve
-    from train.config import MixedPrecision, TrainerConfig
+    from train.config.schema import MixedPrecision, TrainerConfig
     from train.losses.registry import build_loss
 
     model, splits = _model(args), _splits(args)

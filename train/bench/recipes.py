@@ -116,7 +116,7 @@ def _utilisation(model, counts: dict[str, Any], seconds: float, precision: str, 
 
 def _scores(model, splits, args) -> dict[str, float]:
     """Spearman on dev (and test, when there is one) by sentence-transformers' own evaluators."""
-    from train.evaluation import evaluate_sts, sts_evaluator
+    from train.evaluation.figures import evaluate_sts, sts_evaluator
 
     if args.skip_eval:
         return {"dev_spearman": float("nan")}
@@ -143,7 +143,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_ours(args: argparse.Namespace, model, splits, corpus, mixed: str) -> dict[str, Any]:
-    from train.config import MixedPrecision, TrainerConfig
+    from train.config.schema import MixedPrecision, TrainerConfig
     from train.losses.registry import build_loss
 
     settings = TrainerConfig(
@@ -275,7 +275,7 @@ def run_st_trainer(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_encode(args: argparse.Namespace, which: str) -> dict[str, Any]:
     """Sentences/s embedding the dev split: our encoder vs SentenceTransformer.encode."""
-    from train.inference import encode
+    from train.evaluation.encode import encode
 
     model, splits = _common(args)
     sentences = list(splits["dev"]["sentence1"]) + list(splits["dev"]["sentence2"])

@@ -1,6 +1,6 @@
 """`python -m train.bench --steps`: the training step's steady-state rate, variant against variant.
 
-Each variant is this project's own loop (train/loop.py: setup, then update and count a batch at a
+Each variant is this project's own loop (train/engine/loop.py: setup, then update and count a batch at a
 time, as `train` calls them) on one model and recipe, in a fresh process. Its first
 `--warmup-steps` steps are not timed (kernel selection, allocator growth, compilation, the
 loader's workers starting); the device is synchronised at both edges of the timed window of
@@ -100,10 +100,10 @@ def run_variant(v: dict[str, Any]) -> dict[str, Any]:
     """One variant, in this process: build, warm up, time."""
     import torch
 
-    from train import loop
+    from train.engine import loop
     from train.bench.common import peak_memory, resolve_model
     from train.bench.flops import utilisation
-    from train.config import MixedPrecision, TrainerConfig
+    from train.config.schema import MixedPrecision, TrainerConfig
     from train.losses.registry import build_loss
     from train.models.bi_encoder import build_sentence_transformer
     from train.models.cross_encoder import build_cross_encoder

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,10 +155,11 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_suite(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+def run_suite(args: argparse.Namespace, argv: list[str], run_recipe: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
+    """Each recipe through the bench's own command line (`run_recipe`: train.bench.cli.main), then one table."""
     import torch
 
-    from train.bench.cli import _machine, main
+    from train.bench.common import machine
     from train.bench.flops import measured_peak_tflops
 
     out = Path(args.out or "bench_results/suite")
@@ -165,7 +167,7 @@ def run_suite(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     extra = overrides(args.suite_override)
     # Both precisions a recipe can resolve to; fp16 is no recipe's.
     peak = {p: measured_peak_tflops(args.device, p) for p in ("bf16", "no")}
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({_machine()['cpus']} cores)"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({machine()['cpus']} cores)"
     header = {"command": "python -m train.bench " + " ".join(argv), "date": datetime.date.today().isoformat(), "device": device,
               "torch": torch.__version__, "peak_tflops": peak}
     rows, reports = [], {}
@@ -173,11 +175,11 @@ def run_suite(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         settings = recipe_settings(name, settings, extra, args.device, Path(args.data_dir), out)
         argv_of_recipe = recipe_argv(settings, args.device)
         print(f"\n=== {name}: {what}\n    python -m train.bench {' '.join(argv_of_recipe)}", flush=True)
-        report = main(argv_of_recipe)
+        report = run_recipe(argv_of_recipe)
         reports[name] = {"command": "python -m train.bench " + " ".join(argv_of_recipe), **report}
         rows.append(_row(name, what, report, peak))
     table = markdown(rows, header)
-    (out / "suite.json").write_text(json.dumps({**header, "machine": _machine(), "rows": rows, "runs": reports}, indent=2, default=str))
+    (out / "suite.json").write_text(json.dumps({**header, "machine": machine(), "rows": rows, "runs": reports}, indent=2, default=str))
     (out / "suite.md").write_text(table)
     print("\n" + table + f"\nwrote {out / 'suite.json'} and {out / 'suite.md'}")
     return {"rows": rows, "header": header}

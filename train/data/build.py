@@ -9,7 +9,7 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig
 
-from train.config import DataConfig, to_plain
+from train.config.schema import DataConfig, to_plain
 from train.data.checks import check_scorable, report_overlap
 from train.data.corpus import CacheSettings, Corpus, load_corpus
 from train.data.presets import DataSpec, check_source, data_spec, load_spec_splits, load_sts_splits

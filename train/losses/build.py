@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from sentence_transformers import SentenceTransformer
 
-from train.config import LossConfig, to_plain
+from train.config.schema import LossConfig, to_plain
 from train.losses.registry import LossSpec, build_loss
 
 

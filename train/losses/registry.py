@@ -1,7 +1,7 @@
 """The loss registry: for each task, loss name -> the data shape it trains on, its builder, its doc.
 
 The schema's `loss.name` choices and the `loss=<name>` config options are derived from these
-tables (train/config.py), so a loss is added in one place. sentence-transformers is imported
+tables (train/config/schema.py), so a loss is added in one place. sentence-transformers is imported
 inside the builders only: composing a config (and `--help`) stays fast.
 
 Bi-encoder losses with `compute_loss_from_embeddings` let the loop embed every column of a

@@ -7,7 +7,7 @@ import logging
 from omegaconf import DictConfig
 from sentence_transformers import SentenceTransformer
 
-from train.config import ModelConfig, PeftConfig, PoolingConfig, to_plain
+from train.config.schema import ModelConfig, PeftConfig, PoolingConfig, to_plain
 from train.models.token_types import fit_token_types
 
 log = logging.getLogger("train")

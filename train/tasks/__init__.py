@@ -1,7 +1,10 @@
 """Model kinds. A task owns what differs between them (its model is built by train/models/), how
 rows become a batch, the loss call and batch statistics (its `TrainStep`), its evaluation and
 main metric, and the table it prints. The loop, checkpoints, precision and distribution are
-shared (train/loop.py, train/checkpoint.py)."""
+shared (train/engine/).
+
+May import: train.models, train.losses, train.data, train.evaluation, the config schema,
+train.engine (the TrainStep interface it implements). Must not know: a command, the config checks."""
 
 from __future__ import annotations
 

@@ -16,19 +16,20 @@ import datasets
 import torch
 from torch import nn
 
-from train.config import TrainerConfig
+from train.engine.settings import TrainerConfig
 from train.data.batching import (
     BucketBatchSampler, Collator, NoDuplicatesBatchSampler, embed_batch, forward_chunk_rows, label_column, text_columns,
 )
 from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
 from train.data.tokens import token_table
-from train.evaluation import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrieval, evaluate_sts_dims, format_table, retrieval_evaluator
+from train.evaluation.figures import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrieval, evaluate_sts_dims, format_table, retrieval_evaluator
 from train.data.build import load_text_task_data
 from train.losses.registry import LossSpec
 from train.models.prompts import column_prompts, excludes_prompt, prompt_length
 from train.models.packed import packed_forwards
-from train.tasks.base import Task, BatchStats, on_cuda, pad_multiple, padding_free_layout
+from train.engine.task_step import BatchStats
+from train.tasks.base import Task, on_cuda, pad_multiple, padding_free_layout
 
 log = logging.getLogger("train")
 STS_COLUMNS = ("sentence1", "sentence2")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from train.config import TrainerConfig
+from train.engine.settings import TrainerConfig
 from train.data.batching import BucketBatchSampler, NoDuplicatesBatchSampler, chunk_size, forward_chunk_rows, pad, padded_width
 from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
@@ -28,10 +28,11 @@ from train.data.shapes import Shape
 from train.data.tokens import row_pairs, token_table
 from train.data.build import load_text_task_data
 from train.losses.registry import LossSpec
-from train.progress import long_eval
+from train.evaluation.bars import long_eval
 from train.data.packing import pack
 from train.models.packed import packed_forwards
-from train.tasks.base import Task, BatchStats, dev_and_test, on_cuda, pad_multiple, padding_free_layout
+from train.engine.task_step import BatchStats
+from train.tasks.base import Task, dev_and_test, on_cuda, pad_multiple, padding_free_layout
 
 log = logging.getLogger("train")
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from train.data.build import build_image_text_data
-from train.config import TrainerConfig
+from train.engine.settings import TrainerConfig
 from train.data.batching import NoDuplicatesBatchSampler, text_hashes
 from train.data.checks import check_batch_fits
 from train.data.images import open_image
@@ -29,8 +29,9 @@ from train.models.image_text import (
     text_encoder_of,
 )
 from train.losses.registry import LossSpec
-from train.progress import eval_bar, long_eval
-from train.tasks.base import Task, BatchStats, dev_and_test
+from train.evaluation.bars import eval_bar, long_eval
+from train.engine.task_step import BatchStats
+from train.tasks.base import Task, dev_and_test
 
 log = logging.getLogger("train")
 

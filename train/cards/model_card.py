@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from train import checkpoint
+from train.engine import checkpoint
 
 CARD = "README.md"
 
@@ -80,7 +80,7 @@ class StageFacts:
 
 @dataclass
 class RunFacts:
-    """What a card says about a run, as plain values (train/card_facts.py makes them)."""
+    """What a card says about a run, as plain values (train/cards/facts.py makes them)."""
 
     task: str
     base_model: str

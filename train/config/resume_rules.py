@@ -51,7 +51,7 @@ def config_file(checkpoint: Path) -> Path:
 
 
 def write(run_dir: Path, settings: dict[str, Any], allowed: list[dict[str, Any]]) -> None:
-    from train.checkpoint import write_json_atomic
+    from train.engine.checkpoint import write_json_atomic
 
     write_json_atomic(Path(run_dir) / CONFIG_FILE, {"settings": settings, "resume_changes": allowed})
 

@@ -1,6 +1,6 @@
 """Range checks on a composed config, run before any data or model is loaded.
 
-The schema (train/config.py) catches misspelt keys and wrong types at compose time; these
+The schema (train/config/schema.py) catches misspelt keys and wrong types at compose time; these
 catch values of the right type that cannot work (`trainer.batch_size=0`, `log_every=0`, a
 warm-up ratio of 2), and report all of them in one message that names each key and its range.
 Checks that need the model (`model.max_seq_length` against its position limit,
@@ -156,7 +156,7 @@ def check_train_config(cfg: DictConfig) -> None:
         except ConfigError as e:
             problems.append(str(e).rstrip("."))
     if "report_to" in trainer:
-        from train.tracking import report_to_problems
+        from train.engine.tracking import report_to_problems
 
         problems += report_to_problems(list(trainer.report_to))
     dims = list(cfg.loss.matryoshka_dims)

@@ -1,6 +1,6 @@
 """Progress a person can read: evaluation bars on long dev/test sets.
 
-The training bar is the loop's own (train/loop.py: one bar a stage, steps with ETA, loss, lr and
+The training bar is the loop's own (train/engine/loop.py: one bar a stage, steps with ETA, loss, lr and
 <unit>/s). An evaluation gets a bar only when it is long (more than LONG_EVAL items), so that
 the small dev sets of tests and quick runs stay quiet, and only on the main process. Its bar
 goes away when done (leave=False): the training bar stays the one line on the terminal.

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+# The trainer section is the engine's own (train/engine/settings.py), composed here with the rest.
+from train.engine.settings import MixedPrecision, NanPolicy, ResumeChanged, TrainerConfig  # noqa: F401
 from train.losses.registry import loss_names
 
 
@@ -43,29 +45,6 @@ class TaskName(str, Enum):
 class BadRowPolicy(str, Enum):
     error = "error"
     skip = "skip"
-
-
-class NanPolicy(str, Enum):
-    stop = "stop"
-    skip = "skip"
-
-
-class ResumeChanged(str, Enum):
-    # A resume whose settings differ from the run's in a way that changes the result (model, data,
-    # loss, batch size, processes, lr and schedule, seed, precision): refuse it, or allow it (the
-    # change is recorded in eval.json and the model card).
-    refuse = "refuse"
-    allow = "allow"
-
-
-class MixedPrecision(str, Enum):
-    # auto: bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with
-    # AVX512-BF16 or AMX), else no. The forward pass runs under autocast; the loss, the
-    # optimizer, the weights and every evaluation stay in fp32.
-    auto = "auto"
-    no = "no"
-    bf16 = "bf16"
-    fp16 = "fp16"
 
 
 class WeightDtype(str, Enum):
@@ -226,71 +205,6 @@ class LossConfig:
 @dataclass
 class TaskConfig:
     name: TaskName = TaskName.bi_encoder
-
-
-@dataclass
-class TrainerConfig:
-    epochs: int = 1
-    # Optimizer steps; overrides epochs when > 0.
-    max_steps: int = 0
-    batch_size: int = 16
-    lr: float = 2e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    grad_accum: int = 1
-    mixed_precision: MixedPrecision = MixedPrecision.auto
-    seed: int = 42
-    # Dev evaluation every N optimizer steps (0 = at the end of every epoch), and always at the end.
-    eval_every: int = 0
-    # Checkpoint every N optimizer steps (0 = at the end of every epoch).
-    save_every: int = 0
-    log_every: int = 10
-    # Keep only the newest N step checkpoints (0 = keep all); best/ and final/ are never removed.
-    keep_last: int = 0
-    # A checkpoint dir, or `latest` (the newest complete checkpoint in this run dir).
-    resume: Optional[str] = None
-    # A resume with settings that change the result (README, Stopping, resuming): refuse or allow.
-    resume_changed: ResumeChanged = ResumeChanged.refuse
-    # Refuse to train into a run dir that already holds a finished run, unless true.
-    overwrite: bool = False
-    # A loss or gradient that is NaN/Inf: stop with a message (stop), or skip that update (skip).
-    on_nan: NanPolicy = NanPolicy.stop
-    eval_batch_size: int = 64
-    # 0 (default): random batches, as the library's trainers draw them. N: batches cut from
-    # windows of batch_size * N examples sorted by length: less padding, but a batch of similar
-    # lengths is no random sample, which cost quality on KorSTS (README, "Quality over seeds").
-    bucket_windows: int = 0
-    # A batch goes through the model in length-sorted chunks of this many rows (bi-encoder: of
-    # its 2B sentences; cross-encoder: of its pairs), each padded only to its own longest (the
-    # loss still sees the whole batch). 0 = one forward pass. null (default): with random
-    # batches two chunks (half the batch's rows, at least 8); with bucket_windows > 0 one pass.
-    forward_chunk_rows: Optional[int] = None
-    # DataLoader worker processes that collate the next batches while this one trains; null: up to
-    # 4 a process on CUDA (persistent, pinned memory, copies that do not wait), 0 on a CPU.
-    num_workers: Optional[int] = None
-    # A batch runs through the model padding-free where the model allows it (BERT, RoBERTa, XLM-R,
-    # ELECTRA): its sentences are packed end to end, so the projections and feed-forward layers
-    # see only real tokens and only attention pads each sentence (README, Padding-free). false:
-    # padded batches (in chunks, see forward_chunk_rows).
-    padding_free: bool = True
-    # Padded widths rounded up to a multiple of this (tensor cores want multiples of 8); null: 8 on
-    # CUDA, 1 on a CPU.
-    pad_to_multiple_of: Optional[int] = None
-    # TF32 tensor cores for fp32 matmuls on CUDA (recorded in eval.json); no effect on a CPU.
-    tf32: bool = True
-    # torch.compile the backbone (dynamic shapes: batches vary in length): faster steps on a GPU
-    # after a compilation of a minute or so, which a CPU rarely pays back.
-    compile: bool = False
-    # DDP searches every step's graph for parameters without a gradient; only for a model with
-    # parameters no loss reaches (the first step names them when it is needed).
-    find_unused_parameters: bool = False
-    # Experiment trackers that get the config, loss, lr, throughput and dev/test figures:
-    # tensorboard (event files in <run dir>/tensorboard), mlflow (a file store in <run dir>/mlruns
-    # unless MLFLOW_TRACKING_URI is set), wandb, trackio; [] or [none] = only metrics.jsonl.
-    report_to: list[str] = field(default_factory=list)
-    # The trackers' project (MLflow experiment, W&B/Trackio project).
-    project_name: str = "embed-train"
 
 
 class PeftMethod(str, Enum):

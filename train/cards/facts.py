@@ -1,4 +1,4 @@
-"""A run's config and report -> the plain facts its model cards tell (train/model_card.py)."""
+"""A run's config and report -> the plain facts its model cards tell (train/cards/model_card.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from train.config import DataConfig, LossConfig, ModelConfig, to_plain
+from train.config.schema import DataConfig, LossConfig, ModelConfig, to_plain
 
 
 def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], loss: object, num_labels: int, report: dict[str, Any], model: Any = None):
-    """The plain facts of a run that its model cards tell (train/model_card.py)."""
-    from train.config import TrainerConfig
-    from train.model_card import DataFacts, RunFacts
+    """The plain facts of a run that its model cards tell (train/cards/model_card.py)."""
+    from train.config.schema import TrainerConfig
+    from train.cards.model_card import DataFacts, RunFacts
 
     m: ModelConfig = to_plain(cfg.model)
     d: DataConfig = to_plain(cfg.data)

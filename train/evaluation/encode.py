@@ -9,7 +9,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from train.data.batching import pad
-from train.progress import eval_bar
+from train.evaluation.bars import eval_bar
 
 
 def encode(

@@ -21,8 +21,8 @@ from sentence_transformers.sentence_transformer.evaluation import (
     InformationRetrievalEvaluator,
 )
 
-from train.inference import encode
-from train.progress import long_eval
+from train.evaluation.encode import encode
+from train.evaluation.bars import long_eval
 
 SIMILARITIES = ["cosine", "dot", "euclidean", "manhattan"]
 MAIN_METRIC = "spearman_cosine"
@@ -33,7 +33,7 @@ def encode_sharded(
     model: SentenceTransformer, sentences: Sequence[str], batch_size: int, truncate_dim: int | None = None, prompt: str | None = None
 ) -> np.ndarray:
     """`encode` split over the processes and gathered back in order (one process: plain encode).
-    A long list shows a bar on the main process (train/progress.py)."""
+    A long list shows a bar on the main process (train/evaluation/bars.py)."""
     state = PartialState()
     progress = long_eval(len(sentences))
     if state.num_processes == 1:

@@ -74,7 +74,7 @@ class Vectors:
 
 def embed(model: Any, texts: Sequence[str], batch_size: int, prompt: str | None = None) -> np.ndarray:
     """Unit-length float32 embeddings of a few texts (queries), in memory."""
-    from train.inference import encode
+    from train.evaluation.encode import encode
 
     return _unit(encode(model, list(texts), batch_size, prompt=prompt))
 
@@ -85,8 +85,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def embed_to_file(model: Any, texts: Sequence[str], path: Path, batch_size: int, what: str = "corpus", prompt: str | None = None) -> None:
     """Embeds `texts` (any sequence that slices into lists of str) chunk by chunk into `path`."""
-    from train.inference import encode
-    from train.progress import ProgressLog
+    from train.evaluation.encode import encode
+    from train.evaluation.bars import ProgressLog
 
     progress = ProgressLog(f"Embedding the {what}", len(texts), "texts")
     with open(path, "wb") as f:

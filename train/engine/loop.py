@@ -3,13 +3,13 @@
 It gets plain objects (a model, a loss, tokenized rows, a task's `TrainStep`, an evaluation
 function, the trainer settings) and writes into the run dir: metrics.jsonl, checkpoints/step-N/,
 best/, final/; what it writes to metrics.jsonl also goes to the accelerator's trackers, if any
-(train/tracking.py). Nothing here knows a batch layout, reads files of a dataset format or the config.
+(train/engine/tracking.py). Nothing here knows a batch layout, reads files of a dataset format or the config.
 Read `train` first: it calls the rest top-down.
 
-A step reads nothing back from the device (train/device_stats.py): what it counts is read at log
+A step reads nothing back from the device (train/engine/device_stats.py): what it counts is read at log
 lines, evaluations and checkpoints. The model a step calls is the prepared one, DDP's wrapper
 under several processes, for the loop and for losses that run the model themselves alike, its
-forward pass under autocast and its outputs in fp32 (train/step_model.py).
+forward pass under autocast and its outputs in fp32 (train/engine/step_model.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,16 +38,16 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from train import checkpoint, tracking
-from train.checkpoint import ACCELERATE_STATE, Progress, latest_checkpoint, load_progress, prune
-from train.config import TrainerConfig
-from train.device_stats import DeviceStats, Reading, skips_on_device
-from train.distributed import StopVote, sync_loss_parameters, unused_parameters
+from train.engine import checkpoint, tracking
+from train.engine.checkpoint import ACCELERATE_STATE, Progress, latest_checkpoint, load_progress, prune
+from train.engine.settings import TrainerConfig
+from train.engine.device_stats import DeviceStats, Reading, skips_on_device
+from train.engine.parallel import StopVote, sync_loss_parameters, unused_parameters
 from train.errors import Preempted, UserError
-from train.precision import fp16_on_cpu, resolve_precision, set_tf32
-from train.sharding import check_deepspeed_settings, deepspeed_batch_size, freeze_unused_parameters, fsdp_on_cpu, fsdp_plugin, savable_model
-from train.step_model import compile_backbones, route_loss_through, training_forward
-from train.tasks.base import TrainStep
+from train.engine.precision import fp16_on_cpu, resolve_precision, set_tf32
+from train.engine.parallel import check_deepspeed_settings, deepspeed_batch_size, freeze_unused_parameters, fsdp_on_cpu, fsdp_plugin, savable_model
+from train.engine.step_model import compile_backbones, route_loss_through, training_forward
+from train.engine.task_step import TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ def compute_loss(step: TrainStep, model: nn.Module, loss_fn: nn.Module, batch: d
 def make_accelerator(settings: TrainerConfig, log_with: list | None = None) -> Accelerator:
     # The accelerator's settings are a process-wide singleton; a Hydra sweep (one process)
     # or a multi-stage run may change mixed precision between runs. The process group stays.
-    # `log_with`: trackers (train/tracking.py `build`); run.py opens and closes them.
+    # `log_with`: trackers (train/engine/tracking.py `build`); run.py opens and closes them.
     AcceleratorState._reset_state()
     fsdp_on_cpu()
     cuda = PartialState().device.type == "cuda"
@@ -285,7 +284,7 @@ def setup(
     if settings.compile:
         log.info("torch.compile: %d backbone(s), dynamic shapes (the first steps compile)", compile_backbones(model))
     # Fused AdamW: one kernel for all parameters (on this 2-core CPU it cut the step from 40 to 9
-    # ms), and the one that can skip a step on the device (train/device_stats.py).
+    # ms), and the one that can skip a step on the device (train/engine/device_stats.py).
     optimizer = build_optimizer(
         model, settings.lr, settings.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"), extra=loss_params
     )
@@ -323,7 +322,7 @@ def setup(
 
 def update(s: Session, batch: dict[str, Any]) -> torch.Tensor:
     """Forward and backward of one batch, and the optimizer step when the accumulation is full.
-    Nothing is read back from the device (train/device_stats.py)."""
+    Nothing is read back from the device (train/engine/device_stats.py)."""
     accelerator = s.accelerator
     with accelerator.accumulate(s.model):
         # The forward passes in autocast, outputs and loss in fp32, also GradCache's replay in backward.

@@ -256,7 +256,7 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
 
 def clear_run_outputs(run_dir: Path) -> None:
     """Removes a previous run's results (trainer.overwrite=true)."""
-    # tensorboard/, mlruns/, mlflow_run_id: what train/tracking.py writes (trainer.report_to).
+    # tensorboard/, mlruns/, mlflow_run_id: what train/engine/tracking.py writes (trainer.report_to).
     for name in ("final", "best", "checkpoints", "tensorboard", "mlruns"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
     for name in ("eval.json", "metrics.jsonl", "mlflow_run_id"):

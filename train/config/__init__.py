@@ -1,0 +1,8 @@
+"""Configuration: the typed schema Hydra composes (schema.py), the checks that run once it is
+composed (checks.py: ranges, combinations, messages that name the key) and what a resume may change
+(resume_rules.py).
+
+schema.py is plain dataclasses and enums: the builders (models/build.py, data/build.py,
+losses/build.py) and the tasks read its sections; it imports only the engine's settings and the
+loss registry's names. checks.py and resume_rules.py belong to the commands' floor: nothing below
+the commands imports them."""

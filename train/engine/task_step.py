@@ -1,0 +1,35 @@
+"""What the loop needs from a task's training step: the loss of a batch, and what the batch held.
+The loop knows no batch layout; a task's `TrainStep` (train/tasks/) does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BatchStats:
+    rows: int  # pairs (or queries) the batch trained on
+    real_tokens: int
+    padded_tokens: int
+
+
+class TrainStep(Protocol):
+    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's loss. `model` is the prepared model (DDP's wrapper under several processes),
+        which `loss_fn` holds too; calling it autocasts the forward pass and gives fp32 outputs
+        (train/engine/step_model.py), so the loss itself is computed in fp32."""
+        ...
+
+    def stats(self, batch: dict[str, Any]) -> BatchStats:
+        """What the batch held, from what the collator counted on the host (no device read)."""
+        ...
+
+    def forward_contexts(self, model: nn.Module) -> list[Callable[[], AbstractContextManager]]:
+        """Context managers the step's forward and backward passes run in (a padding-free forward)."""
+        ...
