@@ -42,4 +42,4 @@ if __name__ == "__main__":
     sys.argv[1:] = optuna_with_our_defaults(sys.argv[1:])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.argv[1:] = agree_on_run_dir(sys.argv[1:])
-    exit_2_on_config_errors(main)
+    exit_2_on_config_errors(main, "python -m train")

@@ -38,13 +38,20 @@ def run_dir_from_hydra() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def exit_2_on_config_errors(main: Callable[[], object]) -> None:
+def exit_2_on_config_errors(main: Callable[[], object], command: str | None = None) -> None:
     """Runs a @hydra.main function; a config Hydra cannot compose (unknown key, group option or
     value, wrong type) exits with 2 like every other user error, not Hydra's 1. Hydra has
-    printed its message by then; its SystemExit carries the error as __context__."""
+    printed its message by then; its SystemExit carries the error as __context__.
+    `--help` (or -h) prints `command`'s keys and groups, each with its help from the schema
+    (train/config/reference.py), instead of Hydra's stock text."""
     from hydra.errors import CompactHydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if command is not None and {"--help", "-h"} & set(sys.argv[1:]):
+        from train.config.reference import help_text
+
+        print(help_text(command), end="")
+        return
     try:
         main()
     except SystemExit as e:

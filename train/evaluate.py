@@ -144,4 +144,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    exit_2_on_config_errors(main)
+    exit_2_on_config_errors(main, "python -m train.evaluate")

@@ -334,4 +334,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    exit_2_on_config_errors(main)
+    exit_2_on_config_errors(main, "python -m train.mine")

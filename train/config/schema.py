@@ -93,6 +93,7 @@ class ModelConfig:
     image_tower: Optional[str] = None
     # ViTConfig settings of a scratch image tower (image_size, patch_size, hidden_size, ...).
     image_config: dict[str, Any] = field(default_factory=dict)
+    # task=image_text: how the image tower's patch embeddings become one vector.
     image_pooling: PoolingMode = PoolingMode.cls
     # Both towers projected to this size; null: the text tower's own size, only the image tower projected.
     projection_dim: Optional[int] = None
@@ -103,6 +104,7 @@ class ModelConfig:
 
 @dataclass
 class PoolingConfig:
+    # How token embeddings become one sentence vector: sentence-transformers' pooling modes.
     mode: PoolingMode = PoolingMode.mean
     # A finished sentence-transformers model keeps its own pooling (and Normalize) unless this is
     # true: then `mode` and model.normalize replace them (the log says what was replaced).
@@ -116,6 +118,7 @@ class ColumnsConfig:
     # Column names, or dot paths into nested JSON objects ("labels.label").
     sentence1: str = "sentence1"
     sentence2: str = "sentence2"
+    # STS files: the gold similarity score column.
     score: str = "score"
     # NLI files (data=nli_file): the label column (entailment/neutral/contradiction or 0/1/2).
     label: str = "gold_label"
@@ -124,11 +127,15 @@ class ColumnsConfig:
     # Query-with-candidates files (data=candidates_file, what `python -m train.mine` writes): the
     # query, its positive (a text or a list), a list of negatives, optional scores (one a candidate).
     query: str = "query"
+    # Candidates files: the query's positive (a text or a list).
     positive: str = "positive"
+    # Candidates files: the list of negatives.
     negatives: str = "negatives"
+    # Candidates files: optional scores, one a candidate (positives first).
     scores: Optional[str] = None
     # Image–text files (data=image_text_file): the image path (relative to the file's folder) and its caption.
     image: str = "image"
+    # Image–text files: the caption column.
     text: str = "text"
 
 
@@ -139,6 +146,7 @@ class DataConfig:
     name: str = "korsts"
     # Where presets live and are downloaded to. EMBED_DATA_DIR overrides the default.
     dir: str = "${oc.env:EMBED_DATA_DIR,data}"
+    # Your own files (data=sts_file, nli_file, pairs_file, ...): a file, a folder of shards or a saved dataset.
     train_path: Optional[str] = None
     dev_path: Optional[str] = None
     test_path: Optional[str] = None
@@ -150,6 +158,7 @@ class DataConfig:
     # Gold scores are rescaled from [score_min, score_max] to [0, 1].
     score_min: float = 0.0
     score_max: float = 5.0
+    # A row that cannot be read (a missing column, a score out of range): stop naming file and row, or skip and count it.
     on_bad_row: BadRowPolicy = BadRowPolicy.error
     # NLI -> triplets: keep only premises with a contradiction as hard negative (true), or
     # train on all (premise, entailed hypothesis) pairs (false).
@@ -184,6 +193,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
+    # The loss (the registry, train/losses/registry.py); each task accepts its own.
     name: LossName = LossName.cosent
     # Inverse temperature (CoSENT, AnglE, MNRL: 20 = temperature 0.05); null = the loss's own
     # default (20; cross-encoder mnrl: 10). Unused by the others.
@@ -216,8 +226,11 @@ class PeftMethod(str, Enum):
 class PeftConfig:
     # peft=lora: a LoRA adapter trains and the transformer's weights stay frozen (PEFT library).
     method: PeftMethod = PeftMethod.none
+    # LoRA's rank: the adapter's inner size.
     r: int = 16
+    # LoRA's scaling is alpha / r.
     alpha: int = 32
+    # Dropout on the adapter's input.
     dropout: float = 0.1
     # Module names to adapt; []: PEFT's default for the architecture (query/value, q_proj/v_proj);
     # [all-linear]: every linear layer.
@@ -259,7 +272,9 @@ class ModelAndData:
 class EvaluateConfig(ModelAndData):
     # A saved model dir (a run's final/, best/ or checkpoints/step-N/); overrides model/pooling.
     checkpoint: Optional[str] = None
+    # The split scored (train, dev, test).
     split: str = "test"
+    # Rows a batch when encoding.
     batch_size: int = 64
 
 
@@ -289,6 +304,7 @@ class MineConfig(ModelAndData):
     out: Optional[str] = None
     # An existing `out` is never replaced unless true.
     overwrite: bool = False
+    # Negatives written for each query.
     num_negatives: int = 5
     # Which candidates may become negatives. The corpus is ranked by similarity to the query
     # (its own positives removed), candidates scoring within the margin of the positive are
@@ -302,6 +318,8 @@ class MineConfig(ModelAndData):
     # (+ positives) when a margin or max_score is set, as sentence-transformers derives it.
     range_min: int = 0
     range_max: Optional[int] = None
+    # A candidate scoring within this margin of the positive (absolute: cosine; relative: a share of the
+    # positive's score) is dropped as a possible false negative; null: no such margin.
     absolute_margin: Optional[float] = None
     relative_margin: Optional[float] = 0.05
     # Candidates scoring above this (cosine) are never negatives; null = no cap.
@@ -313,16 +331,36 @@ class MineConfig(ModelAndData):
     corpus: Optional[str] = None
     # Also write "scores": the bi-encoder's cosine of each candidate, positives first.
     scores: bool = False
+    # Rows a batch when encoding.
     batch_size: int = 64
     search: SearchBackend = SearchBackend.auto
 
 
+def open_dict_fields(node: Any) -> Any:
+    """`node` with every dict-valued field (model.prompts, model.random_init, model.image_config,
+    data.prompts, data.hub_splits, ...) out of Hydra's struct mode: `model.prompts={query: "q: "}`
+    and `model.prompts.query=...` then add their keys as written, no `+` needed (Hydra merges a dict
+    given on the command line into the key's value, and struct mode refuses a key the value lacks).
+    The sections themselves stay in struct mode: a misspelt key (`model.promptz=...`) still fails."""
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            if OmegaConf.get_type(child) is dict:
+                OmegaConf.set_struct(child, False)
+            else:
+                open_dict_fields(child)
+    return node
+
+
 def register_configs() -> None:
+    from omegaconf import OmegaConf
+
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="evaluate_schema", node=EvaluateConfig)
-    cs.store(name="mine_schema", node=MineConfig)
-    cs.store(name="retrieve_schema", node=RetrieveConfig)
+    for name, schema in (("train_schema", TrainConfig), ("evaluate_schema", EvaluateConfig),
+                         ("mine_schema", MineConfig), ("retrieve_schema", RetrieveConfig)):
+        cs.store(name=name, node=open_dict_fields(OmegaConf.structured(schema)))
     # loss=<name>: one option a registered loss (train/losses/registry.py), so the list is kept in one place.
     for name in loss_names():
         cs.store(group="loss", name=name, node={"name": name})
@@ -348,6 +386,7 @@ class RetrieveConfig(ModelAndData):
     bi_encoder: Optional[str] = None
     # A saved cross-encoder dir; null = only the bi-encoder row.
     cross_encoder: Optional[str] = None
+    # The split whose queries are searched.
     split: str = "dev"
     corpus: RetrieveCorpus = RetrieveCorpus.positives
     # The bi-encoder shortlist sizes the cross-encoder reranks (clamped to the corpus size).
@@ -357,6 +396,7 @@ class RetrieveConfig(ModelAndData):
     full_rerank_max_corpus: int = 1000
     # Score only the first N queries (0 = all); the corpus stays the whole split.
     max_queries: int = 0
+    # Rows a batch when encoding and reranking.
     batch_size: int = 64
     search: SearchBackend = SearchBackend.auto
     # ms/query is timed query by query (encode, search, rerank), as a search service meets them,

@@ -33,21 +33,31 @@ class ResumeChanged(str, Enum):
 
 @dataclass
 class TrainerConfig:
+    # Passes over the training data.
     epochs: int = 1
     # Optimizer steps; overrides epochs when > 0.
     max_steps: int = 0
+    # Rows a batch (pairs, triplets, image–caption pairs), over all processes together.
     batch_size: int = 16
+    # AdamW's peak learning rate (linear warm-up, then linear decay to 0).
     lr: float = 2e-5
+    # The share of the optimizer steps that warm the learning rate up from 0.
     warmup_ratio: float = 0.1
+    # AdamW's decoupled weight decay (not on biases and LayerNorm weights).
     weight_decay: float = 0.01
+    # Gradients clipped to this global norm (0 = no clipping).
     max_grad_norm: float = 1.0
+    # Batches whose gradients add up to one optimizer step (a larger effective batch in the same memory).
     grad_accum: int = 1
+    # The precision the forward pass autocasts to.
     mixed_precision: MixedPrecision = MixedPrecision.auto
+    # Seeds the sampler, dropout and weight init; a run is repeatable with its seed.
     seed: int = 42
     # Dev evaluation every N optimizer steps (0 = at the end of every epoch), and always at the end.
     eval_every: int = 0
     # Checkpoint every N optimizer steps (0 = at the end of every epoch).
     save_every: int = 0
+    # A metrics.jsonl line (loss, lr, throughput) every N optimizer steps.
     log_every: int = 10
     # Keep only the newest N step checkpoints (0 = keep all); best/ and final/ are never removed.
     keep_last: int = 0
@@ -59,6 +69,7 @@ class TrainerConfig:
     overwrite: bool = False
     # A loss or gradient that is NaN/Inf: stop with a message (stop), or skip that update (skip).
     on_nan: NanPolicy = NanPolicy.stop
+    # Rows a batch in dev and test evaluation.
     eval_batch_size: int = 64
     # 0 (default): random batches, as the library's trainers draw them. N: batches cut from
     # windows of batch_size * N examples sorted by length: less padding, but a batch of similar
