@@ -49,8 +49,8 @@ def test_no_host_reads_in_an_image_text_step_of_ours(loss, tiny_model_dir, tmp_p
 def test_the_counter_sees_a_read_put_back(tiny_model_dir, tmp_path, monkeypatch):
     """The tests above can fail: with the skip decided on the host (an optimizer that cannot skip
     on the device), the gradient norm is read once a step, and that read is counted."""
-    import train.engine.loop as loop
+    import train.engine.setup as setup
 
-    monkeypatch.setattr(loop, "skips_on_device", lambda optimizer: False)
+    monkeypatch.setattr(setup, "skips_on_device", lambda optimizer: False)
     mode, steps = count_step_reads(monkeypatch, lambda: run(compose_config(tiny_overrides(tiny_model_dir, *QUIET)), run_dir=tmp_path))
     assert sum(mode.ours().values()) == steps, dict(mode.ours())

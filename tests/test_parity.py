@@ -51,6 +51,7 @@ def _model(task: str, model_dir):
 def _ours(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> dict[str, torch.Tensor]:
     from train.config.schema import MixedPrecision, TrainerConfig
     from train.engine.loop import train
+    from train.engine.session import Workload
     from train.losses.registry import build_loss
     from train.tasks import get_task
 
@@ -60,7 +61,7 @@ def _ours(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> di
     loss, spec = build_loss(loss_name, model, task=task)
     t = get_task(task)
     rows, collate, _ = t.training_inputs(corpus, model, spec, settings)
-    train(model, loss, rows, collate, FixedBatches(batches), t.train_step(spec, collate), None, tmp_path / "run", settings)
+    train(Workload(model, loss, rows, collate, FixedBatches(batches), t.train_step(spec, collate)), settings, tmp_path / "run")
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

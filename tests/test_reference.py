@@ -15,7 +15,6 @@ from tests.conftest import ROOT
 
 def leaf_paths(schema, prefix=""):
     for f in dataclasses.fields(schema):
-        tp = schema.__dataclass_fields__[f.name].type
         nested = next((c for c in (f.default_factory,) if c is not dataclasses.MISSING and dataclasses.is_dataclass(c)), None)
         if nested is not None:
             yield from leaf_paths(nested, prefix + f.name + ".")

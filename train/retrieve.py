@@ -43,6 +43,7 @@ from train.config.schema import register_configs, to_plain
 from train.data.corpus import Corpus
 from train.data.texts import Texts, column_hashes, unique_first
 from train.config.checks import check_retrieve_config
+from train.evaluation.tables import text_table
 from train.errors import DataError, ModelLoadError
 
 register_configs()
@@ -303,16 +304,11 @@ def format_table(report: dict[str, Any]) -> str:
         f"data={report['data']} {report['split']}: {report['n_queries']} queries, corpus {report['corpus_size']} "
         f"documents ({report['corpus']}); corpus embedding {report['corpus_embed_seconds']:.1f} s once"
     )
-    columns = ["MRR@10", "NDCG@10", "R@1", "R@10", "ms/query", "CE pairs/q"]
-    width = max(len(r["system"]) for r in report["systems"])
-    header = f"{'system':<{width}} " + " ".join(f"{c:>10}" for c in columns)
-    lines = [head, header, "-" * len(header)]
-    for r in report["systems"]:
-        cells = [f"{r[m]:>10.4f}" for m in METRICS]
-        cells += [f"{r['ms_per_query']:>10.1f}", f"{r['cross_encoder_pairs_per_query']:>10.1f}"]
-        lines.append(f"{r['system']:<{width}} " + " ".join(cells))
-    lines += report["notes"]
-    return "\n".join(lines)
+    columns = [*METRICS, "ms_per_query", "cross_encoder_pairs_per_query"]
+    headers = {**dict(zip(METRICS, ["MRR@10", "NDCG@10", "R@1", "R@10"])), "ms_per_query": "ms/query", "cross_encoder_pairs_per_query": "CE pairs/q"}
+    rows = {r["system"]: {c: float(r[c]) for c in columns} for r in report["systems"]}
+    table = text_table(rows, columns, label="system", headers=headers, digits={"ms_per_query": 1, "cross_encoder_pairs_per_query": 1})
+    return "\n".join([head, table, *report["notes"]])
 
 
 def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:

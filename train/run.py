@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from train.engine import checkpoint, tracking
 from train.losses.build import build_loss_from, model_outputs
+from train.losses.registry import loss_spec
 from train.models.adapters import has_adapter, merge_adapters, parameter_counts
 from train.models.build import build_model
 from train.models.prompts import check_prompt_names
@@ -28,10 +29,12 @@ from train.engine.checkpoint import check_run_dir, load_progress, resolve_resume
 from train.config.schema import LossConfig, TrainerConfig, to_plain
 from train.config.checks import check_train_config
 from train.engine.loop import make_accelerator, train
+from train.engine.session import DevEvaluation, Workload
 from train.engine.parallel import build_device
 from train.cards.model_card import RunFacts, write_cards, write_stages_card
 from train.config.resume_rules import check as resume_check, write as write_run_settings
 from train.tasks import get_task
+from train.tasks.base import Scoring
 
 log = logging.getLogger("train")
 
@@ -57,6 +60,8 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_settings(run_dir, run_settings, resume_changes)
 
+    # The data first: a bad file or column fails in seconds, not after a model download. The
+    # shape a loss trains on comes from the registry; the loss module itself needs the model.
     # Seeded before the model is built: a fresh head (the cross-encoder's classifier) must start
     # alike in every run with this seed, or a resumed run could not match an uninterrupted one.
     set_seed(settings.seed)
@@ -65,35 +70,29 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     prompts = dict(cfg.data.prompts)
     check_prompt_names(model, prompts)
     loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name)
-    splits, sets = task.load_data(cfg.data, spec.shape)
+    splits, sets = task.load_data(cfg.data, loss_spec(task.name, loss_cfg.name.value).shape)
     log.info("Model:\n%s", model)
     rows, collate, sampler = task.training_inputs(splits["train"], model, spec, settings, state.num_processes, prompts)
 
-    dims = list(loss_cfg.matryoshka_dims)
-    evaluate, main_metric = task.evaluator(sets, settings.eval_batch_size, dims, prompts)
-    before = task.baseline_figures(model, sets, settings.eval_batch_size) if task.baseline_figures else {}
+    scoring = Scoring(sets, settings.eval_batch_size, list(loss_cfg.matryoshka_dims), prompts)
+    evaluate, main_metric = task.evaluator(scoring)
+    before = task.baseline_figures(model, scoring)
     trackers = tracking.build(settings.report_to, run_dir, settings.project_name, resumed_step)
     accelerator = make_accelerator(settings, log_with=trackers)
     # The trackers get the resolved config, the loop's metrics and, at the last step, the test figures.
     with tracking.opened(accelerator, settings.project_name, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), run_dir):
         result = train(
-            model=model,
-            loss_fn=loss,
-            rows=rows,
-            collate=collate,
-            sampler=sampler,
-            step_fn=task.train_step(spec, collate),
-            evaluate=evaluate,
-            run_dir=run_dir,
-            settings=settings,
+            Workload(model, loss, rows, collate, sampler, task.train_step(spec, collate)),
+            settings,
+            run_dir,
+            dev=DevEvaluation(evaluate, main_metric) if evaluate is not None else None,
             resume_from=resume_from,
             accelerator=accelerator,
-            main_metric=main_metric,
             unit=task.unit,
             desc=label,
         )
         trained_counts = parameter_counts(model)
-        report = {**before, **task.final_figures(model, result.progress, evaluate, sets, settings.eval_batch_size, dims, prompts)}
+        report = {**before, **task.final_figures(model, result.progress, evaluate, scoring)}
         tracking.log_final(accelerator, report, result.progress.step)
     if cfg.peft.merge and has_adapter(model):
         merge_adapters(model)

@@ -36,11 +36,11 @@ def main() -> None:
     def optimizer_step(s):
         real(s)
         if not measured:
-            inner = s.optimizer.optimizer
+            inner = s.prep.optimizer.optimizer
             measured.update(
                 parameter_bytes=sum(local_bytes(p) for p in s.model.parameters()),
                 optimizer_bytes=sum(local_bytes(v) for st in inner.state.values() for v in st.values() if torch.is_tensor(v) and v.dim() > 0),
-                saving_copy_device=str(next(s.plain.parameters()).device) if s.plain is not None else None,
+                saving_copy_device=str(next(s.prep.plain.parameters()).device) if s.prep.plain is not None else None,
                 model_device=str(s.accelerator.device),
             )
 

@@ -54,6 +54,7 @@ def timed_train(task_name: str, model, loss, spec, train_split, settings, precis
     """Our side's timed span: the task's training inputs and the loop, into a throwaway run dir.
     Returns the loop's result and the seconds it took."""
     from train.engine.loop import make_accelerator, train
+    from train.engine.session import Workload
     from train.tasks import get_task
 
     task = get_task(task_name)
@@ -61,7 +62,7 @@ def timed_train(task_name: str, model, loss, spec, train_split, settings, precis
     rows, collate, sampler = task.training_inputs(train_split, model, spec, settings)
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
-            model, loss, rows, collate, sampler, task.train_step(spec, collate), None, Path(run_dir), settings,
+            Workload(model, loss, rows, collate, sampler, task.train_step(spec, collate)), settings, Path(run_dir),
             accelerator=make_accelerator(settings),  # the run's own: DDP settings, fp16's scaler, the loader
         )
         return result, time.perf_counter() - started

@@ -71,7 +71,7 @@ def _corpus(v: dict[str, Any], rows: int, data_dir: Path, cache_dir: str):
     from train.bench.scale import synthetic_pairs
     from train.data.corpus import CacheSettings, load_corpus
     from train.data.presets import data_spec
-    from train.data.readers import Columns
+    from train.data.rows import Columns
 
     settings = CacheSettings.make(cache_dir, None)
     if v["loss"] == "mnrl":
@@ -101,6 +101,7 @@ def run_variant(v: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from train.engine import loop
+    from train.engine.session import Workload
     from train.bench.common import peak_memory, resolve_model
     from train.bench.flops import utilisation
     from train.config.schema import MixedPrecision, TrainerConfig
@@ -127,7 +128,7 @@ def run_variant(v: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = _corpus(v, v["batch_size"] * steps, Path(v["data_dir"]), tmp)
         rows, collate, sampler = task.training_inputs(corpus, model, spec, settings)
-        s = loop.setup(model, loss, rows, collate, sampler, task.train_step(spec, collate), settings, Path(tmp) / "run", None, None, None, "")
+        s = loop.setup(Workload(model, loss, rows, collate, sampler, task.train_step(spec, collate)), settings, Path(tmp) / "run")
         batches = endless(s.loader, sampler)
         s.model.train()
         timed = {}

@@ -10,6 +10,7 @@ from sentence_transformers import SentenceTransformer
 
 from train.data.batching import pad
 from train.evaluation.bars import eval_bar
+from train.evaluation.eval_mode import eval_mode
 
 
 def encode(
@@ -39,21 +40,16 @@ def encode(
     left = tokenizer.padding_side == "left"
     device = model.device
     out: list[torch.Tensor] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            starts = range(0, len(order), batch_size)
-            for start in eval_bar(starts, len(starts), "embedding", progress):
-                input_ids, mask = pad([ids[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id, left)
-                features = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-                if with_types:
-                    features["token_type_ids"] = torch.zeros_like(features["input_ids"])
-                if skip is not None:
-                    features["prompt_length"] = skip
-                out.append(model(features)["sentence_embedding"].float().cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        starts = range(0, len(order), batch_size)
+        for start in eval_bar(starts, len(starts), "embedding", progress):
+            input_ids, mask = pad([ids[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id, left)
+            features = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+            if with_types:
+                features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+            if skip is not None:
+                features["prompt_length"] = skip
+            out.append(model(features)["sentence_embedding"].float().cpu())
     embeddings = torch.cat(out).numpy()
     result = np.empty_like(embeddings)
     result[order] = embeddings

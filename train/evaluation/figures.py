@@ -23,6 +23,8 @@ from sentence_transformers.sentence_transformer.evaluation import (
 
 from train.evaluation.encode import encode
 from train.evaluation.bars import long_eval
+from train.evaluation.eval_mode import eval_mode
+from train.evaluation.tables import text_table
 
 SIMILARITIES = ["cosine", "dot", "euclidean", "manhattan"]
 MAIN_METRIC = "spearman_cosine"
@@ -83,12 +85,8 @@ def sts_evaluator(
 
 def _run(evaluator, model: SentenceTransformer) -> dict[str, float]:
     """The evaluator's raw figures, with dropout off; the model is left in the mode it was found in."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return evaluator(model)
-    finally:
-        model.train(was_training)
 
 
 def evaluate_sts(model: SentenceTransformer, evaluator: EmbeddingSimilarityEvaluator) -> dict[str, float]:
@@ -154,13 +152,6 @@ def evaluate_retrieval(model: SentenceTransformer, evaluator: InformationRetriev
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A small text table: one row a split, Spearman for each similarity and Pearson (cosine)."""
+    """One row a split: Spearman for each similarity and Pearson (cosine)."""
     columns = ["spearman_cosine", "pearson_cosine", "spearman_dot", "spearman_euclidean", "spearman_manhattan", "n_pairs"]
-    header = f"{'split':<6} " + " ".join(f"{c:>18}" for c in columns)
-    lines = [header, "-" * len(header)]
-    for split, metrics in results.items():
-        if "spearman_cosine" not in metrics:
-            continue
-        cells = [f"{metrics[c]:>18.4f}" if c != "n_pairs" else f"{int(metrics[c]):>18d}" for c in columns]
-        lines.append(f"{split:<6} " + " ".join(cells))
-    return "\n".join(lines)
+    return text_table({split: m for split, m in results.items() if "spearman_cosine" in m}, columns)

@@ -1,18 +1,23 @@
-"""What a task is (`Task`: the pieces run.py asks it for) and what the loop needs from it: the
-loss of a batch, and what the batch held.
+"""What a task is: `Task`, the interface every model kind implements (its data, collation,
+training step, evaluation and printed table), and the helpers the kinds share.
 
-The loop (train/engine/loop.py) knows no batch layout; a task's `TrainStep` does. Tasks themselves
-(train/tasks/bi_encoder.py, cross_encoder.py) also own their model, data shape, collation and
-evaluator; run.py asks them for those.
+The loop (train/engine/loop.py) knows no batch layout; a task's `TrainStep`
+(train/engine/task_step.py) does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
+from torch import nn
 
+from train.data.shapes import Shape
+from train.engine.settings import TrainerConfig
+from train.engine.task_step import TrainStep
+from train.losses.registry import LossSpec
 
 
 def on_cuda() -> bool:
@@ -58,25 +63,69 @@ def dev_and_test(model: Any, progress: Any, evaluate: Callable | None, test_set:
     return report
 
 
-@dataclass(frozen=True)
-class Task:
-    name: str
-    # (loss shape) -> the shape of dev/test splits (None: the data's default)
-    eval_shape: Callable[[str], str | None]
-    # (train split: a cached Corpus for text tasks, model, loss spec, trainer settings, processes,
-    #  prompts: column -> prompt name, bi-encoder only)
-    # -> rows (a map-style dataset), collate, sampler
-    training_inputs: Callable[..., tuple[Any, Callable, Any]]
-    # (loss spec, collate of training_inputs) -> TrainStep
-    train_step: Callable[[Any, Any], Any]
-    # (eval sets, batch size, matryoshka dims, prompts) -> (evaluate(model) or None, main metric)
-    evaluator: Callable[..., tuple[Callable | None, str]]
-    # (model, progress, evaluate, eval sets, batch size, dims, prompts) -> the report in eval.json
-    final_figures: Callable[..., dict[str, Any]]
-    print_report: Callable[[dict[str, Any]], None]
-    # (data config, loss shape) -> (splits, the sets that score the model: dev, test, ...)
-    load_data: Callable[[Any, str], tuple[dict[str, Any], dict[str, Any]]]
-    # (model, eval sets, batch size) -> figures of the model before training, or None
-    baseline_figures: Callable[..., dict[str, Any]] | None = None
-    # What a training row is, for throughput (the progress bar, trackers, metrics.jsonl): <unit>/s.
-    unit: str = "pairs"
+@dataclass
+class Scoring:
+    """What scores a model and how: the task's sets (dev, test, retrieval_dev, ...), the batch size,
+    Matryoshka sizes (each one scored too) and column -> prompt name."""
+
+    sets: dict[str, Any]
+    batch_size: int
+    dims: list[int] = field(default_factory=list)
+    prompts: dict[str, str] = field(default_factory=dict)
+
+
+class TrainingInputs(NamedTuple):
+    rows: Any  # a map-style dataset the loader gathers a batch at a time
+    collate: Callable[[list[Any]], dict[str, Any]]
+    sampler: Any  # yields index batches; has use_epoch(epoch)
+
+
+Evaluate = Callable[[nn.Module], dict[str, float]]
+
+
+class Task(ABC):
+    """A model kind: what run.py asks it for, in the order it asks. The loop sees only its
+    `TrainStep`; the rest (data, collation, evaluation, the printed table) stays here."""
+
+    name: ClassVar[str]
+    unit: ClassVar[str] = "pairs"  # what a training row is: throughput is <unit>/s
+
+    def eval_shape(self, loss_shape: Shape) -> Shape | None:
+        """The shape dev and test splits are read in; None: the data's own."""
+        return None
+
+    @abstractmethod
+    def load_data(self, data: Any, loss_shape: Shape) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(splits, the sets that score the model) from the data config section."""
+
+    @abstractmethod
+    def training_inputs(
+        self, train: Any, model: nn.Module, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1,
+        prompts: Mapping[str, str] | None = None,
+    ) -> TrainingInputs:
+        """The training split (a cached Corpus for text tasks) as rows, collator and sampler."""
+
+    @abstractmethod
+    def train_step(self, spec: LossSpec, collate: Any) -> TrainStep:
+        """What the loop calls on each collated batch."""
+
+    @abstractmethod
+    def evaluator(self, scoring: Scoring) -> tuple[Evaluate | None, str]:
+        """The dev evaluation the loop runs (None: no dev set), and the metric that picks best/."""
+
+    def baseline_figures(self, model: nn.Module, scoring: Scoring) -> dict[str, Any]:
+        """Figures of the model before training, reported beside the trained ones."""
+        return {}
+
+    @abstractmethod
+    def final_figures(self, model: nn.Module, progress: Any, evaluate: Evaluate | None, scoring: Scoring) -> dict[str, Any]:
+        """The trained model's figures for eval.json (dev, test, ...)."""
+
+    @abstractmethod
+    def report_table(self, report: dict[str, Any]) -> str | None:
+        """The table printed at the end of a run; None: nothing to show."""
+
+    def print_report(self, report: dict[str, Any]) -> None:
+        table = self.report_table(report)
+        if table:
+            print(table)

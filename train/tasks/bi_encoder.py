@@ -8,7 +8,7 @@ STS correlations on scored pairs, retrieval (NDCG@10) on (anchor, positive) data
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -22,6 +22,7 @@ from train.data.batching import (
 )
 from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
+from train.data.shapes import Shape
 from train.data.tokens import token_table
 from train.evaluation.figures import MAIN_METRIC, RETRIEVAL_MAIN_METRIC, evaluate_retrieval, evaluate_sts_dims, format_table, retrieval_evaluator
 from train.data.build import load_text_task_data
@@ -29,7 +30,7 @@ from train.losses.registry import LossSpec
 from train.models.prompts import column_prompts, excludes_prompt, prompt_length
 from train.models.packed import packed_forwards
 from train.engine.task_step import BatchStats
-from train.tasks.base import Task, on_cuda, pad_multiple, padding_free_layout
+from train.tasks.base import Evaluate, Scoring, Task, TrainingInputs, on_cuda, pad_multiple, padding_free_layout
 
 log = logging.getLogger("train")
 STS_COLUMNS = ("sentence1", "sentence2")
@@ -96,62 +97,63 @@ def training_inputs(
     return rows, collate, sampler
 
 
-def evaluator(
-    sets: dict[str, Any], batch_size: int, dims: Sequence[int], prompts: Mapping[str, str] | None = None
-) -> tuple[Callable[[Any], dict[str, float]] | None, str]:
-    """The dev evaluation the loop runs, and the metric that picks best/. `sets`: STS `dev`/`test`
-    (scored pairs) and `retrieval_dev` ((anchor, positive) rows). `prompts`: column -> prompt name."""
-    sts_dev, retrieval_dev = sets.get("dev"), sets.get("retrieval_dev")
-    if sts_dev is None and retrieval_dev is None:
-        return None, MAIN_METRIC
-    ir = retrieval_evaluator(retrieval_dev, batch_size) if retrieval_dev is not None else None
-    names = dict(prompts or {})
+class BiEncoderTask(Task):
+    name = "bi_encoder"
 
-    def evaluate(model) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        if sts_dev is not None:
-            metrics.update(evaluate_sts_dims(model, sts_dev, batch_size, dims, column_prompts(model, names, STS_COLUMNS)))
-        if ir is not None:
-            texts = column_prompts(model, names, ("anchor", "positive"))
-            ir.query_prompt, ir.corpus_prompt = texts.get("anchor"), texts.get("positive")
-            metrics.update(evaluate_retrieval(model, ir))
-        return metrics
+    def load_data(self, data: Any, loss_shape: Shape) -> tuple[dict[str, Any], dict[str, Any]]:
+        return load_text_task_data(data, loss_shape, self.name, self.eval_shape(loss_shape))
 
-    return evaluate, (MAIN_METRIC if sts_dev is not None else RETRIEVAL_MAIN_METRIC)
+    def training_inputs(self, train, model, spec, settings, num_processes=1, prompts=None) -> TrainingInputs:
+        return TrainingInputs(*training_inputs(train, model, spec, settings, num_processes, prompts))
+
+    def train_step(self, spec: LossSpec, collate: Any) -> BiEncoderStep:
+        return BiEncoderStep(spec.from_embeddings, collate.packed is not None and (spec.from_embeddings or collate.packed_columns))
+
+    def evaluator(self, scoring: Scoring) -> tuple[Evaluate | None, str]:
+        """STS `dev` (scored pairs) and `retrieval_dev` ((anchor, positive) rows); each prompt by its column."""
+        sts_dev, retrieval_dev = scoring.sets.get("dev"), scoring.sets.get("retrieval_dev")
+        if sts_dev is None and retrieval_dev is None:
+            return None, MAIN_METRIC
+        ir = retrieval_evaluator(retrieval_dev, scoring.batch_size) if retrieval_dev is not None else None
+
+        def evaluate(model) -> dict[str, float]:
+            metrics: dict[str, float] = {}
+            if sts_dev is not None:
+                metrics.update(self._sts(model, sts_dev, scoring))
+            if ir is not None:
+                texts = column_prompts(model, scoring.prompts, ("anchor", "positive"))
+                ir.query_prompt, ir.corpus_prompt = texts.get("anchor"), texts.get("positive")
+                metrics.update(evaluate_retrieval(model, ir))
+            return metrics
+
+        return evaluate, (MAIN_METRIC if sts_dev is not None else RETRIEVAL_MAIN_METRIC)
+
+    @staticmethod
+    def _sts(model, ds, scoring: Scoring) -> dict[str, float]:
+        return evaluate_sts_dims(model, ds, scoring.batch_size, scoring.dims, column_prompts(model, scoring.prompts, STS_COLUMNS))
+
+    def final_figures(self, model, progress, evaluate, scoring: Scoring) -> dict[str, Any]:
+        """dev (the last evaluation, if it was at the last step), retrieval_dev and test figures of the final model."""
+        report: dict[str, Any] = {}
+        if evaluate is not None:
+            fresh = progress.last_eval is not None and progress.last_eval_step == progress.step
+            dev = progress.last_eval if fresh else evaluate(model)
+            sts_dev = {k: v for k, v in dev.items() if not k.startswith("retrieval_")}
+            if sts_dev:
+                report["dev"] = sts_dev
+            if scoring.sets.get("retrieval_dev") is not None:
+                report["retrieval_dev"] = {k.removeprefix("retrieval_"): v for k, v in dev.items() if k.startswith("retrieval_")}
+        if scoring.sets.get("test") is not None:
+            report["test"] = self._sts(model, scoring.sets["test"], scoring)
+        return report
+
+    def report_table(self, report: dict[str, Any]) -> str | None:
+        lines = []
+        if report.get("dev") or report.get("test"):
+            lines.append(format_table({k: v for k, v in report.items() if k in ("dev", "test")}))
+        if "retrieval_dev" in report:
+            lines.append("retrieval (dev): " + ", ".join(f"{k}={v:.4f}" for k, v in report["retrieval_dev"].items() if k != "n_queries"))
+        return "\n".join(lines) or None
 
 
-def final_figures(
-    model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int], prompts: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """dev (the last evaluation, if it was at the last step), retrieval_dev and test figures of the final model."""
-    report: dict[str, Any] = {}
-    if evaluate is not None:
-        dev = progress.last_eval if progress.last_eval is not None and progress.last_eval_step == progress.step else evaluate(model)
-        sts_dev = {k: v for k, v in dev.items() if not k.startswith("retrieval_")}
-        if sts_dev:
-            report["dev"] = sts_dev
-        if sets.get("retrieval_dev") is not None:
-            report["retrieval_dev"] = {k.removeprefix("retrieval_"): v for k, v in dev.items() if k.startswith("retrieval_")}
-    if sets.get("test") is not None:
-        report["test"] = evaluate_sts_dims(model, sets["test"], batch_size, dims, column_prompts(model, prompts or {}, STS_COLUMNS))
-    return report
-
-
-def print_report(report: dict[str, Any]) -> None:
-    if report.get("dev") or report.get("test"):
-        print(format_table({k: v for k, v in report.items() if k in ("dev", "test")}))
-    if "retrieval_dev" in report:
-        print("retrieval (dev): " + ", ".join(f"{k}={v:.4f}" for k, v in report["retrieval_dev"].items() if k != "n_queries"))
-
-
-
-TASK = Task(
-    name="bi_encoder",
-    eval_shape=lambda shape: None,
-    training_inputs=training_inputs,
-    train_step=lambda spec, collate: BiEncoderStep(spec.from_embeddings, collate.packed is not None and (spec.from_embeddings or collate.packed_columns)),
-    evaluator=evaluator,
-    final_figures=final_figures,
-    print_report=print_report,
-    load_data=lambda data, shape: load_text_task_data(data, shape, "bi_encoder", TASK.eval_shape(shape)),
-)
+TASK = BiEncoderTask()

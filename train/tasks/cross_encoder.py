@@ -32,7 +32,9 @@ from train.evaluation.bars import long_eval
 from train.data.packing import pack
 from train.models.packed import packed_forwards
 from train.engine.task_step import BatchStats
-from train.tasks.base import Task, dev_and_test, on_cuda, pad_multiple, padding_free_layout
+from train.tasks.base import Evaluate, Scoring, Task, TrainingInputs, dev_and_test, on_cuda, pad_multiple, padding_free_layout
+from train.evaluation.eval_mode import eval_mode
+from train.evaluation.tables import text_table
 
 log = logging.getLogger("train")
 
@@ -283,12 +285,8 @@ def evaluate_set(model: Any, ds: Any, batch_size: int) -> dict[str, float]:
         else:
             evaluator = ev.CrossEncoderClassificationEvaluator(pairs, ds["label"], batch_size=batch_size, write_csv=False, show_progress_bar=bar)
         n = {"n_pairs": len(pairs)}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         raw = evaluator(model)
-    finally:
-        model.train(was_training)
     metrics = {k: float(v) for k, v in raw.items() if not k.startswith("base_")}
     if shape == Shape.labeled_pairs:
         # Single-label classes: micro-averaged F1 is the accuracy.
@@ -296,41 +294,37 @@ def evaluate_set(model: Any, ds: Any, batch_size: int) -> dict[str, float]:
     return {**metrics, **n}
 
 
-def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int] = (), prompts: Any = None) -> tuple[Callable | None, str]:
-    dev = sets.get("dev")
-    if dev is None:
-        return None, "spearman"
-    return (lambda model: evaluate_set(model, dev, batch_size)), MAIN_METRICS[_shape_of(dev)]
-
-
-def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int] = (), prompts: Any = None) -> dict[str, Any]:
-    return dev_and_test(model, progress, evaluate, sets.get("test"), lambda m, ds: evaluate_set(m, ds, batch_size))
-
-
 def format_table(report: dict[str, dict[str, float]]) -> str:
-    columns = list(dict.fromkeys(k for split in report.values() for k in split))
-    header = f"{'split':<6} " + " ".join(f"{c:>12}" for c in columns)
-    lines = [header, "-" * len(header)]
-    for split, metrics in report.items():
-        cells = [f"{metrics[c]:>12.4f}" if not c.startswith("n_") else f"{int(metrics[c]):>12d}" for c in columns if c in metrics]
-        lines.append(f"{split:<6} " + " ".join(cells))
-    return "\n".join(lines)
+    return text_table(report)
 
 
-def print_report(report: dict[str, Any]) -> None:
-    shown = {k: v for k, v in report.items() if k in ("dev", "test") and v}
-    if shown:
-        print(format_table(shown))
+class CrossEncoderTask(Task):
+    name = "cross_encoder"
+
+    def eval_shape(self, loss_shape: Shape) -> Shape:
+        return Shape.labeled_pairs if loss_shape == Shape.labeled_pairs else Shape.query_candidates
+
+    def load_data(self, data: Any, loss_shape: Shape) -> tuple[dict[str, Any], dict[str, Any]]:
+        return load_text_task_data(data, loss_shape, self.name, self.eval_shape(loss_shape))
+
+    def training_inputs(self, train, model, spec, settings, num_processes=1, prompts=None) -> TrainingInputs:
+        return TrainingInputs(*training_inputs(train, model, spec, settings, num_processes, prompts))
+
+    def train_step(self, spec: LossSpec, collate: Any) -> CrossEncoderStep:
+        return CrossEncoderStep(collate.tokens)
+
+    def evaluator(self, scoring: Scoring) -> tuple[Evaluate | None, str]:
+        dev = scoring.sets.get("dev")
+        if dev is None:
+            return None, "spearman"
+        return (lambda model: evaluate_set(model, dev, scoring.batch_size)), MAIN_METRICS[_shape_of(dev)]
+
+    def final_figures(self, model, progress, evaluate, scoring: Scoring) -> dict[str, Any]:
+        return dev_and_test(model, progress, evaluate, scoring.sets.get("test"), lambda m, ds: evaluate_set(m, ds, scoring.batch_size))
+
+    def report_table(self, report: dict[str, Any]) -> str | None:
+        shown = {k: v for k, v in report.items() if k in ("dev", "test") and v}
+        return format_table(shown) if shown else None
 
 
-
-TASK = Task(
-    name="cross_encoder",
-    eval_shape=lambda shape: Shape.labeled_pairs if shape == Shape.labeled_pairs else Shape.query_candidates,
-    training_inputs=training_inputs,
-    train_step=lambda spec, collate: CrossEncoderStep(collate.tokens),
-    evaluator=evaluator,
-    final_figures=final_figures,
-    print_report=print_report,
-    load_data=lambda data, shape: load_text_task_data(data, shape, "cross_encoder", TASK.eval_shape(shape)),
-)
+TASK = CrossEncoderTask()

@@ -22,7 +22,8 @@ from train.data.build import build_image_text_data
 from train.engine.settings import TrainerConfig
 from train.data.batching import NoDuplicatesBatchSampler, text_hashes
 from train.data.checks import check_batch_fits
-from train.data.images import open_image
+from train.data.image_decoding import open_image
+from train.data.shapes import Shape
 from train.errors import DataError
 from train.models.image_text import (
     image_processor_of,
@@ -31,7 +32,9 @@ from train.models.image_text import (
 from train.losses.registry import LossSpec
 from train.evaluation.bars import eval_bar, long_eval
 from train.engine.task_step import BatchStats
-from train.tasks.base import Task, dev_and_test
+from train.tasks.base import Evaluate, Scoring, Task, TrainingInputs, dev_and_test
+from train.evaluation.eval_mode import eval_mode
+from train.evaluation.tables import text_table
 
 log = logging.getLogger("train")
 
@@ -179,16 +182,11 @@ def evaluate_split(model: Any, ds: Any, batch_size: int, chunk: int = 1024) -> d
     captions = list(dict.fromkeys(r["text"] for r in rows))
     index = {c: i for i, c in enumerate(captions)}
     gold = np.array([index[r["text"]] for r in rows], dtype=np.int64)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            text_emb = model.encode(
-                captions, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=long_eval(len(captions))
-            )
-            image_emb = encode_images(model, rows, batch_size, long_eval(len(rows)))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        text_emb = model.encode(
+            captions, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=long_eval(len(captions))
+        )
+        image_emb = encode_images(model, rows, batch_size, long_eval(len(rows)))
     ks = [k for k in RECALL_AT if k <= len(captions)] or [1]
     i2t = {k: 0 for k in ks}
     for start in range(0, len(rows), chunk):
@@ -216,47 +214,40 @@ def main_metric_of(ds: Any) -> str:
     return "zero_shot_accuracy" if "label" in ds.column_names else "image_to_text_recall@1"
 
 
-def evaluator(sets: dict[str, Any], batch_size: int, dims: Sequence[int] = (), prompts: Any = None) -> tuple[Callable | None, str]:
-    dev = sets.get("dev")
-    if dev is None:
-        return None, "zero_shot_accuracy"
-    return (lambda model: evaluate_split(model, dev, batch_size)), main_metric_of(dev)
-
-
-def baseline_figures(model, sets: dict[str, Any], batch_size: int) -> dict[str, Any]:
-    """The untrained model's dev and test figures: what training is measured against."""
-    return {f"{split}_before": evaluate_split(model, ds, batch_size) for split, ds in sets.items() if split in ("dev", "test")}
-
-
-def final_figures(model, progress, evaluate, sets: dict[str, Any], batch_size: int, dims: Sequence[int] = (), prompts: Any = None) -> dict[str, Any]:
-    return dev_and_test(model, progress, evaluate, sets.get("test"), lambda m, ds: evaluate_split(m, ds, batch_size))
-
-
 def format_table(report: dict[str, Any]) -> str:
-    rows = [(name, report[name]) for split in ("dev", "test") for name in (f"{split}_before", split) if report.get(name)]
-    columns = [c for c in dict.fromkeys(k for _, m in rows for k in m) if not c.startswith("n_")]
-    header = f"{'':<12}" + "".join(f"{c.replace('_recall', ' R'):>22}" for c in columns)
-    lines = [header, "-" * len(header)]
-    for name, metrics in rows:
-        lines.append(f"{name:<12}" + "".join(f"{metrics[c]:>22.4f}" if c in metrics else f"{'':>22}" for c in columns))
-    return "\n".join(lines)
+    rows = {name: report[name] for split in ("dev", "test") for name in (f"{split}_before", split) if report.get(name)}
+    columns = [c for c in dict.fromkeys(k for m in rows.values() for k in m) if not c.startswith("n_")]
+    return text_table(rows, columns, label="", headers={c: c.replace("_recall", " R") for c in columns})
 
 
-def print_report(report: dict[str, Any]) -> None:
-    if any(report.get(k) for k in ("dev", "test", "dev_before", "test_before")):
-        print(format_table(report))
+class ImageTextTask(Task):
+    name = "image_text"
+    unit = "images"
+
+    def load_data(self, data: Any, loss_shape: Shape) -> tuple[dict[str, Any], dict[str, Any]]:
+        return build_image_text_data(data, loss_shape)
+
+    def training_inputs(self, train, model, spec, settings, num_processes=1, prompts=None) -> TrainingInputs:
+        return TrainingInputs(*training_inputs(train, model, spec, settings, num_processes, prompts))
+
+    def train_step(self, spec: LossSpec, collate: Any) -> ClipStep:
+        return ClipStep(cached=not spec.from_embeddings)
+
+    def evaluator(self, scoring: Scoring) -> tuple[Evaluate | None, str]:
+        dev = scoring.sets.get("dev")
+        if dev is None:
+            return None, "zero_shot_accuracy"
+        return (lambda model: evaluate_split(model, dev, scoring.batch_size)), main_metric_of(dev)
+
+    def baseline_figures(self, model, scoring: Scoring) -> dict[str, Any]:
+        """The untrained model's dev and test figures: what training is measured against."""
+        return {f"{split}_before": evaluate_split(model, ds, scoring.batch_size) for split, ds in scoring.sets.items() if split in ("dev", "test")}
+
+    def final_figures(self, model, progress, evaluate, scoring: Scoring) -> dict[str, Any]:
+        return dev_and_test(model, progress, evaluate, scoring.sets.get("test"), lambda m, ds: evaluate_split(m, ds, scoring.batch_size))
+
+    def report_table(self, report: dict[str, Any]) -> str | None:
+        return format_table(report) if any(report.get(k) for k in ("dev", "test", "dev_before", "test_before")) else None
 
 
-
-TASK = Task(
-    name="image_text",
-    eval_shape=lambda shape: None,
-    training_inputs=training_inputs,
-    train_step=lambda spec, collate: ClipStep(cached=not spec.from_embeddings),
-    evaluator=evaluator,
-    final_figures=final_figures,
-    print_report=print_report,
-    load_data=build_image_text_data,
-    baseline_figures=baseline_figures,
-    unit="images",
-)
+TASK = ImageTextTask()
