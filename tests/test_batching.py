@@ -12,7 +12,7 @@ import torch
 from train.data.batching import BucketBatchSampler, Collator, embed_batch, pad
 from train.data.corpus import CacheSettings, load_corpus
 from train.data.presets import data_spec
-from train.data.readers import ScoreRange
+from train.data.rows import ScoreRange
 from train.data.tokens import token_table
 from train.models.bi_encoder import build_sentence_transformer
 from tests.conftest import FIXTURES

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-from train.data.readers import ScoreRange, read_sts_file
+from train.data.readers import read_sts_file
+from train.data.rows import ScoreRange
 from train.evaluation.figures import SIMILARITIES, evaluate_sts, format_table, sts_evaluator
 from train.evaluation.encode import encode
 from train.models.bi_encoder import build_sentence_transformer

@@ -13,14 +13,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES, SHARED_DATA, compose_config
-from train.data.images import (
-    FASHION_MNIST_EN,
-    FASHION_MNIST_KO,
-    check_caption_template,
-    default_cache_dir,
-    load_image_text_splits,
-    open_image,
-)
+from train.data.fashion_mnist import FASHION_MNIST_EN, FASHION_MNIST_KO, default_cache_dir
+from train.data.image_decoding import open_image
+from train.data.images import check_caption_template, load_image_text_splits
 from train.errors import ConfigError, DataError
 
 IMAGES = FIXTURES / "images"

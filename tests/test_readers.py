@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import FIXTURES
 from train.data.presets import BUNDLED_DIR, load_splits, load_sts_splits
-from train.data.readers import Columns, ScoreRange, read_sts_file, read_stsb_official
+from train.data.readers import read_sts_file, read_stsb_official
+from train.data.rows import Columns, ScoreRange
 from train.errors import DataError
 
 

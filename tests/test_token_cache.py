@@ -19,7 +19,7 @@ from train.data import corpus as corpus_module
 from train.data import tokens as tokens_module
 from train.data.corpus import CacheSettings, load_corpus
 from train.data.presets import data_spec
-from train.data.readers import Columns, ScoreRange
+from train.data.rows import Columns, ScoreRange
 from train.errors import DataError
 from train.run import run
 from tests.conftest import FIXTURES, ROOT, compose_config, tiny_overrides
@@ -147,7 +147,7 @@ def test_a_killed_build_leaves_nothing_that_is_used(tmp_path):
     script = (
         "import sys, time\n"
         "from train.data import corpus\n"
-        "from train.data.presets import data_spec\nfrom train.data.readers import Columns\n"
+        "from train.data.presets import data_spec\nfrom train.data.rows import Columns\n"
         "write = corpus.RowWriter.write\n"
         "def slow(self, table):\n"
         "    write(self, table)\n"

@@ -69,6 +69,41 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _handlers(logger: logging.Logger) -> Iterator[logging.Handler]:
+    """The handlers a record of `logger` reaches."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        yield from current.handlers
+        current = current.parent if current.propagate else None
+
+
+def _on_console(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    return not isinstance(handler, logging.FileHandler) and stream is not None and stream in (
+        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__,
+    )
+
+
+def tell(level: int, message: str) -> None:
+    """A message that ends the command, shown once: on stderr ("Error: ..." for errors), and in
+    the log files (a job's log, which train.report reads), not a second time by the console's log."""
+    handlers = list(_handlers(log))
+    console = [h for h in handlers if _on_console(h)]
+    if len(console) < len(handlers):  # some handler writes elsewhere (a file): it gets the record
+        for h in console:
+            h.addFilter(_nowhere)
+        try:
+            log.log(level, "%s", message)
+        finally:
+            for h in console:
+                h.removeFilter(_nowhere)
+    print(f"Error: {message}" if level >= logging.ERROR else message, file=sys.stderr, flush=True)
+
+
+def _nowhere(record: logging.LogRecord) -> bool:
+    return False
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A UserError ends the program with its message and exit code 2, no traceback
@@ -76,18 +111,15 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Preempted as e:
-        log.warning("%s", e)
-        print(str(e), file=sys.stderr)
+        tell(logging.WARNING, str(e))
         sys.exit(Preempted.exit_code)
     except DiskFull as e:
-        log.error("%s", e)
-        print(f"Error: {e}", file=sys.stderr)
+        tell(logging.ERROR, str(e))
         sys.exit(DiskFull.exit_code)
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("%s", e)
-        print(f"Error: {e}", file=sys.stderr)
+        tell(logging.ERROR, str(e))
         if in_sweep():
             # One job of a sweep: Hydra's launcher records the exception as this job's result and
             # the sweep goes on (SystemExit would end it). The basic sweeper raises it once its
@@ -97,8 +129,7 @@ def user_errors() -> Iterator[None]:
     except Exception as e:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and is_peer_lost(e) and os.environ.get("HYDRA_FULL_ERROR") != "1":
             message = peer_lost_message(e)
-            log.error("%s", message)
-            print(f"Error: {message}", file=sys.stderr, flush=True)
+            tell(logging.ERROR, message)
             # Not sys.exit: tearing the process group down would wait on the lost peer again.
             logging.shutdown()
             os._exit(PeerLost.exit_code)
@@ -112,8 +143,7 @@ def user_errors() -> Iterator[None]:
                 message = disk_full_message(where, run_dir_from_hydra(), on_run_disk=False)
             except RuntimeError:  # no Hydra run dir (a plain call)
                 message = f"No space left on the device while writing {where}. Free space and run the same command again."
-            log.error("%s", message)
-            print(f"Error: {message}", file=sys.stderr)
+            tell(logging.ERROR, message)
             sys.exit(DiskFull.exit_code)
         if in_sweep():
             log.exception("This job of the sweep failed")  # into the job's log, for train.report

@@ -62,6 +62,7 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
 
     # The data first: a bad file or column fails in seconds, not after a model download. The
     # shape a loss trains on comes from the registry; the loss module itself needs the model.
+    splits, sets = task.load_data(cfg.data, loss_spec(task.name, loss_cfg.name.value).shape)
     # Seeded before the model is built: a fresh head (the cross-encoder's classifier) must start
     # alike in every run with this seed, or a resumed run could not match an uninterrupted one.
     set_seed(settings.seed)
@@ -70,7 +71,6 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     prompts = dict(cfg.data.prompts)
     check_prompt_names(model, prompts)
     loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name)
-    splits, sets = task.load_data(cfg.data, loss_spec(task.name, loss_cfg.name.value).shape)
     log.info("Model:\n%s", model)
     rows, collate, sampler = task.training_inputs(splits["train"], model, spec, settings, state.num_processes, prompts)
 

@@ -127,7 +127,7 @@ def _image_table(split) -> Any:
     """The split as the library's trainer takes image data: an Image column (PNG bytes), the caption, its id."""
     import datasets
 
-    from train.data.images import open_image
+    from train.data.image_decoding import open_image
 
     captions = list(dict.fromkeys(split["text"]))
     ids = {c: i for i, c in enumerate(captions)}

@@ -87,7 +87,7 @@ def train_corpus(args: argparse.Namespace, cache_dir: str):
 
     from train.data.corpus import CacheSettings, load_corpus
     from train.data.presets import data_spec
-    from train.data.readers import Columns
+    from train.data.rows import Columns
 
     settings = CacheSettings.make(cache_dir, args.num_proc)
     if not contrastive(args):

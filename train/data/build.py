@@ -13,7 +13,8 @@ from train.config.schema import DataConfig, to_plain
 from train.data.checks import check_scorable, report_overlap
 from train.data.corpus import CacheSettings, Corpus, load_corpus
 from train.data.presets import DataSpec, check_source, data_spec, load_spec_splits, load_sts_splits
-from train.data.readers import CandidateColumns, Columns, ScoreRange
+from train.data.readers import CandidateColumns
+from train.data.rows import Columns, ScoreRange
 from train.errors import DataError
 
 log = logging.getLogger("train")

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from train.data import cache
 from train.data.presets import DataSpec, split_sources
-from train.data.readers import RowSource, Tally, features_of
+from train.data.rows import RowSource, Tally, features_of
 from train.data.shapes import is_identity, shape_plan
 from train.data.text_hash import combine, hash64
 

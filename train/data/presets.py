@@ -21,17 +21,15 @@ import datasets
 
 from train.data.readers import (
     CandidateColumns,
-    Columns,
-    RowSource,
-    ScoreRange,
-    candidates_file_source,
-    nli_file_source,
+    candidates_file_sources,
+    nli_file_sources,
     pair_getter,
-    pairs_file_source,
-    sts_file_source,
-    stsb_official_source,
-    text_lines_source,
+    pairs_file_sources,
+    sts_file_sources,
+    stsb_official_sources,
+    text_lines_sources,
 )
+from train.data.rows import Columns, RowSource, ScoreRange, read_sources
 from train.data.shapes import to_shape
 from train.errors import DataError
 
@@ -47,7 +45,7 @@ BUNDLED_DIR = Path(__file__).resolve().parents[2] / "data"
 class Preset:
     folder: str
     files: dict[str, tuple[str, ...]]  # split -> file names inside `folder` (concatenated)
-    reader: Callable[[Path, ScoreRange, str], RowSource]
+    reader: Callable[[Path, str, ScoreRange, str], list[RowSource]]  # (path, split, scores, on_bad_row)
     kind: str = "sts"  # sts: scored pairs; nli: premise/hypothesis/label
     # How to fetch missing files: file name -> URL, or one archive holding them all.
     urls: dict[str, str] = field(default_factory=dict)
@@ -57,16 +55,19 @@ class Preset:
     bundled: bool = False  # shipped under BUNDLED_DIR/<folder>
 
 
-def _read_korsts(path: Path, scores: ScoreRange, on_bad_row: str) -> RowSource:
-    return sts_file_source(path, "tsv", Columns("sentence1", "sentence2", "score"), scores, on_bad_row)
+# A preset's files are TSV; a folder given in place of one (data.test_path=DIR) is read as what it holds.
+def _read_korsts(path: Path, split: str, scores: ScoreRange, on_bad_row: str) -> list[RowSource]:
+    fmt = None if path.is_dir() else "tsv"
+    return sts_file_sources(path, fmt, Columns("sentence1", "sentence2", "score"), scores, on_bad_row, split)
 
 
-def _read_stsb(path: Path, scores: ScoreRange, on_bad_row: str) -> RowSource:
-    return stsb_official_source(path, scores, on_bad_row)
+def _read_stsb(path: Path, split: str, scores: ScoreRange, on_bad_row: str) -> list[RowSource]:
+    return stsb_official_sources(path, scores, on_bad_row, split)
 
 
-def _read_kornli(path: Path, scores: ScoreRange, on_bad_row: str) -> RowSource:
-    return nli_file_source(path, "tsv", Columns("sentence1", "sentence2", "gold_label"), on_bad_row)
+def _read_kornli(path: Path, split: str, scores: ScoreRange, on_bad_row: str) -> list[RowSource]:
+    fmt = None if path.is_dir() else "tsv"
+    return nli_file_sources(path, fmt, Columns("sentence1", "sentence2", "gold_label"), on_bad_row, split)
 
 
 _KORNLU = "https://raw.githubusercontent.com/kakaobrain/KorNLUDatasets/master"
@@ -217,31 +218,30 @@ def split_sources(spec: DataSpec, split: str) -> list[RowSource] | None:
     (data.test_path=…) is read with the preset's reader instead."""
     name = spec.name
     if name in PRESETS:
+        reader = PRESETS[name].reader
         if spec.path(split):  # a file of the preset's format in place of its own (a held-out test set)
-            return [PRESETS[name].reader(Path(spec.path(split)), spec.scores, spec.on_bad_row)]
+            return reader(Path(spec.path(split)), split, spec.scores, spec.on_bad_row)
         files = preset_files(name, spec.data_dir, (split,)).get(split)
-        return [PRESETS[name].reader(f, spec.scores, spec.on_bad_row) for f in files] if files else None
+        return [s for f in files for s in reader(f, split, spec.scores, spec.on_bad_row)] if files else None
     if name == "hub":
         return _hub_source(spec, split)
     path = spec.path(split)
     if not path:
         return None
+    # A file, or a folder (save_to_disk, shards) whose `split` is read: train/data/folders.py.
     if name == "sts_file":
-        return [sts_file_source(path, spec.fmt, spec.columns, spec.scores, spec.on_bad_row)]
+        return sts_file_sources(path, spec.fmt, spec.columns, spec.scores, spec.on_bad_row, split)
     if name == "nli_file":
-        return [nli_file_source(path, spec.fmt, Columns(spec.columns.sentence1, spec.columns.sentence2, spec.label_column), spec.on_bad_row)]
+        columns = Columns(spec.columns.sentence1, spec.columns.sentence2, spec.label_column)
+        return nli_file_sources(path, spec.fmt, columns, spec.on_bad_row, split)
     if name == "pairs_file":
-        return [pairs_file_source(path, spec.fmt, spec.columns.sentence1, spec.columns.sentence2, spec.negative_column, spec.on_bad_row)]
+        c = spec.columns
+        return pairs_file_sources(path, spec.fmt, c.sentence1, c.sentence2, spec.negative_column, spec.on_bad_row, split)
     if name == "candidates_file":
-        return [candidates_file_source(path, spec.fmt, spec.candidate_columns, spec.on_bad_row)]
+        return candidates_file_sources(path, spec.fmt, spec.candidate_columns, spec.on_bad_row, split)
     if name == "text_file":
-        return [text_lines_source(path)]
+        return text_lines_sources(path, split)
     raise DataError(f"data.name={name!r} is unknown; use one of {', '.join([*PRESETS, 'sts_file', 'nli_file', 'pairs_file', 'candidates_file', 'text_file', 'hub'])}.")
-
-
-def read_sources(sources: list[RowSource]) -> datasets.Dataset:
-    parts = [s.to_dataset() for s in sources]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def _limit(ds: datasets.Dataset, n: int) -> datasets.Dataset:

@@ -343,7 +343,7 @@ def materialize(plan: Plan) -> datasets.Dataset:
     for note in plan.notes:
         log.info("%s", note)
     table = plan.chunk(0, plan.rows)
-    from train.data.readers import features_of
+    from train.data.rows import features_of
 
     return datasets.Dataset(table.cast(features_of(table.column_names).arrow_schema))
 
