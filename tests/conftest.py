@@ -87,9 +87,11 @@ def shared_data() -> Path:
 
 
 def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
-    """The debug config on the tiny model and the STS fixture files, plus `extra`."""
+    """The debug config on the tiny model and the STS fixture files, plus `extra`; with a step
+    checkpoint at step 3 (debug=default writes none), which the resume tests start from."""
     return [
         "debug=default",
+        "trainer.save_every=3",
         f"model.name={model_dir}",
         "model.max_seq_length=64",
         "data=sts_file",
@@ -146,6 +148,7 @@ def tiny_image_text_overrides(model_dir: Path, *extra: str, image_config: str = 
     return [
         "task=image_text",
         "debug=default",
+        "trainer.save_every=3",
         f"model.name={model_dir}",
         "model.offline_package=null",
         "model.freeze_text=false",

@@ -29,6 +29,7 @@ def launch(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 def tiny_nli(model_dir) -> list[str]:
     return [
         "debug=default",
+        "trainer.save_every=3",  # the step-3 checkpoint whose RNG states are checked
         f"model.name={model_dir}",
         "data=nli_file",
         f"data.train_path={FIXTURES / 'nli_train_small.tsv'}",

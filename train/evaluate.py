@@ -41,7 +41,6 @@ SPLIT_NAMES = ("train", "dev", "test")
 def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     from train.engine import checkpoint
     from train.evaluation.figures import evaluate_sts, format_table, sts_evaluator
-    from train.models.saved import load_saved_model
 
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
@@ -69,12 +68,7 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
     if kind == "bi_encoder":
         check_scorable(splits[split], str(data_cfg.get(f"{split}_path") or f"data={cfg.data.name} ({split} split)"))
 
-    if cfg.checkpoint:
-        model = load_saved_model(cfg.checkpoint, cfg.model.trust_remote_code)
-        model_name = str(cfg.checkpoint)
-    else:
-        model = build_model(cfg.model, cfg.pooling, task=kind)
-        model_name = cfg.model.name
+    model, model_name = _load_model(cfg, kind)
     log.info("Model:\n%s", model)
     if kind == "image_text":
         from train.tasks import image_text
@@ -99,6 +93,34 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
     print(table)
     log.info("Wrote %s", run_dir / "eval.json")
     return out
+
+
+def _load_model(cfg: DictConfig, kind: str) -> tuple[Any, str]:
+    """The model to score and its name. A saved folder gives one figure however it is named
+    (checkpoint=DIR or model.name=DIR): its own max_seq_length in both, unless model.max_seq_length
+    is given on the command line, which then applies to both (a bare transformer: model.max_seq_length)."""
+    from train.models.saved import load_saved_model
+
+    given = max_seq_length_given(cfg)
+    if not cfg.checkpoint:
+        return build_model(cfg.model, cfg.pooling, task=kind, keep_own_max_seq_length=not given), cfg.model.name
+    model = load_saved_model(cfg.checkpoint, cfg.model.trust_remote_code)
+    if given and kind == "bi_encoder" and model.max_seq_length != cfg.model.max_seq_length:
+        log.info("max_seq_length %d (model.max_seq_length; the checkpoint's own: %d)", cfg.model.max_seq_length, model.max_seq_length)
+        model.max_seq_length = cfg.model.max_seq_length
+    return model, str(cfg.checkpoint)
+
+
+def max_seq_length_given(cfg: DictConfig) -> bool:
+    """Whether the user set model.max_seq_length: on the command line (a preset's value is a
+    training length, not a choice for scoring), or outside Hydra a value other than the default."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from train.config.schema import ModelConfig
+
+    if HydraConfig.initialized():
+        return any(o.split("=", 1)[0].lstrip("+~") == "model.max_seq_length" for o in HydraConfig.get().overrides.task)
+    return cfg.model.max_seq_length != ModelConfig().max_seq_length
 
 
 def _model_kind(cfg: DictConfig) -> str:

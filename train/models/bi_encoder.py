@@ -16,7 +16,7 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
-from train.errors import ModelLoadError
+from train.errors import ConfigError, ModelLoadError
 from train.models.sources import load_transformer, check_max_seq_length, has_file, load_from_sources
 
 log = logging.getLogger("train")
@@ -69,10 +69,17 @@ def build_sentence_transformer(
     model_kwargs: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
     device: str | None = None,
+    chosen: frozenset[str] = frozenset(),
+    refuse_unapplied: bool = False,
+    keep_own_max_seq_length: bool = False,
 ) -> SentenceTransformer:
     """The bi-encoder the loop trains. `prompts` (name -> text) are added to the model's own (a name
     given here wins) and saved with it; `default_prompt_name` replaces the model's own default
-    ("" = none). `model_kwargs`: transformers' from_pretrained arguments (dtype, ...)."""
+    ("" = none). `model_kwargs`: transformers' from_pretrained arguments (dtype, ...).
+    `chosen`: the head settings the user set (pooling.mode, pooling.include_prompt, model.normalize);
+    on a finished model without `replace_pooling`, one that differs from the model's own head is
+    a WARNING naming it and pooling.replace=true, or a ConfigError with `refuse_unapplied` (a sweep).
+    `keep_own_max_seq_length`: a finished model keeps its own max_seq_length (train.evaluate)."""
     kwargs = {**(model_kwargs or {}), **({"attn_implementation": attn_implementation} if attn_implementation else {})}
 
     def load(source: str, local_only: bool):
@@ -83,12 +90,15 @@ def build_sentence_transformer(
     loaded = load_from_sources(name, offline_package, load, "the model")
     if isinstance(loaded, SentenceTransformer):
         model = _finished(loaded, name, pooling_mode, normalize, replace_pooling, include_prompt)
+        _unapplied_head_settings(model, name, pooling_mode, normalize, include_prompt, replace_pooling, chosen, refuse_unapplied)
     else:
         modules = [loaded, Pooling(loaded.get_embedding_dimension(), pooling_mode=pooling_mode, include_prompt=include_prompt)]
         model = SentenceTransformer(modules=modules + ([Normalize()] if normalize else []), device=device)
     transformer = model[0]
     if not hasattr(transformer, "auto_model"):
         raise ModelLoadError(f"model.name={name}: its first module is {type(transformer).__name__}, not a transformer; only transformer models train here.")
+    if keep_own_max_seq_length and isinstance(loaded, SentenceTransformer):
+        max_seq_length = transformer.max_seq_length
     if transformer.max_seq_length != max_seq_length:
         if isinstance(loaded, SentenceTransformer):
             log.info("max_seq_length %d (model.max_seq_length; the model's own: %s)", max_seq_length, transformer.max_seq_length)
@@ -122,3 +132,32 @@ def _finished(model: SentenceTransformer, name: str, pooling_mode: str, normaliz
         f". Not applied: {', '.join(ignored)} (pooling.replace=true replaces its pooling)" if ignored else "",
     )
     return model
+
+
+def _unapplied_head_settings(model: SentenceTransformer, name: str, pooling_mode: str, normalize: bool, include_prompt: bool,
+                             replace: bool, chosen: frozenset[str], refuse: bool) -> None:
+    """A head setting the user chose that the finished model does not take (it keeps its own):
+    a WARNING with the key, the model's own value and the fix; refused (ConfigError) in a sweep,
+    where runs that differ only by it would be the same model under different labels."""
+    if replace:
+        return
+    found = _pooling(model)
+    has_normalize = any(isinstance(m, Normalize) for m in model)
+    unapplied = []
+    if found is not None and "pooling.mode" in chosen and found[1].pooling_mode != pooling_mode:
+        unapplied.append(f"pooling.mode={pooling_mode} (the model pools by {found[1].pooling_mode})")
+    if found is not None and "pooling.include_prompt" in chosen and found[1].include_prompt != include_prompt:
+        unapplied.append(f"pooling.include_prompt={str(include_prompt).lower()} (the model's own: {str(found[1].include_prompt).lower()})")
+    if "model.normalize" in chosen and has_normalize != normalize:
+        unapplied.append(f"model.normalize={str(normalize).lower()} (the model {'has' if has_normalize else 'has no'} Normalize module)")
+    if not unapplied:
+        return
+    message = (
+        f"{', '.join(unapplied)}: not applied. {name} is a finished sentence-transformers model and keeps its own "
+        f"head ({describe(model)}); add pooling.replace=true to replace it with the setting"
+        + (", or leave the setting out." if not refuse else
+           ". Refused in a sweep: its runs would train the same model under different labels.")
+    )
+    if refuse:
+        raise ConfigError(message)
+    log.warning("%s", message)

@@ -24,10 +24,12 @@ def build_model(
     num_labels: int = 1,
     peft: DictConfig | PeftConfig | None = None,
     device: str | None = None,
+    keep_own_max_seq_length: bool = False,
 ) -> SentenceTransformer:
     """The task's model (a SentenceTransformer, or a CrossEncoder with `num_labels` outputs), with
     its memory settings and adapter applied. `device`: where it is built (None: the library's
-    choice, the GPU when there is one; `cpu` under FSDP, which shards it from there)."""
+    choice, the GPU when there is one; `cpu` under FSDP, which shards it from there).
+    `keep_own_max_seq_length`: a finished bi-encoder keeps its own length, not model.max_seq_length."""
     m: ModelConfig = _plain(model)
     p: PoolingConfig = _plain(pooling)
     a: PeftConfig = _plain(peft) if peft is not None else PeftConfig()
@@ -43,13 +45,14 @@ def build_model(
         import torch
 
         model_kwargs["dtype"] = getattr(torch, m.dtype.value)
-    built = _build(task, m, p, name, package, num_labels, model_kwargs, device)
+    built = _build(task, m, p, name, package, num_labels, model_kwargs, device, keep_own_max_seq_length)
     fit_token_types(built)
     _memory_and_adapters(built, m, a, task)
     return built
 
 
-def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str | None, num_labels: int, model_kwargs: dict, device: str | None):
+def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str | None, num_labels: int, model_kwargs: dict, device: str | None,
+           keep_own_max_seq_length: bool = False):
     if task == "cross_encoder":
         from train.models.cross_encoder import build_cross_encoder
 
@@ -69,8 +72,35 @@ def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str 
         name, m.max_seq_length, p.mode.value, m.normalize, package, m.attn_implementation,
         replace_pooling=p.replace, include_prompt=p.include_prompt, prompts=dict(m.prompts),
         default_prompt_name=m.default_prompt_name, model_kwargs=model_kwargs, trust_remote_code=m.trust_remote_code,
-        device=device,
+        device=device, chosen=chosen_head_settings(m, p), refuse_unapplied=_in_sweep(), keep_own_max_seq_length=keep_own_max_seq_length,
     )
+
+
+# The head settings of a bare transformer, which a finished model does not take without pooling.replace.
+_HEAD_DEFAULTS = {"pooling.mode": PoolingConfig().mode, "pooling.include_prompt": PoolingConfig().include_prompt,
+                  "model.normalize": ModelConfig().normalize}
+
+
+def chosen_head_settings(m: ModelConfig, p: PoolingConfig) -> frozenset[str]:
+    """The head settings the user chose: not their default (an experiment, a stage, a call from
+    Python), or named on the command line (`pooling=cls`, `pooling.mode=...`, `model.normalize=false`),
+    even at the default's value. A default left alone is no choice: model=bge_m3 pools by CLS and
+    says nothing about the default pooling=mean."""
+    values = {"pooling.mode": p.mode, "pooling.include_prompt": p.include_prompt, "model.normalize": m.normalize}
+    chosen = {k for k, v in values.items() if v != _HEAD_DEFAULTS[k]}
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        named = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+        chosen |= named & set(values) | ({"pooling.mode"} if "pooling" in named else set())
+    return frozenset(chosen)
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _memory_and_adapters(model, m: ModelConfig, a: PeftConfig, task: str) -> None:
