@@ -17,7 +17,7 @@ MAIN_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 RUN_DIR=${RUN_DIR:-outputs/slurm-$SLURM_JOB_ID}
 # A requeued job finds its checkpoints and continues; a fresh one starts.
 RESUME=$([ -d "$RUN_DIR/checkpoints" ] && echo "trainer.resume=latest" || true)
-# A peer that dies or stops answering ends the others within this many seconds (README, Many machines).
+# A peer that dies or stops answering ends the others within this many seconds (docs/distributed.md, "Many machines").
 export EMBED_DIST_TIMEOUT_S=${EMBED_DIST_TIMEOUT_S:-600}
 
 srun --kill-on-bad-exit=1 bash -c "accelerate launch --config_file accelerate/multi_node.yaml \

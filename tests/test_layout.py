@@ -1,4 +1,4 @@
-"""The package's layering (README, Layout): each module sits on a floor and imports only its own
+"""The package's layering (docs/architecture.md, "Layout"): each module sits on a floor and imports only its own
 floor or the ones below, lazily or not, so there is no circle and no upward arrow, the bench included."""
 
 from __future__ import annotations
@@ -80,3 +80,16 @@ def test_every_package_says_what_it_may_import():
     for init in ROOT.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert "import" in doc.lower() or init.parent.name == "bench", f"{init}: no docstring of what it may import"
+
+
+def test_no_function_over_about_60_lines_and_no_module_over_about_400():
+    long_functions, long_modules = [], []
+    for path in ROOT.rglob("*.py"):
+        text = path.read_text()
+        if len(text.splitlines()) > 420:
+            long_modules.append(f"{path.relative_to(ROOT.parent)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 65:
+                long_functions.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} {node.name}")
+    assert not long_modules, long_modules
+    assert not long_functions, long_functions

@@ -5,7 +5,7 @@ weight decay off for biases and LayerNorm, linear warm-up then decay with the li
 of the warm-up, gradient clipping at 1.0, the library's loss called on the batch). With dropout off,
 fp32 and one fixed list of batches given to both sides, any difference in that recipe shows up
 in the weights. What is left to differ in a real run is the batches (length-bucketed here) and
-the precision, which the bench measures over seeds (README, "Quality over seeds").
+the precision, which the bench measures over seeds (docs/benchmarks.md, "Quality over seeds").
 """
 
 from __future__ import annotations

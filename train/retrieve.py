@@ -311,6 +311,22 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join([head, table, *report["notes"]])
 
 
+def score_systems(cfg: DictConfig, data: Any, cross: Any, bi_rankings: np.ndarray, bi_seconds: list[float], ks: list[int]) -> tuple[list[dict], list[str]]:
+    """The bi-encoder's row, and one a rerank depth of the cross-encoder (when there is one), with
+    the report's notes on what was and was not run."""
+    systems = [system_row("bi-encoder", bi_rankings, data.relevant, mean_ms(bi_seconds), 0, 1)]
+    notes = []
+    if cross is None:
+        notes.append("No cross_encoder=<dir>: bi-encoder only.")
+    else:
+        rows, skipped = cross_encoder_rows(cross, data, bi_rankings, bi_seconds, ks, cfg.full_rerank_max_corpus, cfg.batch_size)
+        systems += rows
+        notes += [skipped] if skipped else []
+    timed = "every query" if len(bi_seconds) == len(data.queries) else f"the first {len(bi_seconds)} queries (latency_queries)"
+    notes.append(f"ms/query: wall time query by query (bi-encoder: encoding + search; rerank: that plus the cross-encoder), over {timed}.")
+    return systems, notes
+
+
 def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     from train.engine import checkpoint
 
@@ -342,18 +358,7 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
     bi_rankings, bi_seconds = bi_encoder_search(bi, data.queries, index, max([METRIC_K, *clamped]), cfg.batch_size, cfg.latency_queries,
                                                  prompts.get("anchor"))
     search_seconds = time.perf_counter() - started
-    systems = [system_row("bi-encoder", bi_rankings, data.relevant, mean_ms(bi_seconds), 0, 1)]
-    notes = []
-    if cross is None:
-        notes.append("No cross_encoder=<dir>: bi-encoder only.")
-    else:
-        rows, skipped = cross_encoder_rows(
-            cross, data, bi_rankings, bi_seconds, sorted(set(clamped)), cfg.full_rerank_max_corpus, cfg.batch_size
-        )
-        systems += rows
-        notes += [skipped] if skipped else []
-    timed = "every query" if len(bi_seconds) == len(data.queries) else f"the first {len(bi_seconds)} queries (latency_queries)"
-    notes.append(f"ms/query: wall time query by query (bi-encoder: encoding + search; rerank: that plus the cross-encoder), over {timed}.")
+    systems, notes = score_systems(cfg, data, cross, bi_rankings, bi_seconds, sorted(set(clamped)))
     report = {
         "data": cfg.data.name,
         "split": cfg.split,

@@ -29,7 +29,7 @@ from train.engine.checkpoint import check_run_dir, load_progress, resolve_resume
 from train.config.schema import LossConfig, TrainerConfig, to_plain
 from train.config.checks import check_train_config
 from train.engine.loop import make_accelerator, train
-from train.engine.session import DevEvaluation, Workload
+from train.engine.session import DevEvaluation, LoopResult, Workload
 from train.engine.parallel import build_device
 from train.cards.model_card import RunFacts, write_cards, write_stages_card
 from train.config.resume_rules import check as resume_check, write as write_run_settings
@@ -50,15 +50,7 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     loss_cfg: LossConfig = to_plain(cfg.loss)
     task = get_task(cfg.task.name.value)
     state = PartialState()
-    resume_from = resolve_resume(settings.resume, run_dir)
-    check_run_dir(run_dir, resume_from is not None, settings.overwrite)
-    # What the result depends on, kept beside the checkpoints: a resume with other settings is refused.
-    resumed_step = load_progress(resume_from).step if resume_from is not None else None
-    run_settings = {**OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "launch": {"num_processes": state.num_processes}}
-    resume_changes = resume_check(resume_from, run_settings, settings.resume_changed.value, resumed_step)
-    if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_settings(run_dir, run_settings, resume_changes)
+    resume_from, resumed_step, resume_changes = _prepare_run_dir(cfg, run_dir, settings)
 
     # The data first: a bad file or column fails in seconds, not after a model download. The
     # shape a loss trains on comes from the registry; the loss module itself needs the model.
@@ -72,25 +64,18 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     check_prompt_names(model, prompts)
     loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name)
     log.info("Model:\n%s", model)
-    rows, collate, sampler = task.training_inputs(splits["train"], model, spec, settings, state.num_processes, prompts)
-
+    inputs = task.training_inputs(splits["train"], model, spec, settings, state.num_processes, prompts)
+    work = Workload(model, loss, inputs.rows, inputs.collate, inputs.sampler, task.train_step(spec, inputs.collate))
     scoring = Scoring(sets, settings.eval_batch_size, list(loss_cfg.matryoshka_dims), prompts)
     evaluate, main_metric = task.evaluator(scoring)
     before = task.baseline_figures(model, scoring)
+
     trackers = tracking.build(settings.report_to, run_dir, settings.project_name, resumed_step)
     accelerator = make_accelerator(settings, log_with=trackers)
     # The trackers get the resolved config, the loop's metrics and, at the last step, the test figures.
     with tracking.opened(accelerator, settings.project_name, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), run_dir):
-        result = train(
-            Workload(model, loss, rows, collate, sampler, task.train_step(spec, collate)),
-            settings,
-            run_dir,
-            dev=DevEvaluation(evaluate, main_metric) if evaluate is not None else None,
-            resume_from=resume_from,
-            accelerator=accelerator,
-            unit=task.unit,
-            desc=label,
-        )
+        dev = DevEvaluation(evaluate, main_metric) if evaluate is not None else None
+        result = train(work, settings, run_dir, dev, resume_from, accelerator, unit=task.unit, desc=label)
         trained_counts = parameter_counts(model)
         report = {**before, **task.final_figures(model, result.progress, evaluate, scoring)}
         tracking.log_final(accelerator, report, result.progress.step)
@@ -98,27 +83,8 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
         merge_adapters(model)
         checkpoint.save_model(accelerator, model, run_dir / "final", {"step": result.progress.step, "kind": "final", "merged_adapter": True})
         log.info("peft.merge=true: final/ holds the adapter merged into the weights (best/ and checkpoints/ hold the adapter)")
-    out = {
-        **report,
-        "task": task.name,
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        **({"sts_eval_data": cfg.data.sts_dev} if cfg.data.sts_dev else {}),
-        "loss": loss_cfg.name.value,
-        "main_metric": main_metric,
-        "steps": result.progress.step,
-        "best": {"step": result.progress.best_step, main_metric: result.progress.best_metric} if result.progress.best_step else None,
-        "train_seconds": round(result.seconds, 2),
-        "train_pairs_per_second": round(result.pairs / result.seconds, 2) if result.seconds else None,
-        "padding_ratio": round(result.padded_tokens / result.real_tokens, 3) if result.real_tokens else None,
-        "mixed_precision": result.mixed_precision,
-        "tf32": result.tf32,
-        "skipped_steps": result.skipped_steps,
-        **({"loss_scale": result.loss_scale} if result.loss_scale is not None else {}),
-        "num_processes": state.num_processes,
-        "parameters": trained_counts,
-        **({"resume_changes": resume_changes} if resume_changes else {}),
-    }
+    out = {**report, **_run_figures(cfg, task.name, main_metric, result, state.num_processes), "parameters": trained_counts,
+           **({"resume_changes": resume_changes} if resume_changes else {})}
     facts = card_facts(cfg, splits, sets, loss, num_labels, out, model)
     if state.is_main_process:
         checkpoint.write_json_atomic(run_dir / "eval.json", out)
@@ -127,6 +93,45 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     state.wait_for_everyone()
     log.info("Run dir: %s", run_dir)
     return out, facts
+
+
+def _prepare_run_dir(cfg: DictConfig, run_dir: Path, settings: TrainerConfig) -> tuple[Path | None, int | None, list]:
+    """(the checkpoint to resume from, its step, what changed since): a finished run is not
+    overwritten unasked, and what the result depends on is kept beside the checkpoints, so that a
+    resume with other settings is refused."""
+    state = PartialState()
+    resume_from = resolve_resume(settings.resume, run_dir)
+    check_run_dir(run_dir, resume_from is not None, settings.overwrite)
+    resumed_step = load_progress(resume_from).step if resume_from is not None else None
+    run_settings = {**OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "launch": {"num_processes": state.num_processes}}
+    resume_changes = resume_check(resume_from, run_settings, settings.resume_changed.value, resumed_step)
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_settings(run_dir, run_settings, resume_changes)
+    return resume_from, resumed_step, resume_changes
+
+
+def _run_figures(cfg: DictConfig, task: str, main_metric: str, result: LoopResult, num_processes: int) -> dict[str, Any]:
+    """eval.json's record of what ran and how fast, beside the task's figures."""
+    p = result.progress
+    return {
+        "task": task,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        **({"sts_eval_data": cfg.data.sts_dev} if cfg.data.sts_dev else {}),
+        "loss": cfg.loss.name.value if hasattr(cfg.loss.name, "value") else str(cfg.loss.name),
+        "main_metric": main_metric,
+        "steps": p.step,
+        "best": {"step": p.best_step, main_metric: p.best_metric} if p.best_step else None,
+        "train_seconds": round(result.seconds, 2),
+        "train_pairs_per_second": round(result.pairs / result.seconds, 2) if result.seconds else None,
+        "padding_ratio": round(result.padded_tokens / result.real_tokens, 3) if result.real_tokens else None,
+        "mixed_precision": result.mixed_precision,
+        "tf32": result.tf32,
+        "skipped_steps": result.skipped_steps,
+        **({"loss_scale": result.loss_scale} if result.loss_scale is not None else {}),
+        "num_processes": num_processes,
+    }
 
 
 def safely(write_card: Callable[..., None], *args: Any) -> None:

@@ -110,8 +110,33 @@ def print_summary(runs: dict[str, list], summary: dict[str, dict], ratios: dict[
         print(f"headline: ours ({runs[kinds[0]][0]['precision']}) {ours[f'{unit}_per_s']:.1f} {unit}/s = " + ", ".join(parts))
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.bench", description=DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _recipe_arguments(p)
+    _scale_arguments(p)
+    p.add_argument("--out", default=None, help="the JSON report (default bench_results/bench.json, or scale.json); "
+                                                "--suite: the folder for suite.json and suite.md")
+    steps = p.add_argument_group("steady-state step rates (train/bench/steps.py)")
+    steps.add_argument("--steps", action="store_true", help="time the training step of each variant (padding-free or padded, "
+                       "chunks, bf16 or fp32, compiled or not) after warm-up steps, the device synchronised at the window's edges")
+    steps.add_argument("--steps-only", default=None, metavar="NAME,NAME", help="--steps: only these variants")
+    steps.add_argument("--warmup-steps", type=int, default=20, help="--steps: steps run before the timed window")
+    steps.add_argument("--timed-steps", type=int, default=200, help="--steps: steps timed")
+    steps.add_argument("--collation", action="store_true", help="ms the loader spends a batch (--batch-size, default 256 MNRL pairs): "
+                       "gathering rows, padding (vectorised and row by row) and packing")
+    p.add_argument("--suite", default=None, choices=["gpu"],
+                   help="gpu: every GPU recipe against the library's trainer at equal precision, one JSON and one Markdown "
+                        "table (train/bench/suite.py)")
+    p.add_argument("--suite-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="--suite: a setting applied to every recipe (max_steps=2, model=PATH, ...): small runs, e.g. on a CPU")
+    p.add_argument("--suite-only", default=None, metavar="NAME,NAME", help="--suite: only these recipes")
+    p.add_argument("--profile", action="store_true",
+                   help="ours: a torch.profiler summary of the timed span (top operators by GPU and CPU time) beside --out")
+    return p
+
+
+def _recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The recipe both sides train: task, model, data, loss, sizes, precision, repeats."""
     p.add_argument("--task", default="bi_encoder", choices=["bi_encoder", "cross_encoder", "image_text"],
                    help="bi_encoder: CoSENT against SentenceTransformerTrainer; cross_encoder: BCE (gold/5) against "
                         "CrossEncoderTrainer; image_text: CLIP's loss on Fashion-MNIST against SentenceTransformerTrainer")
@@ -156,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--skip-eval", action="store_true", help="no dev Spearman (speed only)")
     p.add_argument("--encode", action="store_true", help="benchmark embedding a split instead of training")
     p.add_argument("--num-proc", type=int, default=None, help="ours: processes that tokenize (data.num_proc); default the cores")
+
+
+def _scale_arguments(p: argparse.ArgumentParser) -> None:
     scale = p.add_argument_group("scale (train/bench/scale.py)")
     scale.add_argument("--scale", type=lambda v: [int(n) for n in v.split(",")], default=[],
                        help="comma-separated corpus sizes: synthetic pairs, MNRL, first and second run of both sides")
@@ -171,24 +199,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale.add_argument("--reuse-vectors", action="store_true",
                        help="--retrieval: keep the corpus embeddings cached by an earlier run of the same size")
     scale.add_argument("--search", default="auto", choices=["auto", "faiss", "torch"], help="--retrieval: the search backend")
-    p.add_argument("--out", default=None, help="the JSON report (default bench_results/bench.json, or scale.json); "
-                                                "--suite: the folder for suite.json and suite.md")
-    steps = p.add_argument_group("steady-state step rates (train/bench/steps.py)")
-    steps.add_argument("--steps", action="store_true", help="time the training step of each variant (padding-free or padded, "
-                       "chunks, bf16 or fp32, compiled or not) after warm-up steps, the device synchronised at the window's edges")
-    steps.add_argument("--steps-only", default=None, metavar="NAME,NAME", help="--steps: only these variants")
-    steps.add_argument("--warmup-steps", type=int, default=20, help="--steps: steps run before the timed window")
-    steps.add_argument("--timed-steps", type=int, default=200, help="--steps: steps timed")
-    steps.add_argument("--collation", action="store_true", help="ms the loader spends a batch (--batch-size, default 256 MNRL pairs): "
-                       "gathering rows, padding (vectorised and row by row) and packing")
-    p.add_argument("--suite", default=None, choices=["gpu"],
-                   help="gpu: every GPU recipe against the library's trainer at equal precision, one JSON and one Markdown "
-                        "table (train/bench/suite.py)")
-    p.add_argument("--suite-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="--suite: a setting applied to every recipe (max_steps=2, model=PATH, ...): small runs, e.g. on a CPU")
-    p.add_argument("--suite-only", default=None, metavar="NAME,NAME", help="--suite: only these recipes")
-    p.add_argument("--profile", action="store_true",
-                   help="ours: a torch.profiler summary of the timed span (top operators by GPU and CPU time) beside --out")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = parser()
     args = p.parse_args(argv)
     if args.steps:
         from train.bench.steps import run_steps
@@ -224,6 +238,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_report(report, args.out)
         return report
 
+    return compare(args)
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Each side in its own subprocess, repeated (alternating which goes first), then the summary and ratios."""
     kinds = ("encode_ours", "encode_st") if args.encode else ("ours", "st_trainer")
     ours_precision = _precision(args.precision, args.device)
     if not args.encode and not args.no_equal_precision and ours_precision != _precision(args.st_precision, args.device):

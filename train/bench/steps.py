@@ -135,13 +135,13 @@ def run_variant(v: dict[str, Any]) -> dict[str, Any]:
         for i in range(steps):
             if i == v["warmup"]:
                 _sync(v["device"])
-                timed = {"started": time.perf_counter(), "pairs": s.pairs, "real": s.real_tokens, "ran": s.padded_tokens, "shapes": len(shapes)}
+                timed = {"started": time.perf_counter(), "pairs": s.meter.pairs, "real": s.meter.real_tokens, "ran": s.meter.padded_tokens, "shapes": len(shapes)}
             batch = next(batches)
             loop.update(s, batch)
             loop.count(s, batch)
         _sync(v["device"])
         seconds = time.perf_counter() - timed["started"]
-    pairs, real, ran = s.pairs - timed["pairs"], s.real_tokens - timed["real"], s.padded_tokens - timed["ran"]
+    pairs, real, ran = s.meter.pairs - timed["pairs"], s.meter.real_tokens - timed["real"], s.meter.padded_tokens - timed["ran"]
     sequences = pairs * (1 if task.name == "cross_encoder" else 2)
     flops = utilisation(model[0].auto_model, real, sequences, seconds, v.get("peak"))
     return {"seconds": seconds, "steps": v["timed"], "pairs_per_s": pairs / seconds, "real_tokens_per_s": real / seconds,

@@ -4,7 +4,7 @@ Each recipe is one ordinary bench run (ours, then the library's trainer at the p
 resolved to, each in a fresh process), so a row can be rerun alone with the command the table
 prints. Before the recipes, the device's matrix-product rate is measured at bf16 and fp32: MFU is
 reported against what this device reaches, not against a data sheet. Writes DIR/suite.json (every
-run's figures) and DIR/suite.md (the table the README carries).
+run's figures) and DIR/suite.md (the table docs/benchmarks.md carries).
 
     python -m train.bench --suite gpu --device cuda --out bench_results/gpu
     python -m train.bench --suite gpu --device cpu --out /tmp/suite \\

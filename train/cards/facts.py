@@ -6,20 +6,36 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from train.config.schema import DataConfig, LossConfig, ModelConfig, to_plain
+from train.config.schema import DataConfig, LossConfig, ModelConfig, TrainerConfig, to_plain
 
 
 def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], loss: object, num_labels: int, report: dict[str, Any], model: Any = None):
     """The plain facts of a run that its model cards tell (train/cards/model_card.py)."""
-    from train.config.schema import TrainerConfig
-    from train.cards.model_card import DataFacts, RunFacts
+    from train.cards.model_card import RunFacts
 
     m: ModelConfig = to_plain(cfg.model)
-    d: DataConfig = to_plain(cfg.data)
     c: LossConfig = to_plain(cfg.loss)
-    t: TrainerConfig = to_plain(cfg.trainer)
     task = cfg.task.name.value
-    data = DataFacts(
+    details, pooling = _model_details(cfg, m, task, num_labels, report, model)
+    return RunFacts(
+        task=task,
+        base_model=m.name,
+        loss=c.name.value,
+        loss_class=type(loss).__name__,
+        data=_data_facts(to_plain(cfg.data), splits, sets),
+        hyperparameters=_hyperparameters(to_plain(cfg.trainer), c, report),
+        main_metric=report.get("main_metric", ""),
+        pooling=pooling,
+        model_details=details,
+        num_labels=num_labels,
+        random_init=dict(m.random_init),
+    )
+
+
+def _data_facts(d: DataConfig, splits: dict[str, Any], sets: dict[str, Any]):
+    from train.cards.model_card import DataFacts
+
+    return DataFacts(
         name=d.name,
         rows={k: len(v) for k, v in splits.items()},
         eval_data=d.sts_dev,
@@ -27,6 +43,10 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         files={k: p for k, p in (("train", d.train_path), ("dev", d.dev_path), ("test", d.test_path), ("data", d.path)) if p},
         hub_id=d.hub_id if d.name == "hub" else None,
     )
+
+
+def _model_details(cfg: DictConfig, m: ModelConfig, task: str, num_labels: int, report: dict[str, Any], model: Any) -> tuple[dict[str, Any], str | None]:
+    """(what the card's model section lists, the pooling mode the model really has)."""
     details: dict[str, Any] = {"max_seq_length": m.max_seq_length}
     pooling = cfg.pooling.mode.value if task == "bi_encoder" or (task == "image_text" and m.image_tower) else None
     if task == "bi_encoder" and model is not None:
@@ -37,8 +57,8 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         pooling = next((mod.pooling_mode for mod in model if type(mod).__name__ == "Pooling"), pooling)
         if getattr(model, "prompts", None) and any(model.prompts.values()):
             details["prompts"] = {k: v for k, v in model.prompts.items() if v}
-        if d.prompts:
-            details["prompts in training (column: prompt)"] = dict(d.prompts)
+        if cfg.data.prompts:
+            details["prompts in training (column: prompt)"] = dict(cfg.data.prompts)
     elif task == "bi_encoder" and m.normalize:
         details["normalize"] = True
     if cfg.get("peft") is not None and cfg.peft.method.value != "none":
@@ -56,6 +76,10 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         details.update({k: v for k, v in (("projection_dim", m.projection_dim), ("freeze_text", m.freeze_text), ("freeze_image", m.freeze_image)) if v})
     if task == "cross_encoder":
         details["num_labels"] = num_labels
+    return details, pooling
+
+
+def _hyperparameters(t: TrainerConfig, c: LossConfig, report: dict[str, Any]) -> dict[str, Any]:
     hyper: dict[str, Any] = {"epochs": t.epochs} if t.max_steps <= 0 else {"max_steps": t.max_steps}
     hyper.update(
         optimizer_steps=report.get("steps"),
@@ -76,19 +100,7 @@ def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], lo
         **({"loss.matryoshka_dims": list(c.matryoshka_dims)} if c.matryoshka_dims else {}),
         **({"train_seconds": report["train_seconds"]} if report.get("train_seconds") is not None else {}),
         # trainer.resume_changed=allow: the run is not one recipe; the card says where it changed.
-        **({"changed on resume": "; ".join(f"{c['key']}: {c['old']} -> {c['new']} (from step {c['step']})" for c in report["resume_changes"])}
+        **({"changed on resume": "; ".join(f"{r['key']}: {r['old']} -> {r['new']} (from step {r['step']})" for r in report["resume_changes"])}
            if report.get("resume_changes") else {}),
     )
-    return RunFacts(
-        task=task,
-        base_model=m.name,
-        loss=c.name.value,
-        loss_class=type(loss).__name__,
-        data=data,
-        hyperparameters=hyper,
-        main_metric=report.get("main_metric", ""),
-        pooling=pooling,
-        model_details=details,
-        num_labels=num_labels,
-        random_init=dict(m.random_init),
-    )
+    return hyper

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from train.engine import checkpoint
+from train.evaluation.tables import markdown_table
 
 CARD = "README.md"
 
@@ -133,12 +134,12 @@ def number(value: Any) -> str:
 def figures_table(figures: dict[str, dict[str, Any]]) -> str:
     """One row a split, one column a metric; counts (n_pairs, n_images, ...) in the last column."""
     columns = [c for c in dict.fromkeys(k for m in figures.values() for k in m) if not c.startswith("n_")]
-    lines = ["| split | " + " | ".join(columns) + " | size |", "| --- |" + " ---: |" * (len(columns) + 1)]
-    for split, metrics in figures.items():
-        size = ", ".join(f"{v} {k[2:]}" for k, v in metrics.items() if k.startswith("n_"))
-        cells = [number(metrics[c]) if c in metrics else "" for c in columns]
-        lines.append(f"| {split_label(split)} | " + " | ".join(cells) + f" | {size} |")
-    return "\n".join(lines)
+    rows = [
+        [split_label(split), *(number(metrics[c]) if c in metrics else "" for c in columns),
+         ", ".join(f"{v} {k[2:]}" for k, v in metrics.items() if k.startswith("n_"))]
+        for split, metrics in figures.items()
+    ]
+    return "\n".join(markdown_table(["split", *columns, "size"], rows, numeric=[False, *(True for _ in columns), True]))
 
 
 def front_matter(facts: RunFacts, figures: dict[str, dict[str, Any]], model_name: str) -> str:

@@ -152,7 +152,7 @@ class DataConfig:
     test_path: Optional[str] = None
     # The one file `python -m train.evaluate` scores, when given.
     path: Optional[str] = None
-    # csv, tsv, json, jsonl or parquet; null = from the file extension.
+    # csv, tsv, json, jsonl, parquet or arrow; null = from the file extension (a folder: from its files).
     format: Optional[str] = None
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     # Gold scores are rescaled from [score_min, score_max] to [0, 1].

@@ -7,7 +7,7 @@ library's trainers' batches, so the same quality), and a batch runs through the 
 length-sorted chunks, each padded only to its own longest (`chunk_rows`). Batches cut from
 length-sorted windows (trainer.bucket_windows) hold even less padding, but a batch of similar
 lengths is not a random sample: an in-batch ranking loss then never compares a short pair with a
-long one, and on KorSTS test such batches scored lower (README, "Quality over seeds").
+long one, and on KorSTS test such batches scored lower (docs/benchmarks.md, "Quality over seeds").
 """
 
 from __future__ import annotations

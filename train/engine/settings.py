@@ -63,7 +63,7 @@ class TrainerConfig:
     keep_last: int = 0
     # A checkpoint dir, or `latest` (the newest complete checkpoint in this run dir).
     resume: Optional[str] = None
-    # A resume with settings that change the result (README, Stopping, resuming): refuse or allow.
+    # A resume with settings that change the result (docs/resume.md, "Stopping, resuming"): refuse or allow.
     resume_changed: ResumeChanged = ResumeChanged.refuse
     # Refuse to train into a run dir that already holds a finished run, unless true.
     overwrite: bool = False
@@ -73,7 +73,7 @@ class TrainerConfig:
     eval_batch_size: int = 64
     # 0 (default): random batches, as the library's trainers draw them. N: batches cut from
     # windows of batch_size * N examples sorted by length: less padding, but a batch of similar
-    # lengths is no random sample, which cost quality on KorSTS (README, "Quality over seeds").
+    # lengths is no random sample, which cost quality on KorSTS (docs/benchmarks.md, "Quality over seeds").
     bucket_windows: int = 0
     # A batch goes through the model in length-sorted chunks of this many rows (bi-encoder: of
     # its 2B sentences; cross-encoder: of its pairs), each padded only to its own longest (the
@@ -85,7 +85,7 @@ class TrainerConfig:
     num_workers: Optional[int] = None
     # A batch runs through the model padding-free where the model allows it (BERT, RoBERTa, XLM-R,
     # ELECTRA): its sentences are packed end to end, so the projections and feed-forward layers
-    # see only real tokens and only attention pads each sentence (README, Padding-free). false:
+    # see only real tokens and only attention pads each sentence (docs/benchmarks.md, "The training step on a GPU"). false:
     # padded batches (in chunks, see forward_chunk_rows).
     padding_free: bool = True
     # Padded widths rounded up to a multiple of this (tensor cores want multiples of 8); null: 8 on

@@ -35,3 +35,12 @@ def text_table(
     for name, figures in rows.items():
         lines.append(f"{name:<{first}} " + " ".join(cell(figures.get(c), c, w) for c, w in zip(columns, widths)))
     return "\n".join(lines)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], show=str, numeric: Sequence[bool] | None = None) -> list[str]:
+    """The same table as Markdown (report.md, model cards, the bench): `show` turns a value into
+    its cell text; `numeric` right-aligns those columns."""
+    rule = [("---:" if numeric and numeric[i] else "---") for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(show(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return lines

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from train.evaluation.tables import markdown_table
+
 
 def fmt(value: Any) -> str:
     if isinstance(value, bool) or value is None:
@@ -19,6 +21,4 @@ def fmt(value: Any) -> str:
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return lines
+    return markdown_table(header, rows, show=fmt)
