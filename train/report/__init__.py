@@ -22,7 +22,7 @@ files atomically; plots.py draws the PNG curves (matplotlib, the `report` extra)
 Markdown tables; run_report.py writes a run dir's report.md; sweep.py a sweep dir's leaderboard;
 command.py tells the two kinds of dir apart and is the command line.
 
-May import: train.errors only. It reads the files runs wrote and loads no model, no data, no config
+May import: train.errors and train.evaluation.tables (the one table formatter). It reads the files runs wrote and loads no model, no data, no config
 schema.
 """
 
