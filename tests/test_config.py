@@ -172,6 +172,8 @@ LOSS_CLASSES = {
     ("bi_encoder", "simcse"): ("MultipleNegativesRankingLoss", "texts"),
     ("bi_encoder", "cached_mnrl"): ("CachedMultipleNegativesRankingLoss", "triplets"),
     ("bi_encoder", "triplet"): ("TripletLoss", "triplets"),
+    ("bi_encoder", "gist"): ("NTupleGISTEmbedLoss", "triplets"),
+    ("bi_encoder", "cached_gist"): ("CachedGISTEmbedLoss", "triplets"),
     ("bi_encoder", "softmax"): ("SoftmaxLoss", "labeled_pairs"),
     ("cross_encoder", "bce"): ("BinaryCrossEntropyLoss", "scored_pairs"),
     ("cross_encoder", "ce"): ("CrossEntropyLoss", "labeled_pairs"),
@@ -204,7 +206,8 @@ def test_loss_option_builds_its_loss(task, option, tiny_model_dir):
     image = [f"model.image_config={TINY_VIT}", "model.offline_package=null"] if task == "image_text" else []
     cfg = compose_config([f"task={task}", f"loss={option}", f"model.name={tiny_model_dir}", "loss.scale=7", "loss.margin=0.25", *image])
     model = build_model(cfg.model, cfg.pooling, task, model_outputs(cfg.loss, task))
-    loss, spec = build_loss_from(cfg.loss, model, task=task)
+    guide = model if option in ("gist", "cached_gist") else None
+    loss, spec = build_loss_from(cfg.loss, model, task=task, guide=guide)
     name, shape = LOSS_CLASSES[(task, option)]
     assert type(loss).__name__ == name and spec.shape == shape
     assert type(model).__name__ == {"bi_encoder": "SentenceTransformer", "cross_encoder": "CrossEncoder", "image_text": "SentenceTransformer"}[task]
@@ -212,6 +215,8 @@ def test_loss_option_builds_its_loss(task, option, tiny_model_dir):
         assert loss.scale == pytest.approx(7)  # CLIP's is learned in log space
     if option == "triplet":
         assert loss.triplet_margin == 0.25
+    if option in ("gist", "cached_gist"):
+        assert loss.temperature == pytest.approx(1 / 7) and loss.guide is guide
     if option == "ce":
         assert model.num_labels == 3
 

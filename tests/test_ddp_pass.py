@@ -17,6 +17,8 @@ from tests.test_train_run import assert_same_updates, weight_updates
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate" / "two_processes.yaml")]
 NLI = ["data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}", f"data.dev_path={FIXTURES / 'nli_small.tsv'}", "data.max_train_samples=0"]
+# 40 queries with 3 negatives each: n-tuples (anchor, positive, negative_1, negative_2, negative_3).
+N_TUPLES = ["data=candidates_file", f"data.train_path={FIXTURES / 'candidates_ntuples.jsonl'}", f"data.dev_path={FIXTURES / 'candidates_small.jsonl'}"]
 EXACT = ["trainer.mixed_precision=no", "trainer.lr=1e-3", "trainer.max_steps=4", "trainer.eval_every=1000", "trainer.save_every=1000"]
 
 
@@ -50,6 +52,8 @@ CASES = {
     "softmax": [*NLI, "loss=softmax"],
     "cached_mnrl": [*NLI, "loss=cached_mnrl", "loss.mini_batch_size=2"],
     "matryoshka mnrl": [*NLI, "loss=mnrl", "loss.matryoshka_dims=[32,16]"],
+    "mnrl n-tuples": [*N_TUPLES, "loss=mnrl"],
+    "gist n-tuples": [*N_TUPLES, "loss=gist", "loss.guide={model}"],
 }
 
 
@@ -58,7 +62,7 @@ def test_two_processes_reach_the_weights_of_one(case, tiny_model_no_dropout_dir,
     """2 processes x 4 rows against 1 process x 8 rows, the same global batches: for a loss that is
     a mean over rows (BCE, softmax) or that gathers its negatives from every process (MNRL, also
     under GradCache and Matryoshka), the same weights up to float noise."""
-    common = [*CASES[case], *EXACT]
+    common = [*[o.replace("{model}", str(tiny_model_no_dropout_dir)) for o in CASES[case]], *EXACT]
     launched([*LAUNCH, "-m", "train", *tiny_overrides(tiny_model_no_dropout_dir, *common, "trainer.batch_size=4"),
               f"hydra.run.dir={tmp_path / 'two'}"])
     one = run_in_process(compose_config(tiny_overrides(tiny_model_no_dropout_dir, *common, "trainer.batch_size=8")), run_dir=tmp_path / "one")

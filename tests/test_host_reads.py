@@ -14,24 +14,30 @@ from tests.host_reads import count_step_reads
 QUIET = ["trainer.log_every=1000", "trainer.eval_every=1000", "trainer.save_every=1000", "trainer.max_steps=5"]
 NLI = ["data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}", f"data.dev_path={FIXTURES / 'nli_small.tsv'}", "data.max_train_samples=0"]
 CANDIDATES = ["data=candidates_file", f"data.train_path={FIXTURES / 'candidates_small.jsonl'}", f"data.dev_path={FIXTURES / 'candidates_small.jsonl'}"]
+# 40 queries with 3 negatives each: n-tuples (anchor, positive, negative_1, negative_2, negative_3).
+N_TUPLES = ["data=candidates_file", f"data.train_path={FIXTURES / 'candidates_ntuples.jsonl'}", f"data.dev_path={FIXTURES / 'candidates_small.jsonl'}"]
 
 CASES = {
     "bi_encoder cosent, padding-free": [],
     "bi_encoder cosent, padded in chunks": ["trainer.padding_free=false"],
     "bi_encoder mnrl": [*NLI, "loss=mnrl", "trainer.batch_size=4"],
     "bi_encoder cached_mnrl": [*NLI, "loss=cached_mnrl", "trainer.batch_size=4", "loss.mini_batch_size=2"],
+    "bi_encoder mnrl n-tuples": [*N_TUPLES, "loss=mnrl", "trainer.batch_size=4"],
+    "bi_encoder gist n-tuples": [*N_TUPLES, "loss=gist", "loss.guide={model}", "trainer.batch_size=4"],
+    "bi_encoder cached_gist n-tuples": [*N_TUPLES, "loss=cached_gist", "loss.guide={model}", "trainer.batch_size=4", "loss.mini_batch_size=2"],
     "bi_encoder softmax": [*NLI, "loss=softmax", "trainer.batch_size=4"],
     "bi_encoder matryoshka": ["loss.matryoshka_dims=[32,16]"],
     "cross_encoder bce, padding-free": ["task=cross_encoder"],
     "cross_encoder bce, padded in chunks": ["task=cross_encoder", "trainer.padding_free=false"],
     "cross_encoder mnrl": ["task=cross_encoder", *NLI, "loss=mnrl", "trainer.batch_size=4"],
+    "cross_encoder mnrl n-tuples": ["task=cross_encoder", *N_TUPLES, "loss=mnrl", "trainer.batch_size=4"],
     "cross_encoder listnet": ["task=cross_encoder", *CANDIDATES, "loss=listnet", "trainer.batch_size=2"],
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_no_host_reads_in_a_step_of_ours(case, tiny_model_dir, tmp_path, monkeypatch):
-    cfg = compose_config(tiny_overrides(tiny_model_dir, *CASES[case], *QUIET))
+    cfg = compose_config(tiny_overrides(tiny_model_dir, *[o.replace("{model}", str(tiny_model_dir)) for o in CASES[case]], *QUIET))
     mode, steps = count_step_reads(monkeypatch, lambda: run(cfg, run_dir=tmp_path))
     assert steps == 5
     assert not mode.ours(), f"reads of device values in this project's step code: {dict(mode.ours())}"

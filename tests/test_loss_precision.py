@@ -13,6 +13,8 @@ from tests.conftest import FIXTURES, compose_config, tiny_image_text_overrides, 
 ONE_STEP = ["trainer.max_steps=2", "trainer.mixed_precision=bf16", "trainer.eval_every=1000", "trainer.save_every=1000"]
 NLI = ["data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}", f"data.dev_path={FIXTURES / 'nli_small.tsv'}", "data.max_train_samples=0"]
 CANDIDATES = ["data=candidates_file", f"data.train_path={FIXTURES / 'candidates_small.jsonl'}", f"data.dev_path={FIXTURES / 'candidates_small.jsonl'}"]
+# 40 queries with 3 negatives each: n-tuples (anchor, positive, negative_1, negative_2, negative_3).
+N_TUPLES = ["data=candidates_file", f"data.train_path={FIXTURES / 'candidates_ntuples.jsonl'}", f"data.dev_path={FIXTURES / 'candidates_small.jsonl'}"]
 HALF = (torch.bfloat16, torch.float16)
 
 CASES = {
@@ -22,26 +24,32 @@ CASES = {
     "mnrl": [*NLI, "loss=mnrl", "trainer.batch_size=4"],
     "triplet": [*NLI, "loss=triplet", "trainer.batch_size=4"],
     "cached_mnrl": [*NLI, "loss=cached_mnrl", "trainer.batch_size=4", "loss.mini_batch_size=2"],
+    "mnrl n-tuples": [*N_TUPLES, "loss=mnrl", "trainer.batch_size=4"],
+    "gist n-tuples": [*N_TUPLES, "loss=gist", "loss.guide={model}", "trainer.batch_size=4"],
+    "cached_gist n-tuples": [*N_TUPLES, "loss=cached_gist", "loss.guide={model}", "trainer.batch_size=4", "loss.mini_batch_size=2"],
     "softmax": [*NLI, "loss=softmax", "trainer.batch_size=4"],
     "matryoshka": ["loss.matryoshka_dims=[32,16]"],
     "cross_encoder bce": ["task=cross_encoder"],
     "cross_encoder ce": ["task=cross_encoder", *NLI, "loss=ce"],
     "cross_encoder mnrl": ["task=cross_encoder", *NLI, "loss=mnrl", "trainer.batch_size=4"],
+    "cross_encoder mnrl n-tuples": ["task=cross_encoder", *N_TUPLES, "loss=mnrl", "trainer.batch_size=4"],
     "cross_encoder lambda": ["task=cross_encoder", *CANDIDATES, "loss=lambda", "trainer.batch_size=2"],
     "cross_encoder listnet": ["task=cross_encoder", *CANDIDATES, "loss=listnet", "trainer.batch_size=2"],
 }
 
 
 class HalfOutsideForward(TorchFunctionMode):
-    """Records ops that return a half-precision tensor while no forward pass of `model` runs."""
+    """Records ops that return a half-precision tensor while no forward pass of `models` (the
+    trained model, a loss's frozen guide) runs."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, *models: torch.nn.Module) -> None:
         super().__init__()
         self.depth = 0
         self.inside = 0
         self.found: list[str] = []
-        model.register_forward_pre_hook(lambda *_: self._enter())
-        model.register_forward_hook(lambda *_: self._leave())
+        for model in models:
+            model.register_forward_pre_hook(lambda *_: self._enter())
+            model.register_forward_hook(lambda *_: self._leave())
 
     def _enter(self) -> None:
         self.depth += 1
@@ -66,7 +74,7 @@ def run_watched(cfg, tmp_path, monkeypatch) -> HalfOutsideForward:
 
     def update(s, batch):
         if "mode" not in watch:
-            watch["mode"] = HalfOutsideForward(s.accelerator.unwrap_model(s.model))
+            watch["mode"] = HalfOutsideForward(s.accelerator.unwrap_model(s.model), *s.prep.helpers)
         with watch["mode"]:
             return real(s, batch)
 
@@ -78,7 +86,8 @@ def run_watched(cfg, tmp_path, monkeypatch) -> HalfOutsideForward:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_loss_is_computed_in_fp32_under_bf16(case, tiny_model_dir, tmp_path, monkeypatch):
-    mode = run_watched(compose_config(tiny_overrides(tiny_model_dir, *CASES[case], *ONE_STEP)), tmp_path, monkeypatch)
+    case_overrides = [o.replace("{model}", str(tiny_model_dir)) for o in CASES[case]]
+    mode = run_watched(compose_config(tiny_overrides(tiny_model_dir, *case_overrides, *ONE_STEP)), tmp_path, monkeypatch)
     assert mode.inside > 0, "the forward pass ran in bf16"
     assert not mode.found, f"half-precision results outside the forward pass: {sorted(set(mode.found))}"
 

@@ -58,7 +58,7 @@ def _ours(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) -> di
     model = _model(task, model_dir)
     settings = TrainerConfig(batch_size=BATCH, lr=LR, warmup_ratio=WARMUP, weight_decay=DECAY, mixed_precision=MixedPrecision.no,
                              seed=0, eval_every=10**9, save_every=10**9, log_every=10**9)
-    loss, spec = build_loss(loss_name, model, task=task)
+    loss, spec = build_loss(loss_name.split()[0], model, task=task)
     t = get_task(task)
     rows, collate, _ = t.training_inputs(corpus, model, spec, settings)
     train(Workload(model, loss, rows, collate, FixedBatches(batches), t.train_step(spec, collate)), settings, tmp_path / "run")
@@ -81,19 +81,20 @@ def _library(task: str, loss_name: str, model_dir, corpus, batches, tmp_path) ->
         from sentence_transformers import SentenceTransformerTrainingArguments as Arguments
         from sentence_transformers.sentence_transformer import losses
 
-        loss = losses.MultipleNegativesRankingLoss(model) if loss_name == "mnrl" else losses.CoSENTLoss(model)
+        loss = losses.MultipleNegativesRankingLoss(model) if loss_name.startswith("mnrl") else losses.CoSENTLoss(model)
     args = Arguments(
         output_dir=str(tmp_path / "library"), num_train_epochs=1, per_device_train_batch_size=BATCH, learning_rate=LR,
         warmup_steps=WARMUP, weight_decay=DECAY, max_grad_norm=1.0, seed=0, use_cpu=True, save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, batch_sampler=lambda dataset, **_: FixedBatches(batches),
     )
-    columns = ["anchor", "positive", "negative"] if loss_name == "mnrl" else ["sentence1", "sentence2", "score"]
+    # n-tuples: (anchor, positive, negative_1, ..., negative_n), the columns the library takes as they are.
+    columns = [c for c in corpus.column_names if c != "score"] if loss_name.startswith("mnrl") else ["sentence1", "sentence2", "score"]
     train_set = corpus.dataset.select_columns(columns)
     Trainer(model=model, args=args, train_dataset=train_set, loss=loss).train()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("task, loss_name", [("bi_encoder", "cosent"), ("bi_encoder", "mnrl"), ("cross_encoder", "bce")])
+@pytest.mark.parametrize("task, loss_name", [("bi_encoder", "cosent"), ("bi_encoder", "mnrl"), ("bi_encoder", "mnrl n-tuples"), ("cross_encoder", "bce")])
 def test_the_same_batches_reach_the_library_trainers_weights(task, loss_name, tiny_model_no_dropout_dir, tmp_path):
     from train.data.corpus import CacheSettings, load_corpus
     from train.data.presets import ScoreRange, data_spec
@@ -101,6 +102,13 @@ def test_the_same_batches_reach_the_library_trainers_weights(task, loss_name, ti
     if loss_name == "mnrl":  # (anchor, entailed, contradicted) triplets; in-batch negatives
         spec = data_spec("nli_file", paths={"train": str(FIXTURES / "nli_train_small.tsv")})
         corpus = load_corpus(spec, "train", "triplets", True, CacheSettings(tmp_path / "cache", 1))
+    elif loss_name == "mnrl n-tuples":  # a candidates file: (query, positive, negative_1, negative_2, negative_3)
+        from train.data.readers import ALL_NEGATIVES, CandidateColumns
+
+        spec = data_spec("candidates_file", paths={"train": str(FIXTURES / "candidates_ntuples.jsonl")},
+                         candidate_columns=CandidateColumns(num_negatives=ALL_NEGATIVES))
+        corpus = load_corpus(spec, "train", "triplets", True, CacheSettings(tmp_path / "cache", 1))
+        assert corpus.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
     else:
         spec = data_spec("sts_file", paths={"train": str(FIXTURES / "train_small.jsonl")}, scores=ScoreRange(0, 1))
         corpus = load_corpus(spec, "train", "scored_pairs", True, CacheSettings(tmp_path / "cache", 1))

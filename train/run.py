@@ -18,15 +18,15 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from train.engine import checkpoint, tracking
-from train.losses.build import build_loss_from, model_outputs
+from train.losses.build import build_loss_from, model_outputs, needs_guide
 from train.losses.registry import loss_spec
 from train.models.adapters import has_adapter, merge_adapters, parameter_counts
-from train.models.build import build_model
+from train.models.build import build_guide, build_model
 from train.models.prompts import check_prompt_names
 from train.cards.facts import card_facts
 from train.cli import run_dir_from_hydra, setup_logging
 from train.engine.checkpoint import check_run_dir, load_progress, resolve_resume
-from train.config.schema import LossConfig, TrainerConfig, to_plain
+from train.config.schema import LossConfig, ModelConfig, TrainerConfig, to_plain
 from train.config.checks import check_train_config
 from train.engine.loop import make_accelerator, train
 from train.engine.session import DevEvaluation, LoopResult, Workload
@@ -62,7 +62,8 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     model = build_model(cfg.model, cfg.pooling, task.name, num_labels, cfg.peft, device=build_device())
     prompts = dict(cfg.data.prompts)
     check_prompt_names(model, prompts)
-    loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name)
+    guide = build_guide(guide_config(loss_cfg.guide), device=build_device()) if needs_guide(loss_cfg, task.name) and loss_cfg.guide else None
+    loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name, guide=guide)
     log.info("Model:\n%s", model)
     inputs = task.training_inputs(splits["train"], model, spec, settings, state.num_processes, prompts)
     work = Workload(model, loss, inputs.rows, inputs.collate, inputs.sampler, task.train_step(spec, inputs.collate))
@@ -93,6 +94,18 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     state.wait_for_everyone()
     log.info("Run dir: %s", run_dir)
     return out, facts
+
+
+CONF_MODELS = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+
+def guide_config(name: str) -> ModelConfig:
+    """loss.guide as a model config: a conf/model preset's (loss.guide=minilm: its Hub id, offline
+    package, ...) when the name is one and no such folder exists here, else the name as it is."""
+    preset = CONF_MODELS / f"{name}.yaml"
+    if "/" not in name and preset.is_file() and not Path(name).exists():
+        return to_plain(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(preset)))
+    return ModelConfig(name=name)
 
 
 def _prepare_run_dir(cfg: DictConfig, run_dir: Path, settings: TrainerConfig) -> tuple[Path | None, int | None, list]:

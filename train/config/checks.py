@@ -50,6 +50,7 @@ TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.num_negatives": _AT_LEAST_1,
     "model.projection_dim": (lambda v: v >= 1, "an integer ≥ 1, or null"),
     "data.max_train_samples": _AT_LEAST_0,
+    "data.num_negatives": (lambda v: v >= 0, "an integer ≥ 0 (0 = pairs), or null (all the candidates file has)"),
     "data.max_eval_samples": _AT_LEAST_0,
     "data.num_proc": (lambda v: v >= 1, "an integer ≥ 1, or null (the machine's cores)"),
     "peft.r": _AT_LEAST_1,
@@ -152,7 +153,8 @@ def check_train_config(cfg: DictConfig) -> None:
 
         problems += _task_data_problems(cfg)
         try:
-            loss_spec(cfg.task.name.value, cfg.loss.name.value)
+            if loss_spec(cfg.task.name.value, cfg.loss.name.value).needs_guide and not cfg.loss.get("guide"):
+                problems.append(f"loss={cfg.loss.name.value} without loss.guide (its guide model: a Hub id, a local folder or a conf/model preset, e.g. loss.guide=minilm)")
         except ConfigError as e:
             problems.append(str(e).rstrip("."))
     if "report_to" in trainer:

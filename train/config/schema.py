@@ -163,6 +163,9 @@ class DataConfig:
     # NLI -> triplets: keep only premises with a contradiction as hard negative (true), or
     # train on all (premise, entailed hypothesis) pairs (false).
     hard_negatives: bool = True
+    # Candidates trained as n-tuples (query, positive, negative_1..N: mnrl, gist, ...): each row's best-scored
+    # N negatives, fewer is a bad row (data.on_bad_row); null = the first row's count, in every row; 0 = pairs.
+    num_negatives: Optional[int] = None
     # An STS preset whose dev (and test) split scores the model when the training data has no
     # STS dev set (NLI, pairs, text): e.g. korsts.
     sts_dev: Optional[str] = None
@@ -210,6 +213,8 @@ class LossConfig:
     num_negatives: int = 4
     # clip: the inverse temperature is learned (from loss.scale, capped at 100), as CLIP does.
     learn_scale: bool = True
+    # gist, cached_gist: the frozen guide model that filters false negatives (Hub id, folder, or conf/model preset: minilm).
+    guide: Optional[str] = None
 
 
 @dataclass

@@ -24,6 +24,8 @@ from torch.utils.data import Sampler
 
 
 TEXT_COLUMNS = ("sentence1", "sentence2", "anchor", "positive", "negative")
+# n-tuples (query, positive, negative_1 ... negative_n) from a candidates file: train/data/shapes.py.
+NEGATIVE_PREFIX = "negative_"
 
 # The default chunking of a random batch: two chunks, at least this many rows each. On a 2-core
 # CPU every extra forward call has a fixed cost: the STS-B bi-encoder (32 sentences a batch) ran
@@ -53,9 +55,20 @@ def chunk_size(rows: int, chunk_rows: int | None) -> int:
 LABEL_COLUMNS = {"score": torch.float32, "label": torch.long}
 
 
+def is_numbered_negative(name: str) -> bool:
+    return name.startswith(NEGATIVE_PREFIX) and name[len(NEGATIVE_PREFIX):].isdigit()
+
+
+def ordered_text_columns(names: Any) -> list[str]:
+    """The text columns among `names`, in canonical order: the fixed ones, then negative_1, negative_2, ..."""
+    names = list(names)
+    numbered = sorted((n for n in names if is_numbered_negative(n)), key=lambda n: int(n[len(NEGATIVE_PREFIX):]))
+    return [c for c in TEXT_COLUMNS if c in names] + numbered
+
+
 def text_columns(ds: Any) -> list[str]:
     """The text columns of a Dataset or corpus (anything with column_names), in canonical order."""
-    return [c for c in TEXT_COLUMNS if c in ds.column_names]
+    return ordered_text_columns(ds.column_names)
 
 
 def label_column(ds: Any) -> str | None:

@@ -33,11 +33,18 @@ def data_spec_of(d: DataConfig, shape: str = "scored_pairs") -> DataSpec:
         d.columns.negative,
         ScoreRange(d.score_min, d.score_max),
         d.on_bad_row.value,
-        CandidateColumns(d.columns.query, d.columns.positive, d.columns.negatives, d.columns.scores),
+        CandidateColumns(d.columns.query, d.columns.positive, d.columns.negatives, d.columns.scores, _negatives_rule(d, shape)),
         hub_id=d.hub_id,
         hub_config=d.hub_config,
         hub_splits=dict(d.hub_splits),
     )
+
+
+def _negatives_rule(d: DataConfig, shape: str) -> int | None:
+    """How many negatives a candidates row gives an n-tuple (data.num_negatives; -1: all the file has)."""
+    if str(shape) != "triplets":
+        return None
+    return -1 if d.num_negatives is None else d.num_negatives
 
 
 def build_data(

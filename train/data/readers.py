@@ -10,7 +10,7 @@ the cache, train/data/corpus.py). Readers know nothing of models or batching.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,11 +200,43 @@ class CandidateColumns:
     positive: str = "positive"  # one text, or a list of texts
     negatives: str = "negatives"  # a list of texts (may be empty)
     scores: str | None = None  # optional: one score per candidate, positives first
+    # n-tuple training (a training split read as (query, positive, negative_1 ... negative_n)):
+    # the negatives every row gives, its best-scored first; a row with fewer is a bad row. -1:
+    # as many as the file's first row has, and a row with another count is a bad row. None: no
+    # rule (lists for listwise losses, one scored pair a candidate, dev and test sets).
+    num_negatives: int | None = None
+
+
+# Negatives are the candidates scored below a row's best one (what the n-tuples train on).
+ALL_NEGATIVES = -1
+
+
+def _keep_negatives(candidates: list[str], labels: list[float], wanted: int, first: list[int]) -> tuple[list[str], list[float]]:
+    """The row with `wanted` negatives (its best-scored ones), or BadRow naming the counts; with
+    ALL_NEGATIVES the first row read sets the count (`first`, shared by the rows of one file)."""
+    top = max(labels)
+    negative = sorted((i for i, label in enumerate(labels) if label < top), key=lambda i: -labels[i])
+    if wanted == ALL_NEGATIVES:
+        if not first:
+            first.append(len(negative))
+        if len(negative) != first[0]:
+            raise BadRow(
+                f"holds {len(negative)} negatives where the file's first row holds {first[0]} (n-tuples take the same "
+                f"number from every row; data.num_negatives={min(len(negative), first[0])} trains on the best-scored "
+                f"{min(len(negative), first[0])} of each)"
+            )
+        return candidates, labels
+    if len(negative) < wanted:
+        raise BadRow(f"holds {len(negative)} negatives, fewer than data.num_negatives={wanted}")
+    keep = sorted([i for i, label in enumerate(labels) if label == top] + negative[:wanted])
+    return [candidates[i] for i in keep], [labels[i] for i in keep]
 
 
 def candidates_getter(columns: CandidateColumns) -> Callable[[Any], tuple[str, list[str], list[float]]]:
     """Reads (query, candidates, labels) out of one record: positives score 1 and negatives 0,
-    unless `columns.scores` gives a score per candidate."""
+    unless `columns.scores` gives a score per candidate. With `columns.num_negatives`, a row keeps
+    that many negatives (see CandidateColumns)."""
+    first: list[int] = []  # ALL_NEGATIVES: the first row's count (the same row whenever the file is read anew)
 
     def get_row(record: Any) -> tuple[str, list[str], list[float]]:
         query = sentence(record, columns.query)
@@ -214,11 +246,15 @@ def candidates_getter(columns: CandidateColumns) -> Callable[[Any], tuple[str, l
         negatives = text_list(record, columns.negatives, allow_single=False) if has_path(record, columns.negatives) else []
         candidates = positives + negatives
         if columns.scores is None:
-            return query, candidates, [1.0] * len(positives) + [0.0] * len(negatives)
-        scores = lookup(record, columns.scores)
-        if not isinstance(scores, list) or len(scores) != len(candidates):
-            raise BadRow(f"{columns.scores!r} must list one score per candidate ({len(candidates)}: positives, then negatives), got {scores!r}")
-        return query, candidates, [plain_number(s, columns.scores) for s in scores]
+            labels = [1.0] * len(positives) + [0.0] * len(negatives)
+        else:
+            scores = lookup(record, columns.scores)
+            if not isinstance(scores, list) or len(scores) != len(candidates):
+                raise BadRow(f"{columns.scores!r} must list one score per candidate ({len(candidates)}: positives, then negatives), got {scores!r}")
+            labels = [plain_number(s, columns.scores) for s in scores]
+        if columns.num_negatives is not None:
+            candidates, labels = _keep_negatives(candidates, labels, columns.num_negatives, first)
+        return query, candidates, labels
 
     return get_row
 
@@ -233,12 +269,16 @@ def candidates_file_sources(
     if columns.scores:
         wanted["data.columns.scores"] = columns.scores
 
+    if split != "train":  # the negatives rule is for n-tuple training; dev and test sets rank whole lists
+        columns = replace(columns, num_negatives=None)
+
     def make(file: Path, file_fmt: str) -> RowSource:
         if file_fmt in ("csv", "tsv"):
             raise DataError(f"{file}: query-with-candidates data holds lists of texts; write it as JSONL, JSON or parquet.")
         return file_source(
             file, file_fmt, wanted, ("query", "candidates", "labels"), candidates_getter(columns), on_bad_row,
             kind="candidates", negatives=columns.negatives,
+            **({"num_negatives": columns.num_negatives} if columns.num_negatives is not None else {}),
         )
 
     return _sources(path, split, fmt, make)

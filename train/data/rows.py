@@ -118,8 +118,15 @@ FEATURES: dict[str, Any] = {
 }
 
 
+def feature_of(name: str) -> Any:
+    """A canonical column's Arrow type; negative_1, negative_2, ... (n-tuples) are texts."""
+    if name not in FEATURES and name.startswith("negative_") and name[len("negative_"):].isdigit():
+        return _STRING
+    return FEATURES[name]
+
+
 def features_of(names: Iterable[str]) -> datasets.Features:
-    return datasets.Features({name: FEATURES[name] for name in names})
+    return datasets.Features({name: feature_of(name) for name in names})
 
 
 @dataclass

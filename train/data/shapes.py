@@ -36,7 +36,7 @@ class Shape(str, Enum):
 
     scored_pairs = "scored_pairs"  # sentence1, sentence2, score in [0, 1] (STS; 0/1 labels)
     labeled_pairs = "labeled_pairs"  # sentence1, sentence2, label in {0, 1, 2} (NLI classification)
-    triplets = "triplets"  # anchor, positive[, negative] (NLI, pairs files)
+    triplets = "triplets"  # anchor, positive[, negative | negative_1 ... negative_n] (NLI, pairs, candidates files)
     texts = "texts"  # anchor == positive: the same sentence twice (unsupervised SimCSE)
     query_candidates = "query_candidates"  # query, candidates (list), labels (list, one score each)
     image_captions = "image_captions"  # image (a reference, train/data/images.py), text (its caption)[, label]
@@ -52,7 +52,7 @@ class Shape(str, Enum):
 COLUMNS = {
     Shape.scored_pairs: ("sentence1", "sentence2", "score"),
     Shape.labeled_pairs: ("sentence1", "sentence2", "label"),
-    Shape.triplets: ("anchor", "positive", "negative"),
+    Shape.triplets: ("anchor", "positive", "negative"),  # or negative_1 ... negative_n (candidates -> n-tuples)
     Shape.texts: ("anchor", "positive"),
     Shape.query_candidates: ("query", "candidates", "labels"),
 }
@@ -275,28 +275,38 @@ def candidates_to_pairs(ds: datasets.Dataset) -> datasets.Dataset:
     return materialize(candidates_pairs_plan(ds))
 
 
+def negative_names(n: int) -> list[str]:
+    """The hard-negative columns of rows with n of them: `negative` for one (triplets), else
+    negative_1 ... negative_n (the n-tuples sentence-transformers' MNRL, CachedMNRL and GIST take)."""
+    return ["negative"] if n == 1 else [f"negative_{k}" for k in range(1, n + 1)]
+
+
 def candidates_triplets_plan(ds: datasets.Dataset | pa.Table, source: str = "") -> Plan:
-    """(query, candidates, labels) -> (anchor, best candidate[, best-scored non-positive]): the
-    hard negative column only when every query has one."""
+    """(query, candidates, labels) -> (anchor, best candidate, negative_1 ... negative_n): the
+    candidates scored below the best, best-scored first (ties in file order), n the fewest any row
+    has. A training split read for this shape already holds as many in every row
+    (data.num_negatives, train/data/readers.py); a dev split keeps as many as its poorest row."""
     t = _table(ds)
     candidates, parents = flat_values(t.column("candidates"))
     scores = flat_values(t.column("labels"))[0].to_numpy()
     starts = np.searchsorted(parents, np.arange(t.num_rows + 1))
     positive = np.empty(t.num_rows, dtype=np.int64)
-    negative = np.full(t.num_rows, -1, dtype=np.int64)
+    lowers: list[np.ndarray] = []
     for row in range(t.num_rows):
         s, e = starts[row], starts[row + 1]
         order = s + np.argsort(-scores[s:e], kind="stable")
         positive[row] = order[0]
-        lower = order[1:][scores[order[1:]] < scores[order[0]]]
-        if len(lower):
-            negative[row] = lower[0]
+        lowers.append(order[1:][scores[order[1:]] < scores[order[0]]])
+    n = min((len(lower) for lower in lowers), default=0)
     columns: dict[str, Take] = {"anchor": Take(t.column("query"), np.arange(t.num_rows)), "positive": Take(candidates, positive)}
     notes = []
-    if (negative >= 0).all():
-        columns["negative"] = Take(candidates, negative)
-    else:
+    for k, name in enumerate(negative_names(n) if n else []):
+        columns[name] = Take(candidates, np.array([lower[k] for lower in lowers], dtype=np.int64))
+    most = max((len(lower) for lower in lowers), default=0)
+    if n == 0:
         notes.append(f"{source}: not every query has a negative candidate; training on (query, positive) pairs")
+    elif most > n:
+        notes.append(f"{source}: every query keeps its {n} best-scored negatives (the fewest a query has; the most is {most})")
     return Plan(columns, t.num_rows, notes)
 
 

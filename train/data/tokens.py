@@ -39,7 +39,9 @@ def row_pairs(row: dict[str, Any]) -> list[tuple[str, str]]:
     if "query" in row:
         return [(row["query"], c) for c in row["candidates"]]
     if "anchor" in row:
-        return [(row["anchor"], row[c]) for c in ("positive", "negative") if row.get(c) is not None]
+        from train.data.batching import ordered_text_columns
+
+        return [(row["anchor"], row[c]) for c in ordered_text_columns(row) if c not in ("anchor", "sentence1", "sentence2") and row.get(c) is not None]
     return [(row["sentence1"], row["sentence2"])]
 
 
@@ -212,10 +214,10 @@ def encode(
     sequence. `backend`: fast_backend's, or None for the tokenizer's own call."""
     ids = pa.list_(id_type(tokenizer))
     if layout == "columns":
-        from train.data.batching import TEXT_COLUMNS
+        from train.data.batching import ordered_text_columns
 
         out, length = {}, None
-        for c in [c for c in TEXT_COLUMNS if c in rows]:
+        for c in ordered_text_columns(rows):
             texts = rows[c]
             if prompts and prompts.get(c):
                 texts = [prompts[c] + t for t in texts]

@@ -74,7 +74,7 @@ def update(s: Session, batch: dict[str, Any]) -> torch.Tensor:
     accelerator = s.accelerator
     with accelerator.accumulate(s.model):
         # The forward passes in autocast, outputs and loss in fp32, also GradCache's replay in backward.
-        with training_forward(s.model, accelerator.autocast, s.step_fn.forward_contexts(s.model)):
+        with training_forward(s.model, accelerator.autocast, s.step_fn.forward_contexts(s.model), s.prep.helpers):
             try:
                 loss = compute_loss(s.step_fn, s.model, s.prep.loss_fn, batch)
                 accelerator.backward(loss)

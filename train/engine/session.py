@@ -58,6 +58,7 @@ class Prepared:
     sync_loss_params: bool  # several processes: those are averaged by hand
     trainable: list[nn.Parameter]  # what clipping and the optimizer see
     undo_routing: Callable[[], None]  # gives the loss its own model back at the end
+    helpers: list[nn.Module] = field(default_factory=list)  # frozen models the loss runs (GIST's guide): autocast too
 
 
 @dataclass

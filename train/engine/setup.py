@@ -27,7 +27,7 @@ from train.engine.parallel import (
 from train.engine.precision import fp16_on_cpu, resolve_precision, set_tf32
 from train.engine.session import DevEvaluation, Prepared, Session, Workload
 from train.engine.settings import TrainerConfig
-from train.engine.step_model import compile_backbones, route_loss_through
+from train.engine.step_model import compile_backbones, frozen_helpers, route_loss_through
 
 log = logging.getLogger("train.engine.loop")
 
@@ -113,7 +113,7 @@ class LossWeights:
     """A loss's own parameters (not its model's) as a checkpointable object."""
 
     def __init__(self, loss_fn: nn.Module) -> None:
-        self.params = {n: p for n, p in loss_fn.named_parameters() if not n.startswith("model.")}
+        self.params = {n: p for n, p in loss_fn.named_parameters() if not n.startswith("model.") and p.requires_grad}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in self.params.items()}
@@ -129,7 +129,9 @@ def prepare(work: Workload, settings: TrainerConfig, accelerator: Accelerator) -
     model, loss_fn = work.model, work.loss_fn
     loader = make_loader(work.rows, work.sampler, work.collate, settings, accelerator.device)
     in_model = {id(p) for p in model.parameters()}
-    loss_params = [p for p in loss_fn.parameters() if id(p) not in in_model]
+    # The loss's own trainable weights; a frozen model it holds (GIST's guide) is neither trained,
+    # checkpointed nor averaged across processes: it only moves to the device with the loss.
+    loss_params = [p for p in loss_fn.parameters() if id(p) not in in_model and p.requires_grad]
     loss_fn.to(accelerator.device)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -156,8 +158,9 @@ def prepare(work: Workload, settings: TrainerConfig, accelerator: Accelerator) -
         accelerator.register_for_checkpointing(LossWeights(loss_fn))
     trainable = [p for p in (*prepared.parameters(), *loss_params) if p.requires_grad]
     sync = bool(loss_params) and accelerator.num_processes > 1 and not deepspeed
+    helpers = frozen_helpers(loss_fn, model)
     undo = route_loss_through(loss_fn, prepared, model)
-    return Prepared(accelerator, prepared, loss_fn, optimizer, None, loader, plain, loss_params, sync, trainable, undo), deepspeed
+    return Prepared(accelerator, prepared, loss_fn, optimizer, None, loader, plain, loss_params, sync, trainable, undo, helpers), deepspeed
 
 
 def setup(

@@ -50,6 +50,18 @@ def route_loss_through(loss_fn: nn.Module, wrapped: nn.Module, plain: nn.Module)
     return undo
 
 
+def frozen_helpers(loss_fn: nn.Module, plain: nn.Module) -> list[nn.Module]:
+    """The models a loss holds beside the trained one, with weights and none of them trained (GIST's
+    guide): their forward runs under the step's autocast too, fp32 outputs, outside DDP's wrapper
+    (nothing of theirs is reduced)."""
+    found = []
+    for child in loss_fn.children():
+        params = list(child.parameters())
+        if child is not plain and params and not any(p.requires_grad for p in params):
+            found.append(child)
+    return found
+
+
 def compile_backbones(model: nn.Module) -> int:
     """torch.compile each transformer's own forward in place (parameter names, saving and the
     state dict stay as they are), with dynamic shapes, since every batch has its own length.
@@ -86,10 +98,12 @@ def patched_forward(module: nn.Module, make: Callable[[Callable], Callable]) -> 
 
 @contextmanager
 def training_forward(
-    model: nn.Module, autocast: Callable[[], AbstractContextManager], extra: list[Callable[[], AbstractContextManager]] = ()
+    model: nn.Module, autocast: Callable[[], AbstractContextManager], extra: list[Callable[[], AbstractContextManager]] = (),
+    helpers: list[nn.Module] = (),
 ) -> Iterator[None]:
-    """Within: `model(...)` (the step model, whoever calls it) runs under autocast and returns fp32
-    outputs; `extra` context managers (padding-free forwards of the task) are entered inside."""
+    """Within: `model(...)` (the step model, whoever calls it) and each of `helpers` (a loss's frozen
+    guide) runs under autocast and returns fp32 outputs; `extra` context managers (padding-free
+    forwards of the task) are entered inside."""
 
     def make(forward: Callable) -> Callable:
         def forward_in_autocast(*args: Any, **kwargs: Any) -> Any:
@@ -101,6 +115,8 @@ def training_forward(
 
     with ExitStack() as stack:
         stack.enter_context(patched_forward(model, make))
+        for helper in helpers:
+            stack.enter_context(patched_forward(helper, make))
         for manager in extra:
             stack.enter_context(manager())
         yield

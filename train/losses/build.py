@@ -24,11 +24,21 @@ def loss_options(loss: DictConfig | LossConfig, num_processes: int = 1) -> dict:
 
 
 def build_loss_from(
-    loss: DictConfig | LossConfig, model: SentenceTransformer, num_processes: int = 1, task: str = "bi_encoder"
+    loss: DictConfig | LossConfig, model: SentenceTransformer, num_processes: int = 1, task: str = "bi_encoder",
+    guide: SentenceTransformer | None = None,
 ) -> tuple[object, LossSpec]:
-    """The loss module of `loss` for `model`, and its spec (data shape; whether the loop embeds for it)."""
+    """The loss module of `loss` for `model`, and its spec (data shape; whether the loop embeds for
+    it). `guide`: gist's frozen guide model (train/models/build.py's build_guide)."""
     c: LossConfig = to_plain(loss) if isinstance(loss, DictConfig) else loss
-    return build_loss(c.name.value, model, task=task, **loss_options(c, num_processes))
+    return build_loss(c.name.value, model, task=task, guide=guide, **loss_options(c, num_processes))
+
+
+def needs_guide(loss: DictConfig | LossConfig, task: str) -> bool:
+    """Whether the loss runs a guide model beside the trained one (gist, cached_gist)."""
+    from train.losses.registry import loss_spec
+
+    c: LossConfig = to_plain(loss) if isinstance(loss, DictConfig) else loss
+    return loss_spec(task, c.name.value).needs_guide
 
 
 def model_outputs(loss: DictConfig | LossConfig, task: str) -> int:

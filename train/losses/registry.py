@@ -32,8 +32,13 @@ class LossSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     # Model outputs the loss needs (cross-encoder: 1 score, or 3 NLI logits).
     num_labels: Callable[[dict[str, Any]], int] = lambda options: 1
-    # The loss cuts each input into mini-batches itself (GradCache): it needs padded inputs.
+    # The loss cuts each input into mini-batches itself (GradCache), or hands the inputs to a
+    # second model as they are (GIST's guide): it needs padded inputs.
     slices_inputs: bool = False
+    # The most hard-negative columns a row may hold for this loss (None: any number).
+    max_negatives: int | None = None
+    # The loss needs a guide model (loss.guide), loaded beside the trained one.
+    needs_guide: bool = False
 
 
 def _st():
@@ -50,6 +55,16 @@ def _ce():
 
 def _mnrl(model, scale, gather, **_):
     return _st().MultipleNegativesRankingLoss(model, scale=scale, gather_across_devices=gather)
+
+
+def _gist(model, scale, gather, guide, **_):
+    from train.losses.gist import NTupleGISTEmbedLoss
+
+    return NTupleGISTEmbedLoss(model, guide, temperature=1 / scale, gather_across_devices=gather)
+
+
+def _cached_gist(model, scale, gather, guide, mini_batch_size, **_):
+    return _st().CachedGISTEmbedLoss(model, guide, temperature=1 / scale, mini_batch_size=mini_batch_size, gather_across_devices=gather)
 
 
 BI_ENCODER_LOSSES: dict[str, LossSpec] = {
@@ -90,10 +105,23 @@ BI_ENCODER_LOSSES: dict[str, LossSpec] = {
         "(loss=cached_mnrl trainer.batch_size=1024 loss.mini_batch_size=32).",
         defaults={"scale": 20.0}, slices_inputs=True,
     ),
+    "gist": LossSpec(
+        Shape.triplets, _gist,
+        "GISTEmbed: MNRL whose in-batch and hard negatives are filtered by a frozen guide model (loss.guide): a "
+        "candidate the guide scores above the anchor's own positive is left out as a likely false negative. "
+        "loss.scale is 1 / temperature (default 100 = temperature 0.01).",
+        defaults={"scale": 100.0}, slices_inputs=True, needs_guide=True,
+    ),
+    "cached_gist": LossSpec(
+        Shape.triplets, _cached_gist,
+        "GISTEmbed with GradCache (CachedGISTEmbedLoss): memory flat in trainer.batch_size, loss.mini_batch_size rows "
+        "a forward pass of the model and of the guide (loss.guide).",
+        defaults={"scale": 100.0}, slices_inputs=True, needs_guide=True,
+    ),
     "triplet": LossSpec(
         Shape.triplets, lambda model, margin, **_: _st().TripletLoss(model, triplet_margin=margin),
         "TripletLoss: the anchor must be closer to its positive than to its negative by loss.margin (euclidean).",
-        from_embeddings=True,
+        from_embeddings=True, max_negatives=1,
     ),
     "softmax": LossSpec(
         Shape.labeled_pairs,
@@ -198,13 +226,17 @@ def build_loss(
     num_negatives: int = 4,
     task: str = "bi_encoder",
     learn_scale: bool = True,
+    guide: nn.Module | None = None,
 ) -> tuple[nn.Module, LossSpec]:
-    """The loss module, and its spec (data shape; whether the loop may embed for it)."""
+    """The loss module, and its spec (data shape; whether the loop may embed for it). `guide`: the
+    frozen guide model of gist/cached_gist (loaded by the caller: train/models/build.py)."""
     spec = loss_spec(task, name)
+    if spec.needs_guide and guide is None:
+        raise ConfigError(f"loss={name} needs a guide model: set loss.guide=<Hub id, local folder or conf/model preset>, e.g. loss.guide=minilm.")
     options = dict(
         scale=spec.defaults.get("scale", 20.0) if scale is None else scale,
         gather=gather_across_devices, mini_batch_size=mini_batch_size, margin=margin,
-        num_labels=num_labels, num_negatives=num_negatives, learn_scale=learn_scale,
+        num_labels=num_labels, num_negatives=num_negatives, learn_scale=learn_scale, guide=guide,
     )
     loss = spec.build(model=model, **options)
     if matryoshka_dims:

@@ -51,6 +51,26 @@ def build_model(
     return built
 
 
+def build_guide(model: ModelConfig, device: str | None = None) -> SentenceTransformer:
+    """A guide model (GIST's loss.guide), loaded as any bi-encoder is (Hub id, local folder,
+    offline package), with its own max_seq_length: frozen and in eval mode. The loss that holds
+    it is moved to the training device with it (train/engine/setup.py)."""
+    from train.errors import ConfigError, ModelLoadError
+
+    try:
+        guide = build_model(model, PoolingConfig(), "bi_encoder", device=device, keep_own_max_seq_length=True)
+    except (OSError, ValueError, ConfigError, ModelLoadError) as e:
+        # The loader's first sentence (its advice speaks of model.name, not of loss.guide).
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0].removeprefix(f"model.name={model.name}: ").split(". ")[0].rstrip(".")
+        raise ModelLoadError(
+            f"loss.guide={model.name}: the guide model could not be loaded ({why}). "
+            "Give a Hub id, a local folder holding a model, or a conf/model preset name (e.g. loss.guide=minilm)."
+        ) from None
+    guide.requires_grad_(False)
+    guide.eval()
+    return guide
+
+
 def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str | None, num_labels: int, model_kwargs: dict, device: str | None,
            keep_own_max_seq_length: bool = False):
     if task == "cross_encoder":

@@ -18,7 +18,8 @@ from torch import nn
 
 from train.engine.settings import TrainerConfig
 from train.data.batching import (
-    BucketBatchSampler, Collator, NoDuplicatesBatchSampler, embed_batch, forward_chunk_rows, label_column, text_columns,
+    BucketBatchSampler, Collator, NoDuplicatesBatchSampler, embed_batch, forward_chunk_rows, is_numbered_negative, label_column,
+    text_columns,
 )
 from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
@@ -30,6 +31,7 @@ from train.losses.registry import LossSpec
 from train.models.prompts import column_prompts, excludes_prompt, prompt_length
 from train.models.packed import packed_forwards
 from train.engine.task_step import BatchStats
+from train.errors import ConfigError
 from train.tasks.base import Evaluate, Scoring, Task, TrainingInputs, on_cuda, pad_multiple, padding_free_layout
 
 log = logging.getLogger("train")
@@ -63,6 +65,12 @@ def training_inputs(
     the collator and the batch sampler. `prompts`: column -> prompt name (data.prompts)."""
     tokenizer = model.tokenizer
     columns = tuple(text_columns(corpus))
+    negatives = [c for c in columns if c == "negative" or is_numbered_negative(c)]
+    if spec.max_negatives is not None and len(negatives) > spec.max_negatives:
+        raise ConfigError(
+            f"the training rows hold {len(negatives)} hard negatives ({', '.join(negatives)}), and this loss takes at most "
+            f"{spec.max_negatives}: set data.num_negatives={spec.max_negatives}, or use loss=mnrl (any number)."
+        )
     texts = column_prompts(model, prompts or {}, columns)
     if texts:
         log.info("Prompts in training: %s", ", ".join(f"{c}: {t!r}" for c, t in texts.items()))

@@ -21,7 +21,10 @@ import torch
 from torch import nn
 
 from train.engine.settings import TrainerConfig
-from train.data.batching import BucketBatchSampler, NoDuplicatesBatchSampler, chunk_size, forward_chunk_rows, pad, padded_width
+from train.data.batching import (
+    BucketBatchSampler, NoDuplicatesBatchSampler, chunk_size, forward_chunk_rows, is_numbered_negative, pad, padded_width,
+    ordered_text_columns,
+)
 from train.data.checks import check_batch_fits
 from train.data.corpus import Corpus
 from train.data.shapes import Shape
@@ -209,7 +212,7 @@ class Collate:
             inputs = [[r["query"] for r in rows], [r["candidates"] for r in rows]]
             labels: Any = [torch.tensor(r["labels"], dtype=torch.float32) for r in rows]
         elif self.shape == Shape.triplets:
-            columns = [c for c in ("anchor", "positive", "negative") if c in rows[0]]
+            columns = [c for c in ordered_text_columns(rows[0]) if c in ("anchor", "positive", "negative") or is_numbered_negative(c)]
             inputs, labels = [[r[c] for r in rows] for c in columns], None
         else:
             label = "score" if self.shape == Shape.scored_pairs else "label"
