@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "train"
 
 # Top to bottom. A module belongs to the first floor one of whose prefixes it starts with.
 FLOORS = [
-    ("commands", ("train.__main__", "train.run", "train.evaluate", "train.retrieve", "train.mine", "train.report", "train.bench")),
+    ("commands", ("train.__main__", "train.run", "train.evaluate", "train.retrieve", "train.mine", "train.score", "train.report", "train.bench")),
     ("command plumbing", ("train.cli",)),
     ("what commands compose", ("train.cards", "train.config.checks", "train.config.resume_rules", "train.config.reference")),
     ("tasks", ("train.tasks",)),

@@ -22,6 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from train.data.beir import RETRIEVAL_DATA
 from train.data.build import build_data, build_image_text_splits
 
 from train.models.build import build_model
@@ -39,7 +40,6 @@ SPLIT_NAMES = ("train", "dev", "test")
 
 
 def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    from train.engine import checkpoint
     from train.evaluation.figures import evaluate_sts, format_table, sts_evaluator
 
     setup_logging()
@@ -56,6 +56,8 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
 
         data_cfg = OmegaConf.merge(data_cfg, {f"{split}_path": data_cfg.path})
     kind = _model_kind(cfg)
+    if cfg.data.name in RETRIEVAL_DATA:
+        return _write(run_dir, *_retrieval_figures(cfg, kind), cfg, kind)
     if kind == "image_text":
         splits = build_image_text_splits(data_cfg, (split,))
     else:
@@ -87,12 +89,40 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         prompts = column_prompts(model, dict(cfg.data.prompts), ("sentence1", "sentence2"))
         metrics = evaluate_sts(model, sts_evaluator(splits[split], cfg.batch_size, prompts=prompts))
         table = format_table({split: metrics})
-    out = {split: metrics, "task": kind, "model": model_name, "data": cfg.data.name}
+    return _write(run_dir, metrics, table, model_name, cfg, kind)
+
+
+def _write(run_dir: Path, metrics: dict[str, Any], table: str, model_name: str, cfg: DictConfig, kind: str) -> dict[str, Any]:
+    from train.engine import checkpoint
+
+    out = {cfg.split: metrics, "task": kind, "model": model_name, "data": cfg.data.name}
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.write_json_atomic(run_dir / "eval.json", out)
     print(table)
     log.info("Wrote %s", run_dir / "eval.json")
     return out
+
+
+def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str, str]:
+    """data=beir / korquad: the split's queries against the whole corpus, the library's figures
+    (ndcg@10, mrr@10, recall@1/10/100, map@100); (figures, table, model name)."""
+    from train.config.schema import to_plain
+    from train.data.build import retrieval_eval_sets
+    from train.evaluation.figures import evaluate_retrieval, retrieval_evaluator
+    from train.evaluation.tables import text_table
+    from train.models.prompts import check_prompt_names, column_prompts
+
+    if kind != "bi_encoder":
+        raise DataError(f"data={cfg.data.name} scores bi-encoders (dense retrieval); rerank with a cross-encoder in train.retrieve.")
+    found = retrieval_eval_sets(to_plain(cfg.data), (cfg.split,))
+    if not found:
+        raise DataError(f"data={cfg.data.name} has no {cfg.split} split here (no qrels/{cfg.split}.tsv). Try split=dev or split=test.")
+    model, model_name = _load_model(cfg, kind)
+    check_prompt_names(model, dict(cfg.data.prompts))
+    prompts = column_prompts(model, dict(cfg.data.prompts), ("anchor", "positive"))
+    ir = retrieval_evaluator(found[f"retrieval_{cfg.split}"], cfg.batch_size, prompts)
+    metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_retrieval(model, ir).items()}
+    return metrics, text_table({cfg.split: metrics}), model_name
 
 
 def _load_model(cfg: DictConfig, kind: str) -> tuple[Any, str]:

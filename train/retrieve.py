@@ -15,17 +15,22 @@ Three kinds of system answer the same queries over the same corpus:
 - the cross-encoder over the whole corpus: one forward pass per document a query (only up to
   full_rerank_max_corpus documents).
 
-Each is scored by the same function (MRR@10, NDCG@10, Recall@1, Recall@10) and timed query by
-query, as a search service meets them. Writes retrieve.json into its run dir and prints a table.
+With `lexical=[whitespace]` or `[kiwi]` (Korean morphemes), BM25 over the same corpus joins them,
+and hybrid search (BM25 fused with the bi-encoder: fusion=rrf or score), reranked by the
+cross-encoder too when one is given:
+
+    python -m train.retrieve model=minilm data=korquad split=test lexical=[whitespace,kiwi]
+
+Each is scored by the same function (NDCG@10, MRR@10, Recall@1/10/100, MAP@100: the library's
+InformationRetrievalEvaluator's figures) and timed query by query, as a search service meets
+them. Writes retrieve.json into its run dir and prints a table.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +45,7 @@ from train.models.build import build_model
 
 from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.config.schema import register_configs, to_plain
-from train.data.corpus import Corpus
-from train.data.texts import Texts, column_hashes, unique_first
+from train.evaluation.ranking import DEPTH, METRICS, RetrievalSet, pick, ranking_metrics, retrieval_set, from_split  # noqa: F401 (imported by tests)
 from train.config.checks import check_retrieve_config
 from train.evaluation.tables import text_table
 from train.errors import DataError, ModelLoadError
@@ -50,98 +54,25 @@ register_configs()
 log = logging.getLogger("train")
 
 SPLIT_NAMES = ("train", "dev", "test")
-METRIC_K = 10
-METRICS = ("mrr@10", "ndcg@10", "recall@1", "recall@10")
-
-
-# --- Metrics ----------------------------------------------------------------------------------
-
-
-def ranking_metrics(rankings: Sequence[Sequence[int]], relevant: Sequence[set[int]]) -> dict[str, float]:
-    """MRR@10, NDCG@10 (binary relevance), Recall@1 and Recall@10, averaged over queries.
-
-    `rankings[i]` is query i's document ids, best first (at least its top 10 where the corpus
-    has them); `relevant[i]` its relevant ids (not empty). Recall@k is the share of a query's
-    relevant documents in its top k, as sentence-transformers' InformationRetrievalEvaluator
-    computes it, so a query with two relevant documents has Recall@1 of at most 0.5.
-    """
-    if len(rankings) != len(relevant) or len(rankings) == 0:
-        raise ValueError(f"{len(rankings)} rankings for {len(relevant)} queries: need one per query, at least one.")
-    sums = dict.fromkeys(METRICS, 0.0)
-    for ranking, rel in zip(rankings, relevant):
-        hits = [doc in rel for doc in ranking[:METRIC_K]]
-        first = next((i for i, hit in enumerate(hits) if hit), None)
-        sums["mrr@10"] += 0.0 if first is None else 1.0 / (first + 1)
-        dcg = sum(1.0 / math.log2(i + 2) for i, hit in enumerate(hits) if hit)
-        ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(rel), METRIC_K)))
-        sums["ndcg@10"] += dcg / ideal
-        sums["recall@1"] += sum(hits[:1]) / len(rel)
-        sums["recall@10"] += sum(hits) / len(rel)
-    return {name: total / len(rankings) for name, total in sums.items()}
-
-
-# --- Queries and corpus -----------------------------------------------------------------------
-
-
-@dataclass
-class RetrievalSet:
-    queries: list[str]
-    corpus: Sequence[str]  # the documents: a Texts view of the cached split, or a list
-    relevant: list[set[int]]  # per query: ids into corpus
-
-
-def pick(corpus: Sequence[str], ids: Sequence[int]) -> list[str]:
-    return corpus.take(ids) if isinstance(corpus, Texts) else [corpus[int(i)] for i in ids]
-
-
-def retrieval_set(ds: Any, corpus_kind: str = "positives", max_queries: int = 0) -> RetrievalSet:
-    """Query-with-candidates rows (a Dataset, or the cached Corpus) -> queries, one shared corpus
-    and each query's relevant ids, as arrays over the Arrow columns (no Python copy of the corpus).
-
-    The corpus is built from every row, so capping the queries keeps the search as hard as the
-    whole split's; a candidate relevant to one query is an ordinary document for the others.
-    Document ids follow first appearance: row by row, a row's relevant candidates, then (with
-    corpus=all) its other candidates.
-    """
-    from train.data.shapes import flat_values
-
-    table = ds.dataset.data.table if isinstance(ds, Corpus) else ds.data.table
-    flat, parents = flat_values(table.column("candidates"))
-    labels = flat_values(table.column("labels"))[0].to_numpy()
-    relevant_flat = np.flatnonzero(labels > 0)
-    if corpus_kind == "all":
-        every = np.arange(len(flat))
-        seq = np.concatenate([relevant_flat, every])
-        passes = np.concatenate([np.zeros(len(relevant_flat), np.int8), np.ones(len(every), np.int8)])
-        order = np.lexsort((seq, passes, parents[seq]))  # by row, then relevant first, then position
-        seq = seq[order]
-    else:
-        seq = relevant_flat
-    first, doc_of_seq = unique_first(column_hashes(flat)[seq])
-    doc_of_flat = np.full(len(flat), -1, dtype=np.int64)
-    doc_of_flat[seq[::-1]] = doc_of_seq[::-1]  # any occurrence names the same document
-    kept = np.unique(parents[relevant_flat])  # rows with a relevant candidate, in row order
-    dropped = table.num_rows - len(kept)
-    if not len(kept):
-        raise DataError("no query has a relevant candidate (a label > 0), so there is nothing to retrieve.")
-    if dropped:
-        log.info("%d queries without a relevant candidate left out", dropped)
-    if max_queries:
-        kept = kept[:max_queries]
-    starts = np.searchsorted(parents[relevant_flat], kept)
-    ends = np.searchsorted(parents[relevant_flat], kept, side="right")
-    relevant = [set(doc_of_flat[relevant_flat[a:b]].tolist()) for a, b in zip(starts, ends)]
-    queries = Texts(table.column("query")).take(kept)
-    return RetrievalSet(queries, Texts(flat, seq[first]), relevant)
 
 
 def load_retrieval_set(cfg: DictConfig) -> RetrievalSet:
     split = cfg.split
     if split not in SPLIT_NAMES:
         raise DataError(f"split={split!r}: use one of {', '.join(SPLIT_NAMES)}.")
+    from train.data.beir import RETRIEVAL_DATA
     from train.data.presets import source_kind
 
     data_cfg = cfg.data
+    if data_cfg.name in RETRIEVAL_DATA:  # queries against the whole corpus
+        from train.data.build import retrieval_eval_sets
+
+        found = retrieval_eval_sets(to_plain(data_cfg), (split,)).get(f"retrieval_{split}")
+        if found is None:
+            raise DataError(f"data={data_cfg.name} has no {split} split here (no qrels/{split}.tsv). Try split=dev or split=test.")
+        data = from_split(found)
+        n = cfg.max_queries
+        return RetrievalSet(data.queries[:n], data.corpus, data.relevant[:n]) if n else data
     if source_kind(data_cfg.name) not in ("nli", "candidates"):
         raise DataError(
             f"data={data_cfg.name} has no queries with relevant documents. Retrieval needs NLI data "
@@ -211,29 +142,31 @@ def load_models(cfg: DictConfig) -> tuple[Any, str, Any | None]:
 
 def bi_encoder_search(
     bi: Any, queries: Sequence[str], index: Any, depth: int, batch_size: int, timed: int = 0, prompt: str | None = None
-) -> tuple[np.ndarray, list[float]]:
-    """Each query's top `depth` document ids (an array, a row a query), and the seconds (encoding
-    + search) of each of the first `timed` queries (0: all), run one by one as a search service
-    meets them: it embeds a query when it arrives, not in a batch with later ones. The rest are
-    embedded and searched in batches."""
+) -> tuple[np.ndarray, list[float], np.ndarray]:
+    """Each query's top `depth` document ids (an array, a row a query), the seconds (encoding +
+    search) of each of the first `timed` queries (0: all), run one by one as a search service
+    meets them: it embeds a query when it arrives, not in a batch with later ones (the rest are
+    embedded and searched in batches), and the cosine of each ranked document."""
     from train.evaluation.bars import ProgressLog
     from train.evaluation.search import QUERY_BATCH, embed
 
     depth = min(depth, index.vectors.rows)
     timed = len(queries) if timed <= 0 else min(timed, len(queries))
     rankings = np.empty((len(queries), depth), dtype=np.int64)
+    scores = np.empty((len(queries), depth), dtype=np.float32)
     seconds = []
     for i in range(timed):
         start = time.perf_counter()
-        _, ids = index.search(embed(bi, [queries[i]], batch_size, prompt), depth)
+        found, ids = index.search(embed(bi, [queries[i]], batch_size, prompt), depth)
         seconds.append(time.perf_counter() - start)
-        rankings[i] = ids[0]
+        rankings[i], scores[i] = ids[0], found[0]
     progress = ProgressLog("Bi-encoder search", len(queries), "queries")
     for start in range(timed, len(queries), QUERY_BATCH):
         progress(start)
         batch = queries[start : start + QUERY_BATCH]
-        rankings[start : start + len(batch)] = index.search(embed(bi, batch, batch_size, prompt), depth)[1]
-    return rankings, seconds
+        found, ids = index.search(embed(bi, batch, batch_size, prompt), depth)
+        rankings[start : start + len(batch)], scores[start : start + len(batch)] = ids, found
+    return rankings, seconds, scores
 
 
 def rerank(
@@ -305,7 +238,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"documents ({report['corpus']}); corpus embedding {report['corpus_embed_seconds']:.1f} s once"
     )
     columns = [*METRICS, "ms_per_query", "cross_encoder_pairs_per_query"]
-    headers = {**dict(zip(METRICS, ["MRR@10", "NDCG@10", "R@1", "R@10"])), "ms_per_query": "ms/query", "cross_encoder_pairs_per_query": "CE pairs/q"}
+    headers = {**dict(zip(METRICS, ["NDCG@10", "MRR@10", "R@1", "R@10", "R@100", "MAP@100"])), "ms_per_query": "ms/query", "cross_encoder_pairs_per_query": "CE pairs/q"}
     rows = {r["system"]: {c: float(r[c]) for c in columns} for r in report["systems"]}
     table = text_table(rows, columns, label="system", headers=headers, digits={"ms_per_query": 1, "cross_encoder_pairs_per_query": 1})
     return "\n".join([head, table, *report["notes"]])
@@ -325,6 +258,51 @@ def score_systems(cfg: DictConfig, data: Any, cross: Any, bi_rankings: np.ndarra
     timed = "every query" if len(bi_seconds) == len(data.queries) else f"the first {len(bi_seconds)} queries (latency_queries)"
     notes.append(f"ms/query: wall time query by query (bi-encoder: encoding + search; rerank: that plus the cross-encoder), over {timed}.")
     return systems, notes
+
+
+def lexical_rows(cfg: DictConfig, data: RetrievalSet, cross: Any, dense: tuple[np.ndarray, np.ndarray], bi_seconds: list[float], ks: list[int]) -> list[dict]:
+    """For each tokenizer of `lexical`: BM25 alone, and hybrid (BM25 fused with the bi-encoder by
+    `fusion`), then the hybrid shortlist reranked by the cross-encoder (when there is one).
+    `dense`: the bi-encoder's (ranked ids, their cosines)."""
+    from train.evaluation.lexical import BM25, fuse
+
+    bi_rankings, bi_scores = dense
+    rows = []
+    depth = bi_rankings.shape[1]
+    for tokenizer in cfg.lexical:
+        started = time.perf_counter()
+        index = BM25(data.corpus, tokenizer)
+        log.info("BM25 (%s): %d documents indexed in %.1f s", tokenizer, len(data.corpus), time.perf_counter() - started)
+        ranked, scores, seconds = bm25_search(index, data.queries, depth, cfg.latency_queries)
+        rows.append(system_row(f"BM25 ({tokenizer})", ranked, data.relevant, mean_ms(seconds), 0, 0))
+        started = time.perf_counter()
+        hybrid = fuse([ranked, bi_rankings], [scores, bi_scores], depth, cfg.fusion.value)
+        fuse_ms = 1000.0 * (time.perf_counter() - started) / len(data.queries)
+        name = f"hybrid: BM25 ({tokenizer}) + bi-encoder, {cfg.fusion.value}"
+        hybrid_seconds = [a + b for a, b in zip(seconds, bi_seconds)]
+        rows.append(system_row(name, hybrid, data.relevant, mean_ms(hybrid_seconds) + fuse_ms, 0, 1))
+        if cross is not None:
+            reranked, _ = cross_encoder_rows(cross, data, hybrid, hybrid_seconds, ks, 0, cfg.batch_size)
+            rows += [{**r, "system": r["system"].replace("bi-encoder", name)} for r in reranked]
+    return rows
+
+
+def bm25_search(index: Any, queries: list[str], depth: int, timed: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """(ids, scores, seconds of each timed query): the first `timed` (0: all) one by one, as a
+    service meets them, the rest in one batch."""
+    timed = len(queries) if timed <= 0 else min(timed, len(queries))
+    ids, scores, seconds = [], [], []
+    for query in queries[:timed]:
+        started = time.perf_counter()
+        i, s = index.search([query], depth)
+        seconds.append(time.perf_counter() - started)
+        ids.append(i)
+        scores.append(s)
+    if timed < len(queries):
+        i, s = index.search(queries[timed:], depth)
+        ids.append(i)
+        scores.append(s)
+    return np.concatenate(ids), np.concatenate(scores), seconds
 
 
 def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -355,10 +333,11 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
     ks = sorted(set(cfg.rerank_top_k)) if cross is not None else []
     clamped = [min(k, len(data.corpus)) for k in ks]
     started = time.perf_counter()
-    bi_rankings, bi_seconds = bi_encoder_search(bi, data.queries, index, max([METRIC_K, *clamped]), cfg.batch_size, cfg.latency_queries,
+    bi_rankings, bi_seconds, bi_scores = bi_encoder_search(bi, data.queries, index, min(len(data.corpus), max([DEPTH, *clamped])), cfg.batch_size, cfg.latency_queries,
                                                  prompts.get("anchor"))
     search_seconds = time.perf_counter() - started
     systems, notes = score_systems(cfg, data, cross, bi_rankings, bi_seconds, sorted(set(clamped)))
+    systems += lexical_rows(cfg, data, cross, (bi_rankings, bi_scores), bi_seconds, sorted(set(clamped)))
     report = {
         "data": cfg.data.name,
         "split": cfg.split,

@@ -57,7 +57,7 @@ TASKS = {
     "cross_encoder": ("cross-encoder (reranker)", "text-ranking", ["cross-encoder", "reranker", "text-ranking"]),
     "image_text": ("image–text dual encoder (CLIP-style)", "sentence-similarity", ["image-text", "clip", "feature-extraction"]),
 }
-SPLIT_LABELS = {"dev_before": "dev (before training)", "test_before": "test (before training)", "retrieval_dev": "dev (retrieval)"}
+SPLIT_LABELS = {"dev_before": "dev (before training)", "test_before": "test (before training)", "retrieval_dev": "dev (retrieval)", "retrieval_test": "test (retrieval)"}
 
 
 @dataclass

@@ -73,6 +73,12 @@ RETRIEVE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+SCORE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "chunk_queries": _AT_LEAST_1,
+    "batch_size": _AT_LEAST_1,
+}
+
+
 MINE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_negatives": _AT_LEAST_1,
     "range_min": (lambda v: v >= 0, "an integer ≥ 0"),
@@ -169,6 +175,13 @@ def check_train_config(cfg: DictConfig) -> None:
 
 def check_evaluate_config(cfg: DictConfig) -> None:
     _raise(_problems(cfg, EVALUATE_RULES) + _data_problems(cfg))
+
+
+def check_score_config(cfg: DictConfig) -> None:
+    problems = _problems(cfg, SCORE_RULES) + _data_problems(cfg)
+    if cfg.split not in ("train", "dev", "test"):
+        problems.append(f"split={cfg.split} (must be train, dev or test)")
+    _raise(problems)
 
 
 def check_mine_config(cfg: DictConfig) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from train.config import checks
-from train.config.schema import EvaluateConfig, MineConfig, RetrieveConfig, TrainConfig
+from train.config.schema import EvaluateConfig, MineConfig, RetrieveConfig, ScoreConfig, TrainConfig
 from train.losses.registry import LOSSES
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -30,6 +30,7 @@ COMMANDS = {
     "python -m train.evaluate": (EvaluateConfig, checks.EVALUATE_RULES),
     "python -m train.mine": (MineConfig, checks.MINE_RULES),
     "python -m train.retrieve": (RetrieveConfig, checks.RETRIEVE_RULES),
+    "python -m train.score": (ScoreConfig, checks.SCORE_RULES),
 }
 FIELD = re.compile(r"^\s+(\w+)\s*:")
 

@@ -16,42 +16,14 @@ from hydra.core.config_store import ConfigStore
 
 # The trainer section is the engine's own (train/engine/settings.py), composed here with the rest.
 from train.engine.settings import MixedPrecision, NanPolicy, ResumeChanged, TrainerConfig  # noqa: F401
+from train.config.choices import (  # noqa: F401 (the schema's names, for its readers)
+    BadRowPolicy, Fusion, PeftMethod, PoolingMode, RetrieveCorpus, SamplingStrategy, SearchBackend, TaskName, WeightDtype,
+)
 from train.losses.registry import loss_names
-
-
-class PoolingMode(str, Enum):
-    # The values are sentence-transformers' own pooling mode names.
-    cls = "cls"
-    mean = "mean"
-    max = "max"
-    mean_sqrt_len_tokens = "mean_sqrt_len_tokens"
-    weightedmean = "weightedmean"
-    lasttoken = "lasttoken"
 
 
 # Every loss of every task's registry (train/losses/registry.py); each task accepts its own.
 LossName = Enum("LossName", {name: name for name in loss_names()}, type=str)
-
-
-class TaskName(str, Enum):
-    # What kind of model trains: a bi-encoder (one embedding a text, cosine compares them) or a
-    # cross-encoder (both texts through one model, one score out; a reranker).
-    bi_encoder = "bi_encoder"
-    cross_encoder = "cross_encoder"
-    # Images and texts into one space (CLIP): a CLIP-architecture model or a text and an image tower.
-    image_text = "image_text"
-
-
-class BadRowPolicy(str, Enum):
-    error = "error"
-    skip = "skip"
-
-
-class WeightDtype(str, Enum):
-    # The dtype the weights are loaded and kept in (transformers' `dtype`). null: as saved in fp32.
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
 
 
 @dataclass
@@ -222,11 +194,6 @@ class TaskConfig:
     name: TaskName = TaskName.bi_encoder
 
 
-class PeftMethod(str, Enum):
-    none = "none"
-    lora = "lora"
-
-
 @dataclass
 class PeftConfig:
     # peft=lora: a LoRA adapter trains and the transformer's weights stay frozen (PEFT library).
@@ -281,20 +248,6 @@ class EvaluateConfig(ModelAndData):
     split: str = "test"
     # Rows a batch when encoding.
     batch_size: int = 64
-
-
-class SearchBackend(str, Enum):
-    # Exact inner-product search over the corpus vectors: faiss's flat index (pip install faiss-cpu),
-    # torch (chunks of the memory-mapped vector file), or auto: faiss when it is installed.
-    auto = "auto"
-    faiss = "faiss"
-    torch = "torch"
-
-
-class SamplingStrategy(str, Enum):
-    # sentence-transformers' names: the best-ranked candidates that pass the filters, or a random draw of them.
-    top = "top"
-    random = "random"
 
 
 @dataclass
@@ -364,7 +317,7 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     for name, schema in (("train_schema", TrainConfig), ("evaluate_schema", EvaluateConfig),
-                         ("mine_schema", MineConfig), ("retrieve_schema", RetrieveConfig)):
+                         ("mine_schema", MineConfig), ("retrieve_schema", RetrieveConfig), ("score_schema", ScoreConfig)):
         cs.store(name=name, node=open_dict_fields(OmegaConf.structured(schema)))
     # loss=<name>: one option a registered loss (train/losses/registry.py), so the list is kept in one place.
     for name in loss_names():
@@ -376,13 +329,6 @@ def to_plain(node: Any) -> Any:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(node)
-
-
-class RetrieveCorpus(str, Enum):
-    # The documents searched: every distinct relevant candidate of the split (NLI: entailed
-    # hypotheses), or all candidates (NLI: contradicted hypotheses too, as distractors).
-    positives = "positives"
-    all = "all"
 
 
 @dataclass
@@ -404,6 +350,28 @@ class RetrieveConfig(ModelAndData):
     # Rows a batch when encoding and reranking.
     batch_size: int = 64
     search: SearchBackend = SearchBackend.auto
+    # BM25 rows (bm25s) with these tokenizers: whitespace, kiwi (Korean morphemes, kiwipiepy); each
+    # also gives a hybrid row (BM25 fused with the bi-encoder) and, with a cross-encoder, its reranking.
+    lexical: list[str] = field(default_factory=list)
+    # How hybrid search fuses BM25 and the bi-encoder: rrf (reciprocal rank, k=60) or score (min-max normalised, summed).
+    fusion: Fusion = Fusion.rrf
     # ms/query is timed query by query (encode, search, rerank), as a search service meets them,
     # on the first N queries (0 = all); the figures (MRR, NDCG, recall) cover every query.
     latency_queries: int = 1000
+
+
+@dataclass
+class ScoreConfig(ModelAndData):
+    # `python -m train.score`: a teacher's score for every (query, candidate) of a candidates file,
+    # the labels of distillation. A saved cross-encoder or bi-encoder dir (a run's final/).
+    teacher: Optional[str] = None
+    # The split of the candidates file read (data.path stands in for it).
+    split: str = "train"
+    # Required: the .jsonl file to write (what data=candidates_file reads, with "scores").
+    out: Optional[str] = None
+    # An existing `out` (or an unfinished run's with other settings) is never replaced unless true.
+    overwrite: bool = False
+    # Queries scored and appended to <out>.partial at a time: what a killed run loses at most.
+    chunk_queries: int = 1000
+    # Pairs (cross-encoder) or texts (bi-encoder) a forward pass.
+    batch_size: int = 64

@@ -10,9 +10,10 @@ import datasets
 from omegaconf import DictConfig
 
 from train.config.schema import DataConfig, to_plain
+from train.data.beir import RETRIEVAL_DATA, RetrievalSplit, retrieval_split
 from train.data.checks import check_scorable, report_overlap
 from train.data.corpus import CacheSettings, Corpus, load_corpus
-from train.data.presets import DataSpec, check_source, data_spec, load_spec_splits, load_sts_splits
+from train.data.presets import DataSpec, check_source, data_spec, load_spec_splits, load_sts_splits, retrieval_path
 from train.data.readers import CandidateColumns
 from train.data.rows import Columns, ScoreRange
 from train.errors import DataError
@@ -26,7 +27,7 @@ def data_spec_of(d: DataConfig, shape: str = "scored_pairs") -> DataSpec:
         d.name,
         Path(d.dir),
         # data.path is the one file: what train.evaluate scores, or the corpus of data=text_file.
-        {"train": d.train_path or (d.path if shape != "scored_pairs" else None), "dev": d.dev_path, "test": d.test_path},
+        {"train": d.train_path or (d.path if shape != "scored_pairs" else None), "dev": d.dev_path or _retrieval_path(d), "test": d.test_path or _retrieval_path(d)},
         d.format,
         Columns(d.columns.sentence1, d.columns.sentence2, d.columns.score),
         d.columns.label,
@@ -38,6 +39,30 @@ def data_spec_of(d: DataConfig, shape: str = "scored_pairs") -> DataSpec:
         hub_config=d.hub_config,
         hub_splits=dict(d.hub_splits),
     )
+
+
+def _retrieval_path(d: DataConfig) -> str | None:
+    """data=beir and data=korquad: data.path is every split's (the folder, or the SQuAD-style JSON)."""
+    return d.path if d.name in RETRIEVAL_DATA else None
+
+
+def retrieval_eval_sets(d: DataConfig, splits: tuple[str, ...] = ("dev", "test")) -> dict[str, RetrievalSplit]:
+    """Queries against the whole corpus, for each of `splits` the data has: retrieval_dev, retrieval_test."""
+    spec = data_spec_of(d, "pairs")
+    out = {}
+    for split in splits:
+        found = retrieval_split(d.name, retrieval_path(d.name, spec.path(split), spec.data_dir), split, d.on_bad_row.value)
+        if found is not None:
+            out[f"retrieval_{split}"] = _limit_queries(found, d.max_eval_samples)
+    return out
+
+
+def _limit_queries(split: RetrievalSplit, n: int) -> RetrievalSplit:
+    """The first n queries (data.max_eval_samples), against the whole corpus (a search as hard as the split's)."""
+    if n <= 0 or len(split.relevant) <= n:
+        return split
+    kept = dict(list(split.relevant.items())[:n])
+    return RetrievalSplit(split.name, {q: split.queries[q] for q in kept}, split.corpus, kept)
 
 
 def _negatives_rule(d: DataConfig, shape: str) -> int | None:
@@ -84,6 +109,10 @@ def load_text_task_data(data: DictConfig, shape: str, task: str, eval_shape: str
     train = build_corpus(d, shape)
     if train is None:
         raise DataError(f"data={data.name}: no train split to train on (set data.train_path).")
+    if d.name in RETRIEVAL_DATA:  # queries against the whole corpus, not pairs
+        sets = {**build_sts_eval_data(data, {}), **retrieval_eval_sets(d)}
+        log.info("Data %s: train %d pairs; %s", d.name, len(train), ", ".join(f"{k} {len(v)} queries" for k, v in sets.items()))
+        return {"train": train}, sets
     evaluation = load_spec_splits(spec, shape, ("dev", "test"), 0, d.max_eval_samples, d.hard_negatives, eval_shape, require=False)
     splits: dict[str, Any] = {"train": train, **evaluation}
     if task == "bi_encoder":

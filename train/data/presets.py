@@ -29,6 +29,7 @@ from train.data.readers import (
     stsb_official_sources,
     text_lines_sources,
 )
+from train.data.beir import KORQUAD_FILE, KORQUAD_URL, RETRIEVAL_DATA, retrieval_sources
 from train.data.rows import Columns, RowSource, ScoreRange, read_sources
 from train.data.shapes import to_shape
 from train.errors import DataError
@@ -150,6 +151,22 @@ def _fetch_missing(preset: Preset, folder: Path, missing: list[str]) -> None:
             _download(preset.urls[name], folder / name)
 
 
+def retrieval_path(name: str, path: str | None, data_dir: str | Path) -> Path | None:
+    """Where data=beir or data=korquad is read: data.path, or (korquad) the KorQuAD 1.0 dev file
+    under data.dir (its korquad/ folder), downloaded when missing."""
+    if path or name != "korquad":
+        return Path(path).expanduser() if path else None
+    where = Path(data_dir) / KORQUAD_FILE
+    if not where.is_file():
+        log.info("KorQuAD 1.0 dev (LG CNS, CC BY-ND 2.0 KR): downloading %s into %s", KORQUAD_URL, where)
+        try:
+            _download(KORQUAD_URL, where)
+        except OSError as e:
+            raise DataError(f"data=korquad: {where} is missing and could not be downloaded from {KORQUAD_URL} ({e}). "
+                            "Put KorQuAD_v1.0_dev.json there, point data.dir at its parent folder's parent, or set data.path=<file>.") from None
+    return where
+
+
 def preset_files(name: str, data_dir: str | Path, splits: tuple[str, ...]) -> dict[str, list[Path]]:
     """Paths of the asked splits, downloading what is missing. A test split that the
     source lacks is left out; a missing train or dev split that cannot be fetched is an error."""
@@ -182,6 +199,8 @@ def source_kind(name: str) -> str:
     """What a data option holds: sts (scored pairs), nli, pairs, candidates or text."""
     if name in PRESETS:
         return PRESETS[name].kind
+    if name in RETRIEVAL_DATA:  # queries with relevant passages: trained on as (query, passage) pairs
+        return "pairs"
     return {"nli_file": "nli", "pairs_file": "pairs", "candidates_file": "candidates", "text_file": "text"}.get(name, "sts")
 
 
@@ -225,6 +244,8 @@ def split_sources(spec: DataSpec, split: str) -> list[RowSource] | None:
         return [s for f in files for s in reader(f, split, spec.scores, spec.on_bad_row)] if files else None
     if name == "hub":
         return _hub_source(spec, split)
+    if name in RETRIEVAL_DATA:
+        return retrieval_sources(name, retrieval_path(name, spec.path(split), spec.data_dir), split, spec.on_bad_row)
     path = spec.path(split)
     if not path:
         return None
@@ -241,7 +262,7 @@ def split_sources(spec: DataSpec, split: str) -> list[RowSource] | None:
         return candidates_file_sources(path, spec.fmt, spec.candidate_columns, spec.on_bad_row, split)
     if name == "text_file":
         return text_lines_sources(path, split)
-    raise DataError(f"data.name={name!r} is unknown; use one of {', '.join([*PRESETS, 'sts_file', 'nli_file', 'pairs_file', 'candidates_file', 'text_file', 'hub'])}.")
+    raise DataError(f"data.name={name!r} is unknown; use one of {', '.join([*PRESETS, 'sts_file', 'nli_file', 'pairs_file', 'candidates_file', 'text_file', 'hub', *RETRIEVAL_DATA])}.")
 
 
 def _limit(ds: datasets.Dataset, n: int) -> datasets.Dataset:
@@ -321,8 +342,8 @@ def load_splits(
 
 def check_source(spec: DataSpec, shape: str) -> None:
     """Refuses a source that cannot feed `shape` before anything is read."""
-    if spec.name not in PRESETS and spec.name not in ("sts_file", "nli_file", "pairs_file", "candidates_file", "text_file", "hub"):
-        raise DataError(f"data.name={spec.name!r} is unknown; use one of {', '.join([*PRESETS, 'sts_file', 'nli_file', 'pairs_file', 'candidates_file', 'text_file', 'hub'])}.")
+    if spec.name not in PRESETS and spec.name not in ("sts_file", "nli_file", "pairs_file", "candidates_file", "text_file", "hub", *RETRIEVAL_DATA):
+        raise DataError(f"data.name={spec.name!r} is unknown; use one of {', '.join([*PRESETS, 'sts_file', 'nli_file', 'pairs_file', 'candidates_file', 'text_file', 'hub', *RETRIEVAL_DATA])}.")
     kind = spec.kind
     if shape == "scored_pairs" and kind not in ("sts", "candidates"):
         raise DataError(f"data={spec.name} is {kind} data, not scored pairs: use it with loss=mnrl, triplet or softmax.")

@@ -8,6 +8,8 @@ sentences and the shares are gathered, so every sentence is embedded exactly onc
 
 from __future__ import annotations
 
+from typing import Any
+
 from collections.abc import Sequence
 
 import datasets
@@ -114,26 +116,32 @@ def evaluate_sts_dims(
     return metrics
 
 
-def retrieval_evaluator(ds: datasets.Dataset, batch_size: int = 64, prompts: dict[str, str] | None = None) -> InformationRetrievalEvaluator:
-    """Each distinct anchor is a query; all distinct positives are the corpus; its positives are
-    relevant. `prompts`: column (anchor, positive) -> the text put before its texts."""
+RETRIEVAL_FIGURES = {
+    "ndcg@10": "cosine_ndcg@10", "mrr@10": "cosine_mrr@10", "recall@1": "cosine_recall@1", "recall@10": "cosine_recall@10",
+    "recall@100": "cosine_recall@100", "map@100": "cosine_map@100",
+}
+
+
+def retrieval_evaluator(data: Any, batch_size: int = 64, prompts: dict[str, str] | None = None) -> InformationRetrievalEvaluator:
+    """The library's evaluator over `data`: a RetrievalSplit (queries against a whole corpus:
+    data=beir, korquad), or (anchor, positive) rows, where each distinct anchor is a query, all
+    distinct positives are the corpus and its positives are relevant. `prompts`: column (anchor,
+    positive) -> the text put before its texts."""
     prompts = prompts or {}
-    queries: dict[str, str] = {}
-    corpus: dict[str, str] = {}
-    relevant: dict[str, set[str]] = {}
-    for anchor, positive in zip(ds["anchor"], ds["positive"]):
-        qid = queries.setdefault(anchor, f"q{len(queries)}")
-        cid = corpus.setdefault(positive, f"d{len(corpus)}")
-        relevant.setdefault(qid, set()).add(cid)
+    if hasattr(data, "relevant"):
+        queries, corpus = data.queries, data.corpus
+        relevant = {q: set(docs) for q, docs in data.relevant.items()}
+    else:
+        queries, corpus, relevant = _pairs_as_retrieval(data)
     return RetrievalEvaluator(
-        queries={qid: text for text, qid in queries.items()},
-        corpus={cid: text for text, cid in corpus.items()},
+        queries=queries,
+        corpus=corpus,
         relevant_docs=relevant,
         mrr_at_k=[10],
         ndcg_at_k=[10],
         accuracy_at_k=[1, 10],
-        precision_recall_at_k=[1, 10],
-        map_at_k=[10],
+        precision_recall_at_k=[1, 10, 100],
+        map_at_k=[100],
         batch_size=batch_size,
         write_csv=False,
         query_prompt=prompts.get("anchor"),
@@ -142,11 +150,22 @@ def retrieval_evaluator(ds: datasets.Dataset, batch_size: int = 64, prompts: dic
     )
 
 
+def _pairs_as_retrieval(ds: datasets.Dataset) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    queries: dict[str, str] = {}
+    corpus: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+    for anchor, positive in zip(ds["anchor"], ds["positive"]):
+        qid = queries.setdefault(anchor, f"q{len(queries)}")
+        cid = corpus.setdefault(positive, f"d{len(corpus)}")
+        relevant.setdefault(qid, set()).add(cid)
+    return {qid: text for text, qid in queries.items()}, {cid: text for text, cid in corpus.items()}, relevant
+
+
 def evaluate_retrieval(model: SentenceTransformer, evaluator: InformationRetrievalEvaluator) -> dict[str, float]:
-    """{retrieval_mrr@10, retrieval_ndcg@10, retrieval_recall@1, retrieval_recall@10, retrieval_n_queries}."""
+    """{retrieval_ndcg@10, retrieval_mrr@10, retrieval_recall@1/10/100, retrieval_map@100,
+    retrieval_n_queries}: the library's figures (cosine), as its evaluator computes them."""
     raw = _run(evaluator, model)
-    pick = {"mrr@10": "cosine_mrr@10", "ndcg@10": "cosine_ndcg@10", "recall@1": "cosine_recall@1", "recall@10": "cosine_recall@10"}
-    metrics = {f"retrieval_{k}": float(raw[v]) for k, v in pick.items()}
+    metrics = {f"retrieval_{k}": float(raw[v]) for k, v in RETRIEVAL_FIGURES.items()}
     metrics["retrieval_n_queries"] = len(evaluator.queries)
     return metrics
 

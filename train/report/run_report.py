@@ -17,7 +17,7 @@ TRAINER_KEYS = (
 )
 
 
-FIGURE_SPLITS = ("dev_before", "dev", "test_before", "test", "retrieval_dev")
+FIGURE_SPLITS = ("dev_before", "dev", "test_before", "test", "retrieval_dev", "retrieval_test")
 
 
 def figures_table(result: dict[str, Any]) -> list[str]:

@@ -153,14 +153,25 @@ class BiEncoderTask(Task):
                 report["retrieval_dev"] = {k.removeprefix("retrieval_"): v for k, v in dev.items() if k.startswith("retrieval_")}
         if scoring.sets.get("test") is not None:
             report["test"] = self._sts(model, scoring.sets["test"], scoring)
+        if scoring.sets.get("retrieval_test") is not None:
+            report["retrieval_test"] = self._retrieval(model, scoring.sets["retrieval_test"], scoring)
         return report
+
+    @staticmethod
+    def _retrieval(model, data, scoring: Scoring) -> dict[str, float]:
+        """Retrieval figures of queries against a corpus (ndcg@10, mrr@10, recall@k, map@100, n_queries)."""
+        texts = column_prompts(model, scoring.prompts, ("anchor", "positive"))
+        ir = retrieval_evaluator(data, scoring.batch_size, {"anchor": texts.get("anchor"), "positive": texts.get("positive")})
+        return {k.removeprefix("retrieval_"): v for k, v in evaluate_retrieval(model, ir).items()}
 
     def report_table(self, report: dict[str, Any]) -> str | None:
         lines = []
         if report.get("dev") or report.get("test"):
             lines.append(format_table({k: v for k, v in report.items() if k in ("dev", "test")}))
-        if "retrieval_dev" in report:
-            lines.append("retrieval (dev): " + ", ".join(f"{k}={v:.4f}" for k, v in report["retrieval_dev"].items() if k != "n_queries"))
+        for split in ("retrieval_dev", "retrieval_test"):
+            if split in report:
+                lines.append(f"retrieval ({split.removeprefix('retrieval_')}): "
+                             + ", ".join(f"{k}={v:.4f}" for k, v in report[split].items() if k != "n_queries"))
         return "\n".join(lines) or None
 
 

@@ -1,0 +1,68 @@
+"""The choices of the typed schema (train/config/schema.py): each an Enum whose values are what a
+key accepts, so that Hydra names the valid values when one is misspelt."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class PoolingMode(str, Enum):
+    # The values are sentence-transformers' own pooling mode names.
+    cls = "cls"
+    mean = "mean"
+    max = "max"
+    mean_sqrt_len_tokens = "mean_sqrt_len_tokens"
+    weightedmean = "weightedmean"
+    lasttoken = "lasttoken"
+
+
+class TaskName(str, Enum):
+    # What kind of model trains: a bi-encoder (one embedding a text, cosine compares them) or a
+    # cross-encoder (both texts through one model, one score out; a reranker).
+    bi_encoder = "bi_encoder"
+    cross_encoder = "cross_encoder"
+    # Images and texts into one space (CLIP): a CLIP-architecture model or a text and an image tower.
+    image_text = "image_text"
+
+
+class BadRowPolicy(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+class WeightDtype(str, Enum):
+    # The dtype the weights are loaded and kept in (transformers' `dtype`). null: as saved in fp32.
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class PeftMethod(str, Enum):
+    none = "none"
+    lora = "lora"
+
+
+class SearchBackend(str, Enum):
+    # Exact inner-product search over the corpus vectors: faiss's flat index (pip install faiss-cpu),
+    # torch (chunks of the memory-mapped vector file), or auto: faiss when it is installed.
+    auto = "auto"
+    faiss = "faiss"
+    torch = "torch"
+
+
+class SamplingStrategy(str, Enum):
+    # sentence-transformers' names: the best-ranked candidates that pass the filters, or a random draw of them.
+    top = "top"
+    random = "random"
+
+
+class RetrieveCorpus(str, Enum):
+    # The documents searched: every distinct relevant candidate of the split (NLI: entailed
+    # hypotheses), or all candidates (NLI: contradicted hypotheses too, as distractors).
+    positives = "positives"
+    all = "all"
+
+
+class Fusion(str, Enum):
+    rrf = "rrf"
+    score = "score"
