@@ -73,6 +73,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def saved_models(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(a saved bi-encoder, a saved cross-encoder) of the tiny model: checkpoints as a run writes them."""
+    from train.models.bi_encoder import build_sentence_transformer
+    from train.models.cross_encoder import build_cross_encoder
+
+    out = tmp_path_factory.mktemp("saved-models")
+    build_sentence_transformer(str(tiny_model_dir), 64).save(str(out / "bi"))
+    build_cross_encoder(str(tiny_model_dir), 64, num_labels=1).save(str(out / "ce"))
+    return out / "bi", out / "ce"
+
+
+@pytest.fixture(scope="session")
 def tiny_model_no_dropout_dir(tmp_path_factory) -> Path:
     """The tiny BERT without dropout: runs that split the same batch differently (processes,
     gradient accumulation) then compute the same function and must reach the same weights."""

@@ -91,17 +91,6 @@ def test_nli_premises_find_their_own_entailed_hypotheses():
 
 
 @pytest.fixture(scope="module")
-def saved_models(tiny_model_dir, tmp_path_factory):
-    from train.models.cross_encoder import build_cross_encoder
-    from train.models.bi_encoder import build_sentence_transformer
-
-    out = tmp_path_factory.mktemp("retrieve-models")
-    build_sentence_transformer(str(tiny_model_dir), 64).save(str(out / "bi"))
-    build_cross_encoder(str(tiny_model_dir), 64, num_labels=1).save(str(out / "ce"))
-    return out / "bi", out / "ce"
-
-
-@pytest.fixture(scope="module")
 def candidates_file(tmp_path_factory):
     """Six queries, each with one positive and two negatives: a corpus of 6 positives or 18 texts."""
     path = tmp_path_factory.mktemp("retrieve-data") / "dev.jsonl"

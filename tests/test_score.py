@@ -12,17 +12,6 @@ from tests.conftest import FIXTURES, compose_config
 from train.errors import ConfigError
 
 
-@pytest.fixture(scope="module")
-def teachers(tiny_model_dir, tmp_path_factory):
-    from train.models.bi_encoder import build_sentence_transformer
-    from train.models.cross_encoder import build_cross_encoder
-
-    out = tmp_path_factory.mktemp("teachers")
-    build_sentence_transformer(str(tiny_model_dir), 64).save(str(out / "bi"))
-    build_cross_encoder(str(tiny_model_dir), 64, num_labels=1).save(str(out / "ce"))
-    return out / "bi", out / "ce"
-
-
 def score(tmp_path, teacher, out, *extra):
     from train.score import score_run
 
@@ -35,10 +24,10 @@ def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_cross_encoder_and_bi_encoder_scores_are_the_teachers_own(teachers, tmp_path):
+def test_cross_encoder_and_bi_encoder_scores_are_the_teachers_own(saved_models, tmp_path):
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    bi, ce = teachers
+    bi, ce = saved_models
     score(tmp_path, ce, tmp_path / "ce.jsonl")
     rows = read(tmp_path / "ce.jsonl")
     assert rows and all(len(r["scores"]) == len(r["positive"]) + len(r["negatives"]) for r in rows)
@@ -53,10 +42,10 @@ def test_cross_encoder_and_bi_encoder_scores_are_the_teachers_own(teachers, tmp_
     assert np.allclose(row["scores"], (q @ c.T)[0], atol=1e-5)
 
 
-def test_a_killed_run_goes_on_after_its_last_complete_chunk(teachers, tmp_path, monkeypatch):
+def test_a_killed_run_goes_on_after_its_last_complete_chunk(saved_models, tmp_path, monkeypatch):
     import train.score as module
 
-    _, ce = teachers
+    _, ce = saved_models
     whole = tmp_path / "whole.jsonl"
     score(tmp_path, ce, whole, "chunk_queries=2")
     calls = {"n": 0}
@@ -82,8 +71,8 @@ def test_a_killed_run_goes_on_after_its_last_complete_chunk(teachers, tmp_path, 
     assert not (tmp_path / "resumed.jsonl.partial").exists()
 
 
-def test_an_existing_file_is_left_alone_and_the_teacher_must_be_a_saved_model(teachers, tmp_path):
-    _, ce = teachers
+def test_an_existing_file_is_left_alone_and_the_teacher_must_be_a_saved_model(saved_models, tmp_path):
+    _, ce = saved_models
     out = tmp_path / "x.jsonl"
     out.write_text("keep me\n")
     with pytest.raises(ConfigError, match="already exists"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import datasets
 
-from train.errors import DiskFull, PeerLost, Preempted, UserError, is_disk_full, is_peer_lost
+from train.errors import ConfigError, DiskFull, PeerLost, Preempted, UserError, is_disk_full, is_peer_lost
 
 log = logging.getLogger("train")
 
@@ -171,3 +171,18 @@ def peer_lost_message(error: BaseException) -> str:
         + (f"Resume by launching every machine again with the same command plus hydra.run.dir={run_dir} trainer.resume=latest."
            if run_dir is not None else "Resume by launching every machine again with trainer.resume=latest.")
     )
+
+
+def check_jsonl_out(out: str | None, overwrite: bool, what: str, example: str) -> Path:
+    """A command's `out=` file: given, named *.jsonl, not a folder, and not an existing file unless overwrite=true."""
+    if not out:
+        raise ConfigError(f"out is required: the .jsonl file to write {what} to, e.g. out={example}.")
+    path = Path(out).expanduser()
+    if path.suffix.lower() != ".jsonl":
+        # data=candidates_file tells the format from the extension.
+        raise ConfigError(f"out={out}: name it *.jsonl (one JSON record a line), e.g. out={path.with_suffix('.jsonl')}.")
+    if path.is_dir():
+        raise ConfigError(f"out={out} is a directory; give a file path, e.g. out={path / 'mined.jsonl'}.")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"out={out} already exists and was left as it is: pass overwrite=true to replace it, or choose another out.")
+    return path

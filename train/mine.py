@@ -38,7 +38,7 @@ from train.data.build import build_corpus
 
 from train.models.build import build_model
 
-from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
+from train.cli import check_jsonl_out, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.engine.checkpoint import write_json_atomic
 from train.config.schema import register_configs, to_plain
 from train.config.checks import check_mine_config
@@ -59,7 +59,7 @@ def mine_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
     check_mine_config(cfg)
-    out = check_out(cfg.out, cfg.overwrite)  # before hours of mining, not after
+    out = check_jsonl_out(cfg.out, cfg.overwrite, "the mined queries", "mined.jsonl")  # before hours of mining, not after
     pairs = load_pairs(cfg)
     extra_corpus = read_corpus(cfg) if cfg.corpus else None
     model = load_bi_encoder(cfg)
@@ -70,20 +70,6 @@ def mine_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "mine.json", summary)
     return summary
-
-
-def check_out(out: str | None, overwrite: bool) -> Path:
-    if not out:
-        raise ConfigError("out is required: the .jsonl file to write the mined queries to, e.g. out=mined.jsonl.")
-    path = Path(out).expanduser()
-    if path.suffix.lower() != ".jsonl":
-        # data=candidates_file tells the format from the extension.
-        raise ConfigError(f"out={out}: name it *.jsonl (one JSON record a line), e.g. out={path.with_suffix('.jsonl')}.")
-    if path.is_dir():
-        raise ConfigError(f"out={out} is a directory; give a file path, e.g. out={path / 'mined.jsonl'}.")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"out={out} already exists and was left as it is: pass overwrite=true to replace it, or choose another out.")
-    return path
 
 
 def load_pairs(cfg: DictConfig) -> Corpus:

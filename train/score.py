@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
+from train.cli import check_jsonl_out, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.config.checks import check_score_config
 from train.config.schema import register_configs, to_plain
 from train.data.build import build_corpus
@@ -43,7 +43,7 @@ def score_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
     check_score_config(cfg)
-    out = out_path(cfg.out, cfg.overwrite)
+    out = check_jsonl_out(cfg.out, cfg.overwrite, "the scored queries", "scored.jsonl")
     rows = load_candidates(cfg)
     teacher, kind = load_teacher(cfg.teacher, cfg.model.trust_remote_code)
     # What the scores depend on: the teacher and the rows (their cache entry names the file's content).
@@ -56,17 +56,6 @@ def score_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, A
     write_json_atomic(run_dir / "score.json", summary)
     log.info("Wrote %s: %d queries scored by %s (%s)", out, len(rows), cfg.teacher, kind)
     return summary
-
-
-def out_path(out: str | None, overwrite: bool) -> Path:
-    if not out:
-        raise ConfigError("out is required: the .jsonl file to write the scored queries to, e.g. out=scored.jsonl.")
-    path = Path(out).expanduser()
-    if path.suffix.lower() != ".jsonl":
-        raise ConfigError(f"out={out}: name it *.jsonl (one JSON record a line), e.g. out={path.with_suffix('.jsonl')}.")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"out={out} already exists and was left as it is: pass overwrite=true to replace it, or choose another out.")
-    return path
 
 
 def load_candidates(cfg: DictConfig):

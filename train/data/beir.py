@@ -75,26 +75,23 @@ def _jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
     return out
 
 
+def _texts_by_id(path: Path, what: str, with_title: bool) -> dict[str, str]:
+    """id -> text of a corpus.jsonl (titles joined) or queries.jsonl; an id given twice is refused."""
+    found: dict[str, str] = {}
+    for line_no, record in _jsonl(path, f"the {what}s"):
+        key = str(record["_id"])
+        if key in found:
+            raise DataError(f"{path}, line {line_no}: {what} id {key!r} appears twice; ids must be unique.")
+        found[key] = passage(record.get("title"), record["text"]) if with_title else record["text"]
+    return found
+
+
 def read_corpus(folder: Path) -> dict[str, str]:
-    path = folder / "corpus.jsonl"
-    corpus: dict[str, str] = {}
-    for line_no, record in _jsonl(path, "the passages"):
-        cid = str(record["_id"])
-        if cid in corpus:
-            raise DataError(f"{path}, line {line_no}: passage id {cid!r} appears twice; ids must be unique.")
-        corpus[cid] = passage(record.get("title"), record["text"])
-    return corpus
+    return _texts_by_id(folder / "corpus.jsonl", "passage", with_title=True)
 
 
 def read_queries(folder: Path) -> dict[str, str]:
-    path = folder / "queries.jsonl"
-    queries: dict[str, str] = {}
-    for line_no, record in _jsonl(path, "the queries"):
-        qid = str(record["_id"])
-        if qid in queries:
-            raise DataError(f"{path}, line {line_no}: query id {qid!r} appears twice; ids must be unique.")
-        queries[qid] = record["text"]
-    return queries
+    return _texts_by_id(folder / "queries.jsonl", "query", with_title=False)
 
 
 def qrels_file(folder: Path, split: str) -> Path | None:
