@@ -121,7 +121,7 @@ BAD_INPUTS = {
         ["data.max_train_samples=5", "trainer.batch_size=8"], ["trainer.batch_size=8, but the training set has 5 rows"],
     ),
     "a bi-encoder loss for a cross-encoder": (
-        ["task=cross_encoder", "loss=cosent"], ["loss=cosent does not train a cross-encoder", "bce, ce, mnrl, lambda, listnet"],
+        ["task=cross_encoder", "loss=cosent"], ["loss=cosent does not train a cross-encoder", "bce, ce, mnrl, mse, lambda, listnet"],
     ),
     "a candidate list that is not a list": (
         ["task=cross_encoder", "loss=listnet", "data=candidates_file", f"data.train_path={FIXTURES / 'candidates_bad.jsonl'}", "data.dev_path=null"],

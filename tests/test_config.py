@@ -175,6 +175,9 @@ LOSS_CLASSES = {
     ("bi_encoder", "gist"): ("NTupleGISTEmbedLoss", "triplets"),
     ("bi_encoder", "cached_gist"): ("CachedGISTEmbedLoss", "triplets"),
     ("bi_encoder", "softmax"): ("SoftmaxLoss", "labeled_pairs"),
+    ("bi_encoder", "margin_mse"): ("MarginMSELoss", "triplets"),
+    ("bi_encoder", "kl_div"): ("DistillKLDivLoss", "triplets"),
+    ("cross_encoder", "mse"): ("MSELoss", "scored_pairs"),
     ("cross_encoder", "bce"): ("BinaryCrossEntropyLoss", "scored_pairs"),
     ("cross_encoder", "ce"): ("CrossEntropyLoss", "labeled_pairs"),
     ("cross_encoder", "mnrl"): ("MultipleNegativesRankingLoss", "triplets"),
@@ -225,7 +228,7 @@ def test_a_loss_of_the_other_task_is_refused_at_config_check():
     from train.config.checks import check_train_config
     from train.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"loss=cosent does not train a cross-encoder.*bce, ce, mnrl, lambda, listnet"):
+    with pytest.raises(ConfigError, match=r"loss=cosent does not train a cross-encoder.*bce, ce, mnrl, mse, lambda, listnet"):
         check_train_config(compose_config(["task=cross_encoder", "loss=cosent"]))
     with pytest.raises(ConfigError, match=r"loss=listnet does not train a bi-encoder \(it is a cross-encoder loss\)"):
         check_train_config(compose_config(["loss=listnet"]))

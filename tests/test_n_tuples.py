@@ -61,9 +61,12 @@ def test_num_negatives_keeps_the_best_scored(tmp_path):
         for i in range(4):  # scores out of file order: the best-scored negatives come first
             f.write(json.dumps({"query": f"q{i}", "positive": f"p{i}", "negatives": [f"n{i}-a", f"n{i}-b", f"n{i}-c"], "scores": [1, 0.1, 0.7, 0.4]}) + "\n")
     corpus = corpus_of(path, "data.columns.scores=scores", "data.num_negatives=2")
-    assert corpus.column_names == ["anchor", "positive", "negative_1", "negative_2"]
-    assert corpus.dataset[0] == {"anchor": "q0", "positive": "p0", "negative_1": "n0-b", "negative_2": "n0-c"}
-    assert corpus_of(path, "data.columns.scores=scores", "data.num_negatives=1").column_names == ["anchor", "positive", "negative"]
+    # The teacher's scores ride along (for distillation losses; the others ignore them).
+    assert corpus.column_names == ["anchor", "positive", "negative_1", "negative_2", "scores"]
+    row = corpus.dataset[0]
+    assert {k: row[k] for k in ("anchor", "positive", "negative_1", "negative_2")} == {"anchor": "q0", "positive": "p0", "negative_1": "n0-b", "negative_2": "n0-c"}
+    assert row["scores"] == pytest.approx([1, 0.7, 0.4])
+    assert corpus_of(path, "data.columns.scores=scores", "data.num_negatives=1").column_names == ["anchor", "positive", "negative", "scores"]
     assert corpus_of(path, "data.columns.scores=scores", "data.num_negatives=0").column_names == ["anchor", "positive"]
 
 

@@ -52,7 +52,7 @@ def chunk_size(rows: int, chunk_rows: int | None) -> int:
     return chunk_rows
 
 
-LABEL_COLUMNS = {"score": torch.float32, "label": torch.long}
+LABEL_COLUMNS = {"score": torch.float32, "label": torch.long, "scores": torch.float32}
 
 
 def is_numbered_negative(name: str) -> bool:

@@ -29,7 +29,8 @@ from typing import Any
 log = logging.getLogger("train")
 
 # Bumped whenever what an entry holds changes shape: older entries are then simply not found.
-CACHE_VERSION = 1
+# 2: n-tuples (negative_1 ... negative_n) and teacher scores from candidates files.
+CACHE_VERSION = 2
 MANIFEST = "manifest.json"
 
 

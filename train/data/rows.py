@@ -115,6 +115,8 @@ FEATURES: dict[str, Any] = {
     "label": datasets.Value("int64"),
     "candidates": datasets.List(_STRING),
     "labels": datasets.List(datasets.Value("float64")),
+    # n-tuples from scored candidates: the teacher's score of the positive, then of each negative.
+    "scores": datasets.List(datasets.Value("float32")),
 }
 
 

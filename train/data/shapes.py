@@ -284,7 +284,7 @@ def negative_names(n: int) -> list[str]:
 def candidates_triplets_plan(ds: datasets.Dataset | pa.Table, source: str = "") -> Plan:
     """(query, candidates, labels) -> (anchor, best candidate, negative_1 ... negative_n): the
     candidates scored below the best, best-scored first (ties in file order), n the fewest any row
-    has. A training split read for this shape already holds as many in every row
+    has; with scores other than 0/1 (a teacher's) also `scores`: the positive's, then each negative's. A training split read for this shape already holds as many in every row
     (data.num_negatives, train/data/readers.py); a dev split keeps as many as its poorest row."""
     t = _table(ds)
     candidates, parents = flat_values(t.column("candidates"))
@@ -302,6 +302,9 @@ def candidates_triplets_plan(ds: datasets.Dataset | pa.Table, source: str = "") 
     notes = []
     for k, name in enumerate(negative_names(n) if n else []):
         columns[name] = Take(candidates, np.array([lower[k] for lower in lowers], dtype=np.int64))
+    if n and not np.isin(scores, (0.0, 1.0)).all():  # teacher scores, not relevance: the labels of distillation
+        chosen = np.concatenate([np.concatenate([[p], lower[:n]]) for p, lower in zip(positive, lowers)]).astype(np.int64)
+        columns["scores"] = TakeLists(pa.array(scores, pa.float32()), np.arange(0, t.num_rows * (n + 1) + 1, n + 1), chosen)
     most = max((len(lower) for lower in lowers), default=0)
     if n == 0:
         notes.append(f"{source}: not every query has a negative candidate; training on (query, positive) pairs")

@@ -39,6 +39,9 @@ class LossSpec:
     max_negatives: int | None = None
     # The loss needs a guide model (loss.guide), loaded beside the trained one.
     needs_guide: bool = False
+    # The loss learns a teacher's scores: rows carry a `scores` column (a candidates file with
+    # data.columns.scores, as python -m train.score writes it).
+    needs_scores: bool = False
 
 
 def _st():
@@ -96,6 +99,19 @@ BI_ENCODER_LOSSES: dict[str, LossSpec] = {
         "Use with data=text_file data.path=corpus.txt (any data works: its distinct sentences are used).",
         from_embeddings=True, defaults={"scale": 20.0},
     ),
+    "margin_mse": LossSpec(
+        Shape.triplets, lambda model, **_: _st().MarginMSELoss(model),
+        "MarginMSE distillation: the student's margin sim(query, positive) - sim(query, negative_k) regressed onto "
+        "the teacher's (dot-product similarity). Trains on a candidates file with teacher scores (python -m train.score; "
+        "data.columns.scores=scores), the best-scored candidate as positive.",
+        from_embeddings=True, needs_scores=True,
+    ),
+    "kl_div": LossSpec(
+        Shape.triplets, lambda model, **_: _st().DistillKLDivLoss(model),
+        "Listwise KL distillation: the softmax of the student's similarities over (positive, negative_1 ... n) against "
+        "the softmax of the teacher's scores (DistillKLDivLoss, temperature 1). Needs teacher scores as margin_mse does.",
+        from_embeddings=True, needs_scores=True,
+    ),
     "cached_mnrl": LossSpec(
         Shape.triplets,
         lambda model, scale, gather, mini_batch_size, **_: _st().CachedMultipleNegativesRankingLoss(
@@ -150,6 +166,11 @@ CROSS_ENCODER_LOSSES: dict[str, LossSpec] = {
         "Cross-encoder MNRL: each query against its positive, its hard negative and loss.num_negatives other "
         "in-batch candidates, softmax over sigmoid(logit) * loss.scale.",
         defaults={"scale": 10.0},
+    ),
+    "mse": LossSpec(
+        Shape.scored_pairs, lambda model, **_: _ce().MSELoss(model),
+        "MSE distillation: the pair's logit regressed onto its score (a teacher's, from a candidates file with "
+        "data.columns.scores; python -m train.score writes one), one pair a candidate.",
     ),
     "lambda": LossSpec(
         Shape.query_candidates, lambda model, **_: _ce().LambdaLoss(model),
