@@ -154,7 +154,7 @@ def test_two_processes_contrastive_with_hard_negatives(tiny_model_dir, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["num_processes"] == 2 and report["loss"] == "mnrl"
-    assert set(report["retrieval_dev"]) == {"mrr@10", "ndcg@10", "recall@1", "recall@10", "n_queries"}
+    assert set(report["retrieval_dev"]) == {"mrr@10", "ndcg@10", "recall@1", "recall@10", "recall@100", "map@100", "n_queries"}
     assert report["retrieval_dev"]["n_queries"] == 3  # dev keeps every (premise, entailment) pair
 
 
