@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "train"
 FLOORS = [
     ("commands", ("train.__main__", "train.run", "train.evaluate", "train.retrieve", "train.mine", "train.score", "train.report", "train.bench")),
     ("command plumbing", ("train.cli",)),
-    ("what commands compose", ("train.cards", "train.config.checks", "train.config.resume_rules", "train.config.reference")),
+    ("what commands compose", ("train.cards", "train.config.checks", "train.config.resume_rules", "train.config.reference", "train.config.mixture")),
     ("tasks", ("train.tasks",)),
     ("builders: config sections to plain arguments", ("train.models.build", "train.data.build", "train.losses.build")),
     ("the typed schema", ("train.config",)),

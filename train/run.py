@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,10 @@ from train.models.prompts import check_prompt_names
 from train.cards.facts import card_facts
 from train.cli import run_dir_from_hydra, setup_logging
 from train.engine.checkpoint import check_run_dir, load_progress, resolve_resume
+from train.config.mixture import mixture_parts
 from train.config.schema import LossConfig, ModelConfig, TrainerConfig, to_plain
+from train.errors import ConfigError
+from train.tasks.mixture import PartInputs, mixture_workload
 from train.config.checks import check_train_config
 from train.engine.loop import make_accelerator, train
 from train.engine.session import DevEvaluation, LoopResult, Workload
@@ -47,27 +51,26 @@ def train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> dict[st
 def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[dict[str, Any], RunFacts]:
     """train_stage, plus the facts its model cards tell (a multi-stage run's final card reuses them)."""
     settings: TrainerConfig = to_plain(cfg.trainer)
-    loss_cfg: LossConfig = to_plain(cfg.loss)
     task = get_task(cfg.task.name.value)
     state = PartialState()
     resume_from, resumed_step, resume_changes = _prepare_run_dir(cfg, run_dir, settings)
 
     # The data first: a bad file or column fails in seconds, not after a model download. The
     # shape a loss trains on comes from the registry; the loss module itself needs the model.
-    splits, sets = task.load_data(cfg.data, loss_spec(task.name, loss_cfg.name.value).shape)
+    datasets = load_datasets(cfg, task)
+    splits, sets = datasets[0].splits, datasets[0].sets
+    if len(datasets) > 1 or datasets[0].name:
+        splits = {f"{d.name}/{k}": v for d in datasets for k, v in d.splits.items()}
+        sets = evaluation_sets(datasets)
     # Seeded before the model is built: a fresh head (the cross-encoder's classifier) must start
     # alike in every run with this seed, or a resumed run could not match an uninterrupted one.
     set_seed(settings.seed)
-    num_labels = model_outputs(loss_cfg, task.name)
+    num_labels = model_outputs_of([d.cfg for d in datasets], task.name)
     model = build_model(cfg.model, cfg.pooling, task.name, num_labels, cfg.peft, device=build_device())
-    prompts = dict(cfg.data.prompts)
-    check_prompt_names(model, prompts)
-    guide = build_guide(guide_config(loss_cfg.guide), device=build_device()) if needs_guide(loss_cfg, task.name) and loss_cfg.guide else None
-    loss, spec = build_loss_from(loss_cfg, model, state.num_processes, task.name, guide=guide)
     log.info("Model:\n%s", model)
-    inputs = task.training_inputs(splits["train"], model, spec, settings, state.num_processes, prompts)
-    work = Workload(model, loss, inputs.rows, inputs.collate, inputs.sampler, task.train_step(spec, inputs.collate))
-    scoring = Scoring(sets, settings.eval_batch_size, list(loss_cfg.matryoshka_dims), prompts)
+    work, prompts = build_workload(cfg, task, model, datasets, settings, state.num_processes)
+    loss = work.loss_fn
+    scoring = Scoring(sets, settings.eval_batch_size, list(datasets[0].cfg.loss.matryoshka_dims), prompts)
     evaluate, main_metric = task.evaluator(scoring)
     before = task.baseline_figures(model, scoring)
 
@@ -86,7 +89,10 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
         log.info("peft.merge=true: final/ holds the adapter merged into the weights (best/ and checkpoints/ hold the adapter)")
     out = {**report, **_run_figures(cfg, task.name, main_metric, result, state.num_processes), "parameters": trained_counts,
            **({"resume_changes": resume_changes} if resume_changes else {})}
-    facts = card_facts(cfg, splits, sets, loss, num_labels, out, model)
+    mixture = [(d.name, d.weight, d.cfg, d.splits) for d in datasets if d.name]
+    if mixture:
+        out.update(data="mixture", loss="mixture", mixture=mixture_record(cfg, datasets, work))
+    facts = card_facts(cfg, splits, sets, loss, num_labels, out, model, mixture)
     if state.is_main_process:
         checkpoint.write_json_atomic(run_dir / "eval.json", out)
         safely(write_cards, run_dir, facts, out, result.progress.history)
@@ -94,6 +100,81 @@ def _train_stage(cfg: DictConfig, run_dir: Path, label: str = "train") -> tuple[
     state.wait_for_everyone()
     log.info("Run dir: %s", run_dir)
     return out, facts
+
+
+@dataclass
+class Dataset:
+    """A dataset a stage trains on: the run's own (name "") or one of its mixture's."""
+
+    name: str
+    weight: float
+    cfg: DictConfig  # its data and loss sections are its own
+    splits: dict[str, Any]
+    sets: dict[str, Any]
+
+
+def load_datasets(cfg: DictConfig, task) -> list[Dataset]:
+    """The run's data, or each dataset of its mixture, read and checked (before any model loads)."""
+    parts = mixture_parts(cfg)
+    out = []
+    for name, weight, c in [(p.name, p.weight, p.cfg) for p in parts] or [("", 1.0, cfg)]:
+        splits, sets = task.load_data(c.data, loss_spec(task.name, c.loss.name.value).shape)
+        out.append(Dataset(name, weight, c, splits, sets))
+    return out
+
+
+def build_workload(cfg: DictConfig, task, model, datasets: list[Dataset], settings: TrainerConfig, n: int) -> tuple[Workload, dict[str, str]]:
+    """What trains, and the prompts evaluation uses (a mixture: the first dataset's for a column)."""
+    built = [dataset_inputs(d.cfg, task, model, d.splits["train"], settings, n) for d in datasets]
+    if not datasets[0].name:
+        loss_fn, rows, collate, sampler, step, prompts = built[0]
+        return Workload(model, loss_fn, rows, collate, sampler, step), prompts
+    parts = [PartInputs(d.name, d.weight, *b[:5]) for d, b in zip(datasets, built)]
+    prompts = {k: v for b in reversed(built) for k, v in b[5].items()}
+    return mixture_workload(model, parts, cfg.mixture.sampling.value, settings.seed, n), prompts
+
+
+def dataset_inputs(cfg: DictConfig, task, model, train_split, settings: TrainerConfig, num_processes: int) -> tuple:
+    """One dataset's (loss, rows, collator, sampler, step, prompts), from its data and loss sections."""
+    loss_cfg: LossConfig = to_plain(cfg.loss)
+    prompts = dict(cfg.data.prompts)
+    check_prompt_names(model, prompts)
+    guide = build_guide(guide_config(loss_cfg.guide), device=build_device()) if needs_guide(loss_cfg, task.name) and loss_cfg.guide else None
+    loss, spec = build_loss_from(loss_cfg, model, num_processes, task.name, guide=guide)
+    inputs = task.training_inputs(train_split, model, spec, settings, num_processes, prompts)
+    return loss, inputs.rows, inputs.collate, inputs.sampler, task.train_step(spec, inputs.collate), prompts
+
+
+def mixture_record(cfg: DictConfig, datasets: list[Dataset], work: Workload) -> dict[str, Any]:
+    """eval.json's account of a mixture: each dataset's data, loss, weight, rows and batches an epoch (epoch 1)."""
+    order = work.sampler.parts(0)
+    return {
+        "sampling": cfg.mixture.sampling.value,
+        "datasets": [
+            {"name": d.name, "data": d.cfg.data.name, "loss": d.cfg.loss.name.value, "weight": d.weight, "train_rows": len(d.splits["train"]),
+             "batches_per_epoch": order.count(i) // work.sampler.group}  # global batches (one a step without accumulation)
+            for i, d in enumerate(datasets)
+        ],
+    }
+
+
+def model_outputs_of(cfgs: list[DictConfig], task: str) -> int:
+    """The model's outputs for every dataset's loss: one number, or the mixture cannot share a model."""
+    counts = {model_outputs(c.loss, task) for c in cfgs}
+    if len(counts) > 1:
+        raise ConfigError(f"the mixture's losses need models with different numbers of outputs ({sorted(counts)}): one model cannot train them all")
+    return counts.pop()
+
+
+def evaluation_sets(datasets: list[Dataset]) -> dict[str, Any]:
+    """A mixture's evaluation sets: each set name (dev, test, retrieval_dev, ...) from the first dataset that has it."""
+    sets: dict[str, Any] = {}
+    for d in datasets:
+        for key, value in d.sets.items():
+            if key not in sets and value is not None:
+                sets[key] = value
+                log.info("Mixture: %s from %s (%d rows)", key, d.name, len(value))
+    return sets
 
 
 CONF_MODELS = Path(__file__).resolve().parents[1] / "conf" / "model"

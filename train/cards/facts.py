@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from omegaconf import DictConfig
@@ -9,9 +10,21 @@ from omegaconf import DictConfig
 from train.config.schema import DataConfig, LossConfig, ModelConfig, TrainerConfig, to_plain
 
 
-def card_facts(cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], loss: object, num_labels: int, report: dict[str, Any], model: Any = None):
-    """The plain facts of a run that its model cards tell (train/cards/model_card.py)."""
-    from train.cards.model_card import RunFacts
+def card_facts(
+    cfg: DictConfig, splits: dict[str, Any], sets: dict[str, Any], loss: object, num_labels: int, report: dict[str, Any], model: Any = None,
+    mixture: list[tuple[str, float, DictConfig, dict[str, Any]]] = (),
+):
+    """The plain facts of a run that its model cards tell (train/cards/model_card.py). `mixture`:
+    each dataset's (name, weight, config, splits) when the run trains several."""
+    from train.cards.model_card import MixtureFacts, RunFacts
+
+    if mixture:
+        parts = [MixtureFacts(name, _data_facts(to_plain(c.data), own, {}), c.loss.name.value, type(part).__name__, weight)
+                 for (name, weight, c, own), part in zip(mixture, loss.parts)]
+        first = mixture[0][2]
+        facts = card_facts(first, mixture[0][3], sets, loss.parts[0], num_labels, report, model)
+        return replace(facts, loss="mixture", loss_class=" + ".join(dict.fromkeys(p.loss_class for p in parts)), mixture=parts,
+                       mixture_sampling=cfg.mixture.sampling.value)
 
     m: ModelConfig = to_plain(cfg.model)
     c: LossConfig = to_plain(cfg.loss)

@@ -71,6 +71,17 @@ class DataFacts:
 
 
 @dataclass
+class MixtureFacts:
+    """One dataset of a mixture run."""
+
+    name: str
+    data: DataFacts
+    loss: str
+    loss_class: str
+    weight: float
+
+
+@dataclass
 class StageFacts:
     name: str
     data: str
@@ -97,6 +108,8 @@ class RunFacts:
     data_of_stages: list[str] = field(default_factory=list)  # every stage's data name (licences)
     # model.random_init: the weights were drawn at random (a speed workload), not loaded from base_model.
     random_init: dict[str, Any] = field(default_factory=dict)
+    mixture: list[MixtureFacts] = field(default_factory=list)  # several datasets in one run, each with its loss
+    mixture_sampling: str = ""
 
 
 def data_info(name: str) -> DataInfo | None:
@@ -119,7 +132,8 @@ def is_hub_id(name: str) -> bool:
 
 
 def datasets_of(facts: RunFacts) -> list[str]:
-    return list(dict.fromkeys([*facts.data_of_stages, facts.data.name, *([facts.data.eval_data] if facts.data.eval_data else [])]))
+    own = [m.data.name for m in facts.mixture] or [facts.data.name]
+    return list(dict.fromkeys([*facts.data_of_stages, *own, *([facts.data.eval_data] if facts.data.eval_data else [])]))
 
 
 def split_label(split: str) -> str:
@@ -171,7 +185,7 @@ def front_matter(facts: RunFacts, figures: dict[str, dict[str, Any]], model_name
         license=licence_of(names),
         library_name="sentence-transformers",
         pipeline_tag=pipeline,
-        tags=["sentence-transformers", *task_tags, f"loss:{facts.loss_class}", "embed-train"],
+        tags=["sentence-transformers", *task_tags, *(f"loss:{c}" for c in facts.loss_class.split(" + ")), "embed-train"],
         base_model=facts.base_model if is_hub_id(facts.base_model) and not facts.random_init else None,
         datasets=[facts.data.hub_id] if facts.data.hub_id else None,
         model_name=model_name if results else None,
@@ -223,14 +237,28 @@ def usage_snippet(task: str, path: str, num_labels: int = 1) -> str:
     return "```python\n" + body + "```"
 
 
+def mixture_lines(facts: RunFacts) -> list[str]:
+    lines = [f"- **Training data:** a mixture of {len(facts.mixture)} datasets, each batch from one of them "
+             f"(`mixture.sampling={facts.mixture_sampling}`):", "",
+             "| dataset | data | loss | weight | train rows |", "| --- | --- | --- | ---: | ---: |"]
+    for m in facts.mixture:
+        info = data_info(m.data.name)
+        what = f"`data={m.data.name}`" + (f" — {info.pretty}" if info else "") + "".join(f"; {s} file `{p}`" for s, p in m.data.files.items())
+        lines.append(f"| {m.name} | {what} | `{m.loss}` ({m.loss_class}) | {m.weight:g} | {m.data.rows.get('train', 0):,} |")
+    return [*lines, ""]
+
+
 def data_section(facts: RunFacts) -> str:
     d = facts.data
     info = data_info(d.name)
-    lines = [f"- **Training data:** `data={d.name}`" + (f" — {info.pretty}" + (f" ({info.source})" if info.source else "") if info else "")]
-    if d.hub_id:
-        lines.append(f"- **Hub dataset:** `{d.hub_id}`")
-    lines += [f"- **{split} file:** `{path}`" for split, path in d.files.items()]
-    lines.append("- **Rows:** " + ", ".join(f"{split} {n:,}" for split, n in d.rows.items()))
+    if facts.mixture:
+        lines = mixture_lines(facts)
+    else:
+        lines = [f"- **Training data:** `data={d.name}`" + (f" — {info.pretty}" + (f" ({info.source})" if info.source else "") if info else "")]
+        if d.hub_id:
+            lines.append(f"- **Hub dataset:** `{d.hub_id}`")
+        lines += [f"- **{split} file:** `{path}`" for split, path in d.files.items()]
+        lines.append("- **Rows:** " + ", ".join(f"{split} {n:,}" for split, n in d.rows.items()))
     if d.eval_data:
         eval_info = data_info(d.eval_data)
         rows = ", ".join(f"{split} {n:,}" for split, n in d.eval_rows.items())

@@ -171,6 +171,11 @@ def check_train_config(cfg: DictConfig) -> None:
     if any(d < 1 for d in dims) or len(set(dims)) != len(dims):
         problems.append(f"loss.matryoshka_dims={dims} (must be distinct integers ≥ 1)")
     _raise(problems)
+    if cfg.get("mixture") is not None and cfg.mixture.datasets:
+        from train.config.mixture import mixture_parts
+
+        for part in mixture_parts(cfg):  # each dataset as its own run would be checked
+            check_train_config(part.cfg)
 
 
 def check_evaluate_config(cfg: DictConfig) -> None:

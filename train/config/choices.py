@@ -66,3 +66,11 @@ class RetrieveCorpus(str, Enum):
 class Fusion(str, Enum):
     rrf = "rrf"
     score = "score"
+
+
+class MixtureSampling(str, Enum):
+    # sentence-transformers' multi-dataset samplers: every batch of every dataset once an epoch in
+    # a random order (so in proportion to their sizes, times `weight`), or one batch of each in turn
+    # until the smallest runs out.
+    proportional = "proportional"
+    round_robin = "round_robin"

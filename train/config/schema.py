@@ -13,11 +13,12 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 # The trainer section is the engine's own (train/engine/settings.py), composed here with the rest.
 from train.engine.settings import MixedPrecision, NanPolicy, ResumeChanged, TrainerConfig  # noqa: F401
 from train.config.choices import (  # noqa: F401 (the schema's names, for its readers)
-    BadRowPolicy, Fusion, PeftMethod, PoolingMode, RetrieveCorpus, SamplingStrategy, SearchBackend, TaskName, WeightDtype,
+    BadRowPolicy, Fusion, MixtureSampling, PeftMethod, PoolingMode, RetrieveCorpus, SamplingStrategy, SearchBackend, TaskName, WeightDtype,
 )
 from train.losses.registry import loss_names
 
@@ -219,6 +220,31 @@ class StageConfig:
 
 
 @dataclass
+class MixtureDataset:
+    # The dataset's name in the log (metrics.jsonl's loss_<name>), eval.json and the model card.
+    name: str = MISSING
+    # Its conf/data option (kor_xnli, korsts, korquad, pairs_file, ...).
+    data: str = MISSING
+    # Its loss (a name the task accepts: mnrl, cosent, gist, ...).
+    loss: str = MISSING
+    # mixture.sampling=proportional: its batches an epoch, as a multiple of its own (0.5: half of
+    # them, a different half each epoch; 2: each twice). round_robin takes 1 only.
+    weight: float = 1.0
+    # Its own overrides of data.* and loss.* keys, after the command line's
+    # (e.g. [data.max_train_samples=1000, "data.prompts={anchor: query}", loss.scale=30]).
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MixtureConfig:
+    # Several datasets in one run, each with its own loss and prompts (set by an experiment, or on
+    # the command line); a batch comes from one dataset. Empty: the run trains `data` with `loss`.
+    datasets: list[MixtureDataset] = field(default_factory=list)
+    # How batches of the datasets follow each other.
+    sampling: MixtureSampling = MixtureSampling.proportional
+
+
+@dataclass
 class TrainConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -229,6 +255,7 @@ class TrainConfig:
     peft: PeftConfig = field(default_factory=PeftConfig)
     # A multi-stage recipe (set by an experiment): each stage starts from the previous one's model.
     stages: list[StageConfig] = field(default_factory=list)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
 
 @dataclass

@@ -17,7 +17,7 @@ An optimizer without `found_inf` (DeepSpeed's, or a non-fused one) costs one rea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,27 +38,36 @@ class Reading:
     skipped_steps: int
     first_bad_step: int | None  # the first skipped step since the previous read, or None
     loss_scale: float | None  # fp16's dynamic loss scale
+    group_sums: list[float] = field(default_factory=list)  # each group's finite-loss sum and count
+    group_counts: list[float] = field(default_factory=list)
 
 
 class DeviceStats:
-    def __init__(self, device: torch.device, on_device: bool, skipped_before: int = 0, nonfinite_before: int = 0) -> None:
+    def __init__(self, device: torch.device, on_device: bool, skipped_before: int = 0, nonfinite_before: int = 0, groups: int = 0) -> None:
         self.on_device = on_device
         zeros = dict(device=device, dtype=torch.float32)
         self.loss_sum = torch.zeros((), **zeros)
         self.loss_count = torch.zeros((), **zeros)
+        # Per group (a mixture's datasets): sums and counts as above, one slot a group.
+        self.group_sum = torch.zeros(groups, **zeros)
+        self.group_count = torch.zeros(groups, **zeros)
         self.nonfinite_losses = torch.full((), float(nonfinite_before), **zeros)
         self.skipped = torch.full((), float(skipped_before), **zeros)
         self.first_bad = torch.full((), -1.0, **zeros)
         self.host_skipped = skipped_before  # the host path's count (no device skip)
         self.host_first_bad: int | None = None
 
-    def add_loss(self, loss: torch.Tensor) -> None:
-        """A micro-batch's loss: finite ones go into the mean, the others are counted."""
+    def add_loss(self, loss: torch.Tensor, group: int = 0) -> None:
+        """A micro-batch's loss: finite ones go into the mean (and its group's), the others are counted."""
         loss = loss.detach().float()
         finite = torch.isfinite(loss)
-        self.loss_sum += torch.where(finite, loss, 0.0)
+        kept = torch.where(finite, loss, 0.0)
+        self.loss_sum += kept
         self.loss_count += finite
         self.nonfinite_losses += ~finite
+        if len(self.group_sum):
+            self.group_sum[group] += kept  # a view of one slot: no read, no copy to the device
+            self.group_count[group] += finite
 
     def optimizer_step(self, optimizer, norm: torch.Tensor | float | None, step: int, scaler=None) -> bool | None:
         """Steps `optimizer` (accelerate's wrapper) unless the gradient norm is not finite. Returns
@@ -88,7 +97,8 @@ class DeviceStats:
     def read(self, accelerator, scaler=None) -> Reading:
         """One read of everything (and one collective under several processes)."""
         scale = scaler._scale.reshape(()).float() if scaler is not None and scaler._scale is not None else torch.zeros((), device=self.loss_sum.device)
-        local = torch.stack([self.loss_sum, self.loss_count, self.nonfinite_losses, self.skipped, self.first_bad, scale])
+        local = torch.cat([torch.stack([self.loss_sum, self.loss_count, self.nonfinite_losses, self.skipped, self.first_bad, scale]),
+                           self.group_sum, self.group_count])
         summed = accelerator.reduce(local.clone(), "sum") if accelerator.num_processes > 1 else local
         values = summed.tolist()
         n = accelerator.num_processes
@@ -98,4 +108,6 @@ class DeviceStats:
         if not self.on_device:
             first_bad, self.host_first_bad = self.host_first_bad, None
         skipped = round(values[3] / n) if self.on_device else self.host_skipped
-        return Reading(values[0], values[1], round(values[2]), skipped, first_bad, values[5] / n if scaler is not None else None)
+        g = len(self.group_sum)
+        return Reading(values[0], values[1], round(values[2]), skipped, first_bad, values[5] / n if scaler is not None else None,
+                       values[6 : 6 + g], values[6 + g :])

@@ -74,13 +74,13 @@ def update(s: Session, batch: dict[str, Any]) -> torch.Tensor:
     accelerator = s.accelerator
     with accelerator.accumulate(s.model):
         # The forward passes in autocast, outputs and loss in fp32, also GradCache's replay in backward.
-        with training_forward(s.model, accelerator.autocast, s.step_fn.forward_contexts(s.model), s.prep.helpers):
+        with training_forward(s.model, accelerator.autocast, s.step_fn.forward_contexts(s.model, batch), s.prep.helpers):
             try:
                 loss = compute_loss(s.step_fn, s.model, s.prep.loss_fn, batch)
                 accelerator.backward(loss)
             except torch.OutOfMemoryError:
                 raise UserError(_oom_message(s.settings)) from None
-        s.stats.add_loss(loss)
+        s.stats.add_loss(loss, s.step_fn.stats(batch).group)
         if not s.checked_unused:
             check_every_parameter_used(s)
         if accelerator.sync_gradients:
@@ -166,6 +166,7 @@ def log_figures(s: Session) -> dict[str, Any]:
     s.logged_loss = (reading.loss_sum, reading.loss_count)
     s.shown_loss = loss_sum / loss_count if loss_count else float("nan")
     entry: dict[str, Any] = {"loss": s.shown_loss, "lr": s.scheduler.get_last_lr()[0]}
+    entry.update(group_losses(s, reading))
     rate = s.meter.take_window()
     if rate is not None:
         entry[f"{s.unit}_per_second"] = rate
@@ -174,6 +175,20 @@ def log_figures(s: Session) -> dict[str, Any]:
     if reading.loss_scale is not None:
         entry["loss_scale"] = reading.loss_scale
     return entry
+
+
+def group_losses(s: Session, reading: Reading) -> dict[str, float]:
+    """loss_<name>: each group's (a mixture dataset's) mean loss since the last log line, for the
+    groups that trained since."""
+    before_sums, before_counts = s.logged_groups
+    out = {}
+    for i, name in enumerate(s.groups):
+        total = reading.group_sums[i] - (before_sums[i] if before_sums else 0.0)
+        n = reading.group_counts[i] - (before_counts[i] if before_counts else 0.0)
+        if n:
+            out[f"loss_{name}"] = total / n
+    s.logged_groups = (reading.group_sums, reading.group_counts)
+    return out
 
 
 def log_and_evaluate(s: Session, epoch: int, last: bool, epoch_end: bool) -> None:

@@ -25,7 +25,9 @@ from train.engine.task_step import BatchStats, TrainStep
 @dataclass
 class Workload:
     """What trains: the model, its loss, the rows (a map-style dataset the loader gathers a batch at
-    a time), the collator, the batch sampler (with `use_epoch(epoch)`) and the task's step."""
+    a time), the collator, the batch sampler (with `use_epoch(epoch)`) and the task's step.
+    `groups`: names of the groups a batch may belong to (`BatchStats.group`: a mixture's
+    datasets), each logged with a loss of its own."""
 
     model: nn.Module
     loss_fn: nn.Module
@@ -33,6 +35,7 @@ class Workload:
     collate: Callable[[list[Any]], dict[str, Any]]
     sampler: Any
     step_fn: TrainStep
+    groups: tuple[str, ...] = ()
 
 
 @dataclass
@@ -118,6 +121,8 @@ class Session:
     meter: Meter = field(default_factory=Meter)
     last_read: Reading = field(default_factory=lambda: Reading(0.0, 0.0, 0, 0, None, None))  # the device figures at the last read
     logged_loss: tuple[float, float] = (0.0, 0.0)  # loss sum and count at the last log line
+    groups: tuple[str, ...] = ()  # the workload's named groups (a mixture's datasets)
+    logged_groups: tuple[list[float], list[float]] = ([], [])  # each group's loss sum and count at the last log line
     shown_loss: float | None = None  # the bar's loss: the mean of the last log window
     checked_unused: bool = False
     eval_seconds: float = 0.0

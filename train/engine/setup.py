@@ -112,8 +112,9 @@ def schedule(accelerator: Accelerator, optimizer: torch.optim.Optimizer, n_batch
 class LossWeights:
     """A loss's own parameters (not its model's) as a checkpointable object."""
 
-    def __init__(self, loss_fn: nn.Module) -> None:
-        self.params = {n: p for n, p in loss_fn.named_parameters() if not n.startswith("model.") and p.requires_grad}
+    def __init__(self, loss_fn: nn.Module, params: list[nn.Parameter]) -> None:
+        wanted = {id(p) for p in params}
+        self.params = {n: p for n, p in loss_fn.named_parameters() if id(p) in wanted}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in self.params.items()}
@@ -155,7 +156,7 @@ def prepare(work: Workload, settings: TrainerConfig, accelerator: Accelerator) -
     if loss_params:
         # The loss's own weights (the softmax classifier, CLIP's temperature) are in no prepared
         # model: without this, a resumed run would restart them from their initial values.
-        accelerator.register_for_checkpointing(LossWeights(loss_fn))
+        accelerator.register_for_checkpointing(LossWeights(loss_fn, loss_params))
     trainable = [p for p in (*prepared.parameters(), *loss_params) if p.requires_grad]
     sync = bool(loss_params) and accelerator.num_processes > 1 and not deepspeed
     helpers = frozen_helpers(loss_fn, model)
@@ -180,9 +181,9 @@ def setup(
         progress = load_progress(resume_from)
         log.info("Resumed from %s at step %d (epoch %d, batch %d)", resume_from, progress.step, progress.epoch, progress.batches_in_epoch)
     on_device = skips_on_device(prep.optimizer) and not deepspeed
-    stats = DeviceStats(accelerator.device, on_device, progress.skipped_steps, progress.nonfinite_losses)
+    stats = DeviceStats(accelerator.device, on_device, progress.skipped_steps, progress.nonfinite_losses, len(work.groups))
     return Session(
         prep=prep, sampler=work.sampler, step_fn=work.step_fn, settings=settings, run_dir=Path(run_dir), progress=progress,
-        dev=dev, stats=stats, vote=StopVote(), total_steps=total_steps, n_epochs=n_epochs, tf32=tf32, unit=unit,
+        dev=dev, stats=stats, vote=StopVote(), total_steps=total_steps, n_epochs=n_epochs, tf32=tf32, unit=unit, groups=work.groups,
         last_read=Reading(0.0, 0.0, progress.nonfinite_losses, progress.skipped_steps, None, None),
     )

@@ -55,10 +55,18 @@ def frozen_helpers(loss_fn: nn.Module, plain: nn.Module) -> list[nn.Module]:
     guide): their forward runs under the step's autocast too, fp32 outputs, outside DDP's wrapper
     (nothing of theirs is reduced)."""
     found = []
-    for child in loss_fn.children():
-        params = list(child.parameters())
-        if child is not plain and params and not any(p.requires_grad for p in params):
-            found.append(child)
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            params = list(child.parameters())
+            if child is plain or not params:
+                continue
+            if not any(p.requires_grad for p in params):
+                found.append(child)
+            else:  # a loss within a loss (a mixture's, Matryoshka's inner one) may hold a guide of its own
+                visit(child)
+
+    visit(loss_fn)
     return found
 
 

@@ -17,6 +17,7 @@ class BatchStats:
     rows: int  # pairs (or queries) the batch trained on
     real_tokens: int
     padded_tokens: int
+    group: int = 0  # which of the workload's named groups (a mixture's datasets) the batch belongs to
 
 
 class TrainStep(Protocol):
@@ -30,6 +31,6 @@ class TrainStep(Protocol):
         """What the batch held, from what the collator counted on the host (no device read)."""
         ...
 
-    def forward_contexts(self, model: nn.Module) -> list[Callable[[], AbstractContextManager]]:
-        """Context managers the step's forward and backward passes run in (a padding-free forward)."""
+    def forward_contexts(self, model: nn.Module, batch: dict[str, Any] | None = None) -> list[Callable[[], AbstractContextManager]]:
+        """Context managers the batch's forward and backward passes run in (a padding-free forward)."""
         ...

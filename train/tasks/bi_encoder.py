@@ -54,7 +54,7 @@ class BiEncoderStep:
         real, ran = batch["counts"]
         return BatchStats(batch["rows"], real, ran)
 
-    def forward_contexts(self, model: nn.Module) -> list[Callable[[], AbstractContextManager]]:
+    def forward_contexts(self, model: nn.Module, batch: dict[str, Any] | None = None) -> list[Callable[[], AbstractContextManager]]:
         return [lambda: packed_forwards(model)] if self.packed else []
 
 

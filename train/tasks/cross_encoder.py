@@ -194,7 +194,7 @@ class CrossEncoderStep:
     def stats(self, batch: dict[str, Any]) -> BatchStats:
         return BatchStats(batch["rows"], self.tokens.real, self.tokens.padded)
 
-    def forward_contexts(self, model: nn.Module) -> list[Callable[[], AbstractContextManager]]:
+    def forward_contexts(self, model: nn.Module, batch: dict[str, Any] | None = None) -> list[Callable[[], AbstractContextManager]]:
         forward = (lambda: packed_forwards(model)) if self.tokens.packed is not None else (lambda: forward_in_chunks(model))
         return [lambda: tokenized_once(model, self.tokens), forward]
 

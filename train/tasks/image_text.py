@@ -126,7 +126,7 @@ class ClipStep:
         # Text tokens only (an image is always its fixed number of patches), of the distinct captions embedded.
         return BatchStats(*batch["counts"])
 
-    def forward_contexts(self, model: nn.Module) -> list[Callable[[], AbstractContextManager]]:
+    def forward_contexts(self, model: nn.Module, batch: dict[str, Any] | None = None) -> list[Callable[[], AbstractContextManager]]:
         return []
 
 
