@@ -127,6 +127,34 @@ def test_fusion_by_rank_and_by_score():
     assert fused.tolist() == [[2, 1]]
 
 
+def test_fusion_weights_lean_towards_one_side():
+    import numpy as np
+
+    from train.evaluation.lexical import fuse
+
+    a, b = np.array([[1, 2, 3]]), np.array([[3, 2, 4]])
+    sa, sb = np.array([[3.0, 2.0, 1.0]]), np.array([[0.9, 0.8, 0.1]])
+    assert fuse([a, b], [sa, sb], depth=3, method="score", weights=[1.0, 0.0]).tolist() == [[1, 2, 3]]
+    assert fuse([a, b], [sa, sb], depth=2, method="score", weights=[0.0, 1.0]).tolist() == [[3, 2]]
+    assert fuse([a, b], depth=1).tolist() == [[3]] and fuse([a, b], depth=1, weights=[0.99, 0.01]).tolist() == [[1]]  # rrf too
+
+
+def test_evaluate_adds_bm25_and_hybrid_rows_to_the_dense_figures(tiny_model_dir, beir_dir, tmp_path):
+    from train.evaluate import evaluate_run
+    from train.retrieve import retrieve_run
+
+    common = [f"model.name={tiny_model_dir}", "data=beir", f"data.path={beir_dir}", "split=train", "lexical=[whitespace]", "fusion_weight=0.8"]
+    scored = evaluate_run(compose_config(common, config_name="evaluate"), run_dir=tmp_path / "eval")
+    rows = {r["system"]: r for r in scored["train"]["systems"]}
+    assert set(rows) == {"bi-encoder", "BM25 (whitespace)", "hybrid: BM25 (whitespace) + bi-encoder, rrf, BM25 weight 0.8"}
+    assert rows["bi-encoder"]["ndcg@10"] == pytest.approx(scored["train"]["ndcg@10"])  # the library's figure, and ours of the same ranking
+    assert rows["BM25 (whitespace)"]["recall@1"] == 1.0 and all(r["ms_per_query"] > 0 for r in rows.values())
+    retrieved = {r["system"]: r for r in retrieve_run(compose_config(common, config_name="retrieve"), run_dir=tmp_path / "retrieve")["systems"]}
+    for name, row in rows.items():  # the same systems as train.retrieve's, figure for figure
+        assert row["ndcg@10"] == pytest.approx(retrieved[name]["ndcg@10"]) and row["map@100"] == pytest.approx(retrieved[name]["map@100"])
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["train"]["systems"][1]["system"] == "BM25 (whitespace)"
+
+
 def test_kiwi_splits_particles_off_korean_words_so_bm25_matches_them():
     from train.evaluation.lexical import BM25, terms
 

@@ -122,7 +122,29 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
     prompts = column_prompts(model, dict(cfg.data.prompts), ("anchor", "positive"))
     ir = retrieval_evaluator(found[f"retrieval_{cfg.split}"], cfg.batch_size, prompts)
     metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_retrieval(model, ir).items()}
-    return metrics, text_table({cfg.split: metrics}), model_name
+    table = text_table({cfg.split: metrics})
+    if cfg.lexical:
+        systems, systems_table = search_systems(cfg, model, found[f"retrieval_{cfg.split}"])
+        metrics = {**metrics, "systems": systems}
+        table = f"{table}\n\n{systems_table}"
+    return metrics, table, model_name
+
+
+def search_systems(cfg: DictConfig, model: Any, split_set: Any) -> tuple[list[dict[str, Any]], str]:
+    """lexical=[...]: the bi-encoder, BM25 and hybrid search as rows of one table with ms/query
+    (train.retrieve's systems, on the same queries and corpus)."""
+    from train.evaluation.ranking import DEPTH, from_split
+    from train.retrieve import dense_search, format_table, lexical_rows, mean_ms, system_row
+
+    data = from_split(split_set)
+    dense = dense_search(cfg, model, data, DEPTH)
+    rows = [system_row("bi-encoder", dense.rankings, data.relevant, mean_ms(dense.seconds), 0, 1),
+            *lexical_rows(cfg, data, None, (dense.rankings, dense.scores), dense.seconds, [])]
+    timed = "every query" if len(dense.seconds) == len(data.queries) else f"the first {len(dense.seconds)} queries (latency_queries)"
+    report = {"data": cfg.data.name, "split": cfg.split, "n_queries": len(data.queries), "corpus_size": len(data.corpus), "corpus": "all",
+              "corpus_embed_seconds": dense.embed_seconds, "systems": rows,
+              "notes": [f"ms/query: wall time query by query (bi-encoder: encoding + search; BM25: its search), over {timed}."]}
+    return rows, format_table(report)
 
 
 def _load_model(cfg: DictConfig, kind: str) -> tuple[Any, str]:

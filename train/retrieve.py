@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,37 @@ def bi_encoder_search(
     return rankings, seconds, scores
 
 
+@dataclass
+class DenseSearch:
+    rankings: np.ndarray  # each query's ranked document ids
+    seconds: list[float]  # each timed query's encoding + search
+    scores: np.ndarray  # their cosines
+    embed_seconds: float  # the corpus's embedding (0 when its vectors were reused from the cache)
+    reused: bool
+    search_seconds: float  # every query's
+    backend: str
+
+
+def dense_search(cfg: DictConfig, bi: Any, data: RetrievalSet, depth: int, backend: str = "auto") -> DenseSearch:
+    """The bi-encoder's search of the split: the corpus embedded once into the cache (or its
+    vectors reused), each query ranked `depth` deep; data.prompts' anchor prompt for queries and
+    positive prompt for documents."""
+    from train.data.corpus import CacheSettings
+    from train.evaluation.search import Index, cached_vectors
+    from train.models.prompts import check_prompt_names, column_prompts
+
+    d = to_plain(cfg.data)
+    check_prompt_names(bi, d.prompts)
+    prompts = column_prompts(bi, d.prompts, ("anchor", "positive"))
+    vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size,
+                                                    prompt=prompts.get("positive"))
+    index = Index(vectors, backend)
+    started = time.perf_counter()
+    rankings, seconds, scores = bi_encoder_search(bi, data.queries, index, min(len(data.corpus), depth), cfg.batch_size, cfg.latency_queries,
+                                                  prompts.get("anchor"))
+    return DenseSearch(rankings, seconds, scores, embed_seconds, reused, time.perf_counter() - started, index.backend)
+
+
 def rerank(
     cross: Any, queries: Sequence[str], corpus: Sequence[str], shortlists: Sequence[Sequence[int]], batch_size: int, progress: str = ""
 ) -> tuple[list[list[int]], list[float], int]:
@@ -260,15 +292,20 @@ def score_systems(cfg: DictConfig, data: Any, cross: Any, bi_rankings: np.ndarra
     return systems, notes
 
 
-def lexical_rows(cfg: DictConfig, data: RetrievalSet, cross: Any, dense: tuple[np.ndarray, np.ndarray], bi_seconds: list[float], ks: list[int]) -> list[dict]:
+def lexical_rows(
+    cfg: DictConfig, data: RetrievalSet, cross: Any, dense: tuple[np.ndarray, np.ndarray], bi_seconds: list[float], ks: list[int]
+) -> list[dict]:
     """For each tokenizer of `lexical`: BM25 alone, and hybrid (BM25 fused with the bi-encoder by
-    `fusion`), then the hybrid shortlist reranked by the cross-encoder (when there is one).
-    `dense`: the bi-encoder's (ranked ids, their cosines)."""
+    `fusion`, BM25 weighted `fusion_weight`), then the hybrid shortlist reranked by the
+    cross-encoder (when there is one). `cfg`: the command's config (its SearchSystems keys and
+    batch_size); `dense`: the bi-encoder's (ranked ids, their cosines)."""
     from train.evaluation.lexical import BM25, fuse
 
     bi_rankings, bi_scores = dense
     rows = []
     depth = bi_rankings.shape[1]
+    weight = float(cfg.fusion_weight)
+    label = "" if weight == 0.5 else f", BM25 weight {weight:g}"
     for tokenizer in cfg.lexical:
         started = time.perf_counter()
         index = BM25(data.corpus, tokenizer)
@@ -276,9 +313,9 @@ def lexical_rows(cfg: DictConfig, data: RetrievalSet, cross: Any, dense: tuple[n
         ranked, scores, seconds = bm25_search(index, data.queries, depth, cfg.latency_queries)
         rows.append(system_row(f"BM25 ({tokenizer})", ranked, data.relevant, mean_ms(seconds), 0, 0))
         started = time.perf_counter()
-        hybrid = fuse([ranked, bi_rankings], [scores, bi_scores], depth, cfg.fusion.value)
+        hybrid = fuse([ranked, bi_rankings], [scores, bi_scores], depth, cfg.fusion.value, weights=[weight, 1.0 - weight])
         fuse_ms = 1000.0 * (time.perf_counter() - started) / len(data.queries)
-        name = f"hybrid: BM25 ({tokenizer}) + bi-encoder, {cfg.fusion.value}"
+        name = f"hybrid: BM25 ({tokenizer}) + bi-encoder, {cfg.fusion.value}{label}"
         hybrid_seconds = [a + b for a, b in zip(seconds, bi_seconds)]
         rows.append(system_row(name, hybrid, data.relevant, mean_ms(hybrid_seconds) + fuse_ms, 0, 1))
         if cross is not None:
@@ -319,23 +356,11 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
     bi, bi_name, cross = load_models(cfg)
     log.info("%d queries, corpus %d documents (corpus=%s)", len(data.queries), len(data.corpus), cfg.corpus.value)
 
-    from train.data.corpus import CacheSettings
-    from train.models.prompts import check_prompt_names, column_prompts
-    from train.evaluation.search import Index, cached_vectors
-
-    d = to_plain(cfg.data)
-    check_prompt_names(bi, d.prompts)
-    # data.prompts: anchor names the queries' prompt, positive the documents'.
-    prompts = column_prompts(bi, d.prompts, ("anchor", "positive"))
-    vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size,
-                                                    prompt=prompts.get("positive"))
-    index = Index(vectors, cfg.search.value)
     ks = sorted(set(cfg.rerank_top_k)) if cross is not None else []
     clamped = [min(k, len(data.corpus)) for k in ks]
-    started = time.perf_counter()
-    bi_rankings, bi_seconds, bi_scores = bi_encoder_search(bi, data.queries, index, min(len(data.corpus), max([DEPTH, *clamped])), cfg.batch_size, cfg.latency_queries,
-                                                 prompts.get("anchor"))
-    search_seconds = time.perf_counter() - started
+    dense = dense_search(cfg, bi, data, max([DEPTH, *clamped]), cfg.search.value)
+    bi_rankings, bi_seconds, bi_scores = dense.rankings, dense.seconds, dense.scores
+    embed_seconds, reused, search_seconds = dense.embed_seconds, dense.reused, dense.search_seconds
     systems, notes = score_systems(cfg, data, cross, bi_rankings, bi_seconds, sorted(set(clamped)))
     systems += lexical_rows(cfg, data, cross, (bi_rankings, bi_scores), bi_seconds, sorted(set(clamped)))
     report = {
@@ -349,7 +374,7 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         "corpus_embed_seconds": embed_seconds,
         "corpus_embed_ms_per_document": 1000.0 * embed_seconds / len(data.corpus),
         "corpus_vectors_reused": reused,
-        "search": index.backend,
+        "search": dense.backend,
         "bi_encoder_all_queries_seconds": search_seconds,
         "latency_queries": len(bi_seconds),
         "threads": torch.get_num_threads(),

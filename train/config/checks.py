@@ -58,13 +58,20 @@ TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "peft.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
 }
 
+_SEARCH_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "fusion_weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "latency_queries": _AT_LEAST_0,
+}
+
 EVALUATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **_SEARCH_RULES,
     "batch_size": _AT_LEAST_1,
     "model.max_seq_length": _AT_LEAST_1,
     "data.max_eval_samples": _AT_LEAST_0,
 }
 
 RETRIEVE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **_SEARCH_RULES,
     "batch_size": _AT_LEAST_1,
     "max_queries": _AT_LEAST_0,
     "full_rerank_max_corpus": _AT_LEAST_0,

@@ -268,7 +268,23 @@ class ModelAndData:
 
 
 @dataclass
-class EvaluateConfig(ModelAndData):
+class SearchSystems:
+    """The lexical and hybrid systems that train.evaluate (retrieval data) and train.retrieve add as rows."""
+
+    # BM25 rows (bm25s) with these tokenizers: whitespace, kiwi (Korean morphemes, kiwipiepy); each
+    # also gives a hybrid row (BM25 fused with the bi-encoder) and, with a cross-encoder, its reranking.
+    lexical: list[str] = field(default_factory=list)
+    # How hybrid search fuses BM25 and the bi-encoder: rrf (reciprocal rank, k=60) or score (min-max normalised, summed).
+    fusion: Fusion = Fusion.rrf
+    # Hybrid search: BM25's share of the fused score (rrf or score), the bi-encoder's is 1 - this; 0.5 weighs them alike.
+    fusion_weight: float = 0.5
+    # ms/query is timed query by query (encode, search, rerank), as a search service meets them,
+    # on the first N queries (0 = all); the figures (MRR, NDCG, recall) cover every query.
+    latency_queries: int = 1000
+
+
+@dataclass
+class EvaluateConfig(ModelAndData, SearchSystems):
     # A saved model dir (a run's final/, best/ or checkpoints/step-N/); overrides model/pooling.
     checkpoint: Optional[str] = None
     # The split scored (train, dev, test).
@@ -359,7 +375,7 @@ def to_plain(node: Any) -> Any:
 
 
 @dataclass
-class RetrieveConfig(ModelAndData):
+class RetrieveConfig(ModelAndData, SearchSystems):
     # A saved bi-encoder dir; null = the model/pooling preset (zero-shot).
     bi_encoder: Optional[str] = None
     # A saved cross-encoder dir; null = only the bi-encoder row.
@@ -377,14 +393,6 @@ class RetrieveConfig(ModelAndData):
     # Rows a batch when encoding and reranking.
     batch_size: int = 64
     search: SearchBackend = SearchBackend.auto
-    # BM25 rows (bm25s) with these tokenizers: whitespace, kiwi (Korean morphemes, kiwipiepy); each
-    # also gives a hybrid row (BM25 fused with the bi-encoder) and, with a cross-encoder, its reranking.
-    lexical: list[str] = field(default_factory=list)
-    # How hybrid search fuses BM25 and the bi-encoder: rrf (reciprocal rank, k=60) or score (min-max normalised, summed).
-    fusion: Fusion = Fusion.rrf
-    # ms/query is timed query by query (encode, search, rerank), as a search service meets them,
-    # on the first N queries (0 = all); the figures (MRR, NDCG, recall) cover every query.
-    latency_queries: int = 1000
 
 
 @dataclass

@@ -62,11 +62,13 @@ class BM25:
 
 
 def fuse(
-    rankings: Sequence[np.ndarray], scores: Sequence[np.ndarray] | None = None, depth: int = 100, method: str = "rrf", rrf_k: int = RRF_K
+    rankings: Sequence[np.ndarray], scores: Sequence[np.ndarray] | None = None, depth: int = 100, method: str = "rrf", rrf_k: int = RRF_K,
+    weights: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Several rankings of the same queries (each an id array, a row a query, best first) -> one,
     `depth` deep. rrf: by reciprocal rank; score: by min-max-normalised `scores`, summed (a
-    document a ranking misses adds 0 from it)."""
+    document a ranking misses adds 0 from it); each ranking's gains times its weight (default 1)."""
+    weights = list(weights) if weights is not None else [1.0] * len(rankings)
     if method not in ("rrf", "score"):
         raise ConfigError(f"fusion={method!r}: use rrf or score.")
     if method == "score" and scores is None:
@@ -82,6 +84,7 @@ def fuse(
                 s = scores[r][q].astype(np.float64)
                 spread = s.max() - s.min()
                 gains = (s - s.min()) / spread if spread > 0 else np.ones_like(s)
+            gains = gains * weights[r]
             for doc, gain in zip(row.tolist(), gains.tolist()):
                 if doc >= 0:
                     total[doc] = total.get(doc, 0.0) + gain
