@@ -13,7 +13,7 @@ from typing import Any
 from train.bench.common import machine, precision as _precision, write_report
 from train.bench.recipes import __doc__ as DOC, run_encode, run_ours, run_st_trainer, unit_of
 
-QUALITY = ("dev_spearman", "test_spearman", "dev_zero_shot")  # the figures averaged over seeds
+QUALITY = ("dev_spearman", "test_spearman", "test_ndcg@10", "test_recall@1", "test_recall@10", "dev_zero_shot")  # the figures averaged over seeds
 
 
 def _child(kind: str, args: argparse.Namespace, queue) -> None:
@@ -146,7 +146,8 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-eval-samples", type=int, default=1000, help="image_text: dev images scored")
     p.add_argument("--model", default="minilm",
                    help="a model preset of conf/model (minilm, roberta_base_random: base size, random weights), a Hub id or a local path")
-    p.add_argument("--data", default="stsb", help="a preset: stsb or korsts; for --loss mnrl an NLI preset (kor_xnli, kornli)")
+    p.add_argument("--data", default="stsb", help="a preset: stsb or korsts; for --loss mnrl an NLI preset (kor_xnli, kornli) or korquad "
+                   "(its train articles' questions and paragraphs; scored on its test articles against every paragraph)")
     p.add_argument("--loss", default=None, choices=["cosent", "bce", "mnrl", "cached_mnrl"],
                    help="default: cosent (bi_encoder), bce (cross_encoder); mnrl/cached_mnrl: the contrastive recipe "
                         "(in-batch negatives, no duplicate texts in a batch) on --data's triplets or --train-file's pairs, "
@@ -274,8 +275,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.loss in ("mnrl", "cached_mnrl"):
         if args.task != "bi_encoder":
             p.error(f"--loss {args.loss} trains a bi-encoder: leave --task at bi_encoder")
-        if not args.train_file and args.data not in ("kor_xnli", "kornli"):
-            p.error(f"--loss {args.loss} needs pairs or triplets: --data kor_xnli (or kornli), or --train-file pairs.jsonl")
+        if not args.train_file and args.data not in ("kor_xnli", "kornli", "korquad"):
+            p.error(f"--loss {args.loss} needs pairs or triplets: --data kor_xnli (or kornli), korquad, or --train-file pairs.jsonl")
     elif args.loss == "bce" and args.task != "cross_encoder" or args.loss == "cosent" and args.task != "bi_encoder":
         p.error(f"--loss {args.loss} does not go with --task {args.task}")
     elif args.train_file:

@@ -18,6 +18,7 @@ library's side gets its split as a loaded `datasets` table.
     python -m train.bench --task cross_encoder --data stsb          # a reranker, against CrossEncoderTrainer
     python -m train.bench --model minilm --data korsts --repeats 2
     python -m train.bench --data stsb --seeds 3 --test-file sts-test.csv   # quality over seeds 0-2, dev and a held-out file
+    python -m train.bench --data korquad --loss mnrl --batch-size 32 --repeats 3   # retrieval: test nDCG@10, R@1, R@10
     python -m train.bench --encode --data stsb                      # embedding speed only
     python -m train.bench --precision no                            # fp32 on both sides
     python -m train.bench --task image_text --max-train-samples 10000   # CLIP-style, Fashion-MNIST (train/bench/image_text.py)
@@ -43,7 +44,12 @@ def _common(args: argparse.Namespace):
     from train.models.bi_encoder import build_sentence_transformer
 
     name, package = resolve_model(args.model)
-    if contrastive(args):
+    if contrastive(args) and args.data == "korquad":
+        # Questions against every paragraph of the test articles (the library's IR figures).
+        from train.data.build import retrieval_eval_sets
+
+        splits = retrieval_eval_sets(_korquad(args), ("test",))
+    elif contrastive(args):
         # Pairs or triplets to train on (the corpus, read per side); STS figures from KorSTS dev and test.
         splits = load_sts_splits("korsts", ("dev", "test"), data_dir=args.data_dir)
     else:
@@ -90,6 +96,12 @@ def train_corpus(args: argparse.Namespace, cache_dir: str):
     from train.data.rows import Columns
 
     settings = CacheSettings.make(cache_dir, args.num_proc)
+    if contrastive(args) and args.data == "korquad" and not args.train_file:
+        from train.data.build import build_corpus
+
+        d = _korquad(args)
+        d.cache_dir, d.max_train_samples = cache_dir, args.max_train_samples
+        return build_corpus(d, "triplets")
     if not contrastive(args):
         return load_corpus(data_spec(args.data, args.data_dir), "train", "scored_pairs", True, settings, args.max_train_samples)
     if args.train_file:
@@ -99,6 +111,13 @@ def train_corpus(args: argparse.Namespace, cache_dir: str):
     else:
         spec = data_spec(args.data, args.data_dir)
     return load_corpus(spec, "train", "triplets", True, settings, args.max_train_samples)
+
+
+def _korquad(args: argparse.Namespace):
+    """data=korquad as the train command composes it (split by article), under --data-dir."""
+    from train.config.schema import DataConfig
+
+    return DataConfig(name="korquad", dir=args.data_dir, num_proc=args.num_proc)
 
 
 def _utilisation(model, counts: dict[str, Any], seconds: float, precision: str, args: argparse.Namespace) -> dict[str, float]:
@@ -120,6 +139,11 @@ def _scores(model, splits, args) -> dict[str, float]:
 
     if args.skip_eval:
         return {"dev_spearman": float("nan")}
+    if "retrieval_test" in splits:
+        from train.evaluation.figures import evaluate_retrieval, retrieval_evaluator
+
+        figures = evaluate_retrieval(model, retrieval_evaluator(splits["retrieval_test"], 64))
+        return {f"test_{k}": figures[f"retrieval_{k}"] for k in ("ndcg@10", "recall@1", "recall@10")}
     out = {}
     for split in ("dev", "test"):
         if split not in splits:
