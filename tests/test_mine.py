@@ -6,6 +6,7 @@ import csv
 import json
 import re
 
+import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -191,7 +192,7 @@ def test_mine_config_composes(group, option):
     assert cfg.split == "train" and cfg.num_negatives == 5 and cfg.out is None
 
 
-def _library_records(pairs, model, extra, cfg) -> list[dict]:
+def _library_records(pairs, model, extra, cfg, cross=None) -> list[dict]:
     """sentence-transformers' own mine_hard_negatives on the same pairs, grouped one record a
     query as this project's first version of train.mine did: the reference the streamed miner must equal."""
     import random
@@ -203,7 +204,7 @@ def _library_records(pairs, model, extra, cfg) -> list[dict]:
         pairs, model, anchor_column_name="anchor", positive_column_name="positive", corpus=extra,
         range_min=cfg.range_min, range_max=cfg.range_max, absolute_margin=cfg.absolute_margin, relative_margin=cfg.relative_margin,
         max_score=cfg.max_score, num_negatives=cfg.num_negatives, sampling_strategy=cfg.sampling_strategy.value,
-        output_format="labeled-list", output_scores=True, batch_size=cfg.batch_size, verbose=False,
+        output_format="labeled-list", output_scores=True, batch_size=cfg.batch_size, verbose=False, cross_encoder=cross,
     )
     grouped: dict = {}
     for query, texts, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
@@ -244,3 +245,48 @@ def test_the_streamed_miner_equals_sentence_transformers_mine_hard_negatives(bi_
     assert [(r["query"], r["positive"], r["negatives"]) for r in ours] == [(r["query"], r["positive"], r["negatives"]) for r in theirs]
     for a, b in zip(ours, theirs):
         assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)
+
+
+class WordOverlapJudge:
+    """A cross-encoder stand-in whose scores are plain to read (words shared, ties broken by a
+    hash of the passage): the same numbers however pairs are batched, so our rescoring and the
+    library's can be compared exactly."""
+
+    num_labels = 1
+
+    def predict(self, pairs, batch_size=32, show_progress_bar=False, convert_to_tensor=False, pool=None, **_):
+        import zlib
+
+        import torch
+
+        scores = [len(set(q.lower().split()) & set(p.lower().split())) + (zlib.crc32(p.encode()) % 997) / 1e4 for q, p in pairs]
+        return torch.tensor(scores) if convert_to_tensor else np.asarray(scores, dtype=np.float32)
+
+
+def test_cross_encoder_rescoring_equals_sentence_transformers(bi_encoder_dir, tmp_path, monkeypatch):
+    import datasets
+    from sentence_transformers import SentenceTransformer
+
+    from train import mine as mine_module
+
+    monkeypatch.setattr(mine_module, "load_cross_encoder", lambda path, trust_remote_code=False: WordOverlapJudge())
+    rows = list(entailed(NLI).items())
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"anchor": a, "positive": p}) + "\n" for a, p in rows))
+    common = ["data=pairs_file", f"data.path={pairs}", "scores=true", "num_negatives=3", "absolute_margin=0.5", "range_max=12"]
+    cfg = mine_cfg(bi_encoder_dir, tmp_path / "mined.jsonl", *common, "cross_encoder=judge")
+    mine_run(cfg, run_dir=tmp_path / "run")
+    ours = read_jsonl(tmp_path / "mined.jsonl")
+    theirs = _library_records(datasets.Dataset.from_dict({"anchor": [a for a, _ in rows], "positive": [p for _, p in rows]}),
+                              SentenceTransformer(str(bi_encoder_dir)), None, cfg, cross=WordOverlapJudge())
+    assert [(r["query"], r["negatives"]) for r in ours] == [(r["query"], r["negatives"]) for r in theirs]
+    for a, b in zip(ours, theirs):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)
+    mine_run(mine_cfg(bi_encoder_dir, tmp_path / "plain.jsonl", *common), run_dir=tmp_path / "plain-run")
+    assert [r["negatives"] for r in read_jsonl(tmp_path / "plain.jsonl")] != [r["negatives"] for r in ours]  # the judge chose otherwise
+
+
+def test_a_bi_encoder_as_cross_encoder_is_refused(saved_models, tmp_path):
+    bi_dir, _ = saved_models
+    with pytest.raises(ConfigError, match="not a saved cross-encoder"):
+        mine_run(mine_cfg(bi_dir, tmp_path / "m.jsonl", f"cross_encoder={bi_dir}"), run_dir=tmp_path / "run")

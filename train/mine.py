@@ -63,8 +63,9 @@ def mine_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
     pairs = load_pairs(cfg)
     extra_corpus = read_corpus(cfg) if cfg.corpus else None
     model = load_bi_encoder(cfg)
+    cross = load_cross_encoder(cfg.cross_encoder, cfg.model.trust_remote_code) if cfg.cross_encoder else None
     started = time.perf_counter()
-    summary = mine(pairs, model, extra_corpus, cfg, out)
+    summary = mine(pairs, model, extra_corpus, cfg, out, cross)
     summary |= {"out": str(out), "split": cfg.split, "data": cfg.data.name, "seconds": round(time.perf_counter() - started, 2)}
     report(summary, out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +118,38 @@ def load_bi_encoder(cfg: DictConfig):
     return load_saved_model(cfg.checkpoint, cfg.model.trust_remote_code)
 
 
+def load_cross_encoder(path: str, trust_remote_code: bool = False):
+    from train.models.saved import load_saved_model, saved_model_kind
+
+    if saved_model_kind(path) != "cross_encoder":
+        raise ConfigError(f"cross_encoder={path} is not a saved cross-encoder (a task=cross_encoder run's final/): it rescores (query, passage) pairs.")
+    model = load_saved_model(path, trust_remote_code)
+    if model.num_labels != 1:
+        raise ConfigError(f"cross_encoder={path} has {model.num_labels} outputs (an NLI classifier?): rescoring needs one score a pair.")
+    return model
+
+
+def rescore(cross, queries: list[str], corpus: Texts, ids: np.ndarray, positives: list[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The bi-encoder's candidates (ids, a row a query; -1 none) and each query's positives scored by
+    the cross-encoder in one pass: (candidate scores sorted best first, their ids, positive scores)."""
+    pairs = []
+    for i, query in enumerate(queries):
+        pairs += [(query, corpus[int(d)]) for d in ids[i] if d >= 0]
+        pairs += [(query, corpus[int(d)]) for d in positives[i]]
+    with torch.inference_mode():
+        flat = np.asarray(cross.predict(pairs, batch_size=batch_size, show_progress_bar=False), dtype=np.float32).reshape(-1)
+    scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+    positive_scores, k = [], 0
+    for i in range(len(queries)):
+        found = np.nonzero(ids[i] >= 0)[0]
+        scores[i, found] = flat[k : k + len(found)]
+        k += len(found)
+        positive_scores.append(flat[k : k + len(positives[i])].copy())
+        k += len(positives[i])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1), positive_scores
+
+
 def search_depth(cfg: DictConfig, max_positives: int) -> int:
     """range_max as sentence-transformers derives it when it is not set."""
     if cfg.range_max is not None:
@@ -161,8 +194,9 @@ class Layout:
         return self.positive_docs[self.positive_starts[q] : self.positive_starts[q + 1]]
 
 
-def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Mines every query's negatives and writes its record to `out` (atomically); returns the summary."""
+def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path, cross: Any = None) -> dict[str, Any]:
+    """Mines every query's negatives and writes its record to `out` (atomically); returns the
+    summary. `cross`: a cross-encoder that rescores the candidates and positives before the filters."""
     from train.data.corpus import CacheSettings
     from train.evaluation.bars import ProgressLog
     from train.models.prompts import check_prompt_names, column_prompts
@@ -197,6 +231,8 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path)
             scores, ids = index.search(queries, range_max + max_positives + 1)
             positives = [layout.positives(q) for q in range(start, stop)]
             positive_scores = [gather(vectors, p) @ queries[i] for i, p in enumerate(positives)]
+            if cross is not None:
+                scores, ids, positive_scores = rescore(cross, layout.queries[start:stop], layout.corpus, ids, positives, cfg.batch_size)
             negatives, negative_scores = select_negatives(scores, ids, positives, positive_scores, range_max, cfg, layout.query_doc[start:stop])
             texts = layout.queries[start:stop]
             for i in range(stop - start):

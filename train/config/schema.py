@@ -330,9 +330,13 @@ class MineConfig(ModelAndData):
     seed: int = 42
     # Extra negative candidates besides the data's positives: a text file, one passage a line.
     corpus: Optional[str] = None
-    # Also write "scores": the bi-encoder's cosine of each candidate, positives first.
+    # Also write "scores": the bi-encoder's cosine of each candidate (or the cross-encoder's score), positives first.
     scores: bool = False
-    # Rows a batch when encoding.
+    # A saved cross-encoder (a run's final/) that rescores the bi-encoder's candidates and each
+    # query's positives (mine_hard_negatives' cross_encoder): the margins, max_score and ranks then
+    # apply to its scores, a sharper judge of false negatives than the bi-encoder's cosine.
+    cross_encoder: Optional[str] = None
+    # Rows a batch when encoding (and rescoring).
     batch_size: int = 64
     search: SearchBackend = SearchBackend.auto
 
