@@ -91,3 +91,39 @@ def test_a_cross_encoder_regresses_onto_the_teachers_scores(tmp_path, tiny_model
     cfg = compose_config(tiny_overrides(tiny_model_dir, "task=cross_encoder", *data(path), "loss=mse", *STEPS))
     result = run(cfg, run_dir=tmp_path / "run")
     assert result["steps"] == 3 and result["loss"] == "mse"
+
+
+def test_a_cross_encoder_distils_margins_with_the_librarys_loss(tmp_path, tiny_model_dir):
+    from sentence_transformers.cross_encoder.losses import MarginMSELoss
+
+    from train.engine.settings import TrainerConfig
+    from train.losses.registry import build_loss
+    from train.models.cross_encoder import build_cross_encoder
+    from train.run import run
+    from train.tasks.cross_encoder import CrossEncoderStep, training_inputs
+
+    path = scored_file(tmp_path / "s.jsonl")
+    result = run(compose_config(tiny_overrides(tiny_model_dir, "task=cross_encoder", *data(path), "loss=margin_mse", *STEPS)),
+                 run_dir=tmp_path / "run")
+    assert result["steps"] == 3 and result["loss"] == "margin_mse"
+    corpus = build_corpus(compose_config(data(path)).data, "triplets")
+    torch.manual_seed(0)
+    model = build_cross_encoder(str(tiny_model_dir), 32, 1).eval()
+    loss_fn, spec = build_loss("margin_mse", model, task="cross_encoder")
+    rows, collate, sampler = training_inputs(corpus, model, spec, TrainerConfig(batch_size=4, seed=0, padding_free=False))
+    first = sampler.batches(0)[0]
+    batch = collate([rows[i] for i in first])
+    assert batch["labels"].shape == (4, 4) and len(batch["inputs"]) == 5  # query, positive, three negatives
+    torch.testing.assert_close(batch["labels"], torch.tensor([corpus.dataset[i]["scores"] for i in first]))  # the positive's, then each negative's
+    step = CrossEncoderStep(collate.tokens)
+    with ExitStack() as stack, torch.no_grad():
+        for context in step.forward_contexts(model):
+            stack.enter_context(context())
+        ours = step.loss(model, loss_fn, batch)
+    with torch.no_grad():
+        theirs = MarginMSELoss(model)(batch["inputs"], batch["labels"])
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-4, abs=1e-6)
+    moved = batch["labels"].clone()
+    moved[:, 1] += 3.0  # another teacher margin: another loss
+    with torch.no_grad():
+        assert MarginMSELoss(model)(batch["inputs"], moved).item() != pytest.approx(theirs.item(), rel=1e-3)

@@ -51,6 +51,17 @@ def padding_free_layout(model: Any, settings: Any) -> Any:
     return layout
 
 
+def check_teacher_scores(corpus: Any, spec: LossSpec) -> None:
+    """A distillation loss needs the teacher's scores in the training rows."""
+    from train.errors import DataError
+
+    if spec.needs_scores and "scores" not in corpus.column_names:
+        raise DataError(
+            "This loss learns a teacher's scores, and the training rows carry none: train on a candidates file with "
+            "them (python -m train.score teacher=<dir> ... writes one) and data.columns.scores=scores."
+        )
+
+
 def dev_and_test(model: Any, progress: Any, evaluate: Callable | None, test_set: Any, score: Callable[[Any, Any], dict]) -> dict[str, Any]:
     """The final model's dev figures (the loop's last evaluation when it was at the last step)
     and its test figures (`score(model, test_set)`)."""

@@ -31,8 +31,8 @@ from train.losses.registry import LossSpec
 from train.models.prompts import column_prompts, excludes_prompt, prompt_length
 from train.models.packed import packed_forwards
 from train.engine.task_step import BatchStats
-from train.errors import DataError, ConfigError
-from train.tasks.base import Evaluate, Scoring, Task, TrainingInputs, on_cuda, pad_multiple, padding_free_layout
+from train.errors import ConfigError
+from train.tasks.base import Evaluate, Scoring, Task, TrainingInputs, check_teacher_scores, on_cuda, pad_multiple, padding_free_layout
 
 log = logging.getLogger("train")
 STS_COLUMNS = ("sentence1", "sentence2")
@@ -65,11 +65,7 @@ def training_inputs(
     the collator and the batch sampler. `prompts`: column -> prompt name (data.prompts)."""
     tokenizer = model.tokenizer
     columns = tuple(text_columns(corpus))
-    if spec.needs_scores and "scores" not in corpus.column_names:
-        raise DataError(
-            "This loss learns a teacher's scores, and the training rows carry none: train on a candidates file with "
-            "them (python -m train.score teacher=<dir> ... writes one) and data.columns.scores=scores."
-        )
+    check_teacher_scores(corpus, spec)
     negatives = [c for c in columns if c == "negative" or is_numbered_negative(c)]
     if spec.max_negatives is not None and len(negatives) > spec.max_negatives:
         raise ConfigError(

@@ -35,7 +35,7 @@ from train.evaluation.bars import long_eval
 from train.data.packing import pack
 from train.models.packed import packed_forwards
 from train.engine.task_step import BatchStats
-from train.tasks.base import Evaluate, Scoring, Task, TrainingInputs, dev_and_test, on_cuda, pad_multiple, padding_free_layout
+from train.tasks.base import Evaluate, Scoring, Task, TrainingInputs, check_teacher_scores, dev_and_test, on_cuda, pad_multiple, padding_free_layout
 from train.evaluation.eval_mode import eval_mode
 from train.evaluation.tables import text_table
 
@@ -213,7 +213,9 @@ class Collate:
             labels: Any = [torch.tensor(r["labels"], dtype=torch.float32) for r in rows]
         elif self.shape == Shape.triplets:
             columns = [c for c in ordered_text_columns(rows[0]) if c in ("anchor", "positive", "negative") or is_numbered_negative(c)]
-            inputs, labels = [[r[c] for r in rows] for c in columns], None
+            inputs = [[r[c] for r in rows] for c in columns]
+            # Distillation: the teacher's score of the positive and of each negative (MarginMSE takes their margins).
+            labels = torch.tensor([r["scores"] for r in rows], dtype=torch.float32) if "scores" in rows[0] else None
         else:
             label = "score" if self.shape == Shape.scored_pairs else "label"
             inputs = [[r["sentence1"] for r in rows], [r["sentence2"] for r in rows]]
@@ -236,7 +238,8 @@ def training_inputs(
         model.tokenizer, model.max_seq_length, forward_chunk_rows(settings.forward_chunk_rows, settings.bucket_windows, on_cuda()),
         pad_multiple(settings.pad_to_multiple_of), padding_free_layout(model, settings),
     )
-    if spec.shape == Shape.triplets:
+    check_teacher_scores(corpus, spec)
+    if spec.shape == Shape.triplets and not spec.needs_scores:
         # In-batch negatives: a text twice in a (global) batch would be its own negative.
         sampler: Any = NoDuplicatesBatchSampler(corpus.hashes, settings.batch_size, settings.seed, group=num_processes)
     else:
