@@ -4,6 +4,7 @@ loss is there, each key with its help, so the docs cannot drift from the code.""
 from __future__ import annotations
 
 import dataclasses
+import typing
 import subprocess
 import sys
 
@@ -14,12 +15,16 @@ from tests.conftest import ROOT
 
 
 def leaf_paths(schema, prefix=""):
+    hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
         nested = next((c for c in (f.default_factory,) if c is not dataclasses.MISSING and dataclasses.is_dataclass(c)), None)
         if nested is not None:
             yield from leaf_paths(nested, prefix + f.name + ".")
-        else:
-            yield prefix + f.name
+            continue
+        yield prefix + f.name
+        item = next(iter(typing.get_args(hints[f.name])), None)
+        if dataclasses.is_dataclass(item):  # a list of records (stages, mixture.datasets): each entry's keys
+            yield from leaf_paths(item, prefix + f.name + "[].")
 
 
 def test_every_key_of_every_command_is_in_the_reference_with_its_help():

@@ -99,6 +99,8 @@ def _default(f: dataclasses.Field) -> Any:
         value = f.default_factory()
     else:
         return None
+    if value == "???":  # omegaconf's MISSING: the key must be given
+        return "(required)"
     return value.value if isinstance(value, enum.Enum) else value
 
 
@@ -125,6 +127,9 @@ def keys(schema: type, rules: dict[str, Any] | None = None, prefix: str = "") ->
             help_text = f"{help_text} {_enum_help(kind)}".strip()
         rule = rules.get(path)
         out.append(Key(path, _type_name(tp), _default(f), help_text, [m.value for m in kind] if kind else [], rule[1] if rule else None))
+        item = next(iter(typing.get_args(tp)), None)
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(item):  # a list of records: each entry's keys too
+            out.extend(keys(item, rules, path + "[]."))
     return out
 
 

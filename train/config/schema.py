@@ -214,6 +214,7 @@ class PeftConfig:
 
 @dataclass
 class StageConfig:
+    # The stage's name: its run dir is stage-<i>-<name>/.
     name: str = "stage"
     # Overrides applied after the command line's for this stage (data=..., loss=..., trainer.*=...).
     overrides: list[str] = field(default_factory=list)
