@@ -164,3 +164,42 @@ def test_kiwi_splits_particles_off_korean_words_so_bm25_matches_them():
     # "서울에서" shares no whitespace term with "서울은", but the morpheme 서울.
     assert BM25(corpus, "kiwi").search(["서울에서 무엇을"], 1)[0].tolist() == [[0]]
     assert BM25(corpus, "whitespace").search(["서울에서 무엇을"], 2)[1].max() == 0.0
+
+
+def test_a_beir_corpus_is_read_once_into_the_cache_and_looked_up_like_a_dict(tmp_path, caplog):
+    import logging
+    import os
+
+    from train.data.beir_corpus import cached_corpus
+
+    folder = write_beir(tmp_path / "a")
+    expected = {json.loads(line)["_id"]: json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines() if line.strip()}
+    with caplog.at_level(logging.INFO, logger="train.data.beir_corpus"):
+        table = cached_corpus(folder / "corpus.jsonl", tmp_path / "cache")
+        again = cached_corpus(folder / "corpus.jsonl", tmp_path / "cache")
+    assert ["read into the cache" in r.message for r in caplog.records] == [True, False]
+    assert dict(again.items()) == {k: f"{r['title']} {r['text']}" for k, r in expected.items()}
+    assert "p3" in table and "p999" not in table and table.row("p3") == list(expected).index("p3")
+    assert list(table.texts) == list(dict(table.items()).values())
+    with pytest.raises(KeyError):
+        table["p999"]
+    # An edited file (another size or time) is read again, never served stale.
+    path = folder / "corpus.jsonl"
+    path.write_text(path.read_text() + json.dumps({"_id": "extra", "text": "one more passage"}) + "\n")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert cached_corpus(path, tmp_path / "cache")["extra"] == "one more passage"
+
+
+def test_ids_whose_hashes_collide_are_told_apart(tmp_path, monkeypatch):
+    import numpy as np
+
+    from train.data import beir_corpus
+
+    # Every id gets one of two hashes: lookups must compare the ids, and a repeated id is still found.
+    monkeypatch.setattr(beir_corpus, "hash64", lambda ids: np.array([len(i) % 2 for i in ids], dtype=np.uint64))
+    folder = write_beir(tmp_path / "a")
+    table = beir_corpus.cached_corpus(folder / "corpus.jsonl", tmp_path / "cache")
+    assert all(table[cid].startswith("topic ") for cid in table) and table["p3"] == "topic 3 a note about mountain snow trail and more"
+    assert "p99" not in table
+    with pytest.raises(DataError, match="passage id 'p0' appears twice"):
+        beir_corpus.cached_corpus(write_beir(tmp_path / "c", duplicate_passage=True) / "corpus.jsonl", tmp_path / "cache")

@@ -8,6 +8,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from train.bench.common import machine, precision as _precision, write_report
@@ -197,6 +198,9 @@ def _scale_arguments(p: argparse.ArgumentParser) -> None:
     scale.add_argument("--override", action="append", default=[], help="an extra override for ours (repeatable)")
     scale.add_argument("--retrieval", type=int, default=0, help="train.mine and train.retrieve over this many synthetic passages")
     scale.add_argument("--queries", type=int, default=100_000, help="--retrieval: queries mined and retrieved")
+    scale.add_argument("--beir-corpus", type=lambda v: [int(n) for n in v.split(",")], default=[],
+                       help="comma-separated sizes: a synthetic BEIR corpus.jsonl read as a dict and through the data cache "
+                            "(time and peak RSS; train/bench/corpus_scale.py)")
     scale.add_argument("--reuse-vectors", action="store_true",
                        help="--retrieval: keep the corpus embeddings cached by an earlier run of the same size")
     scale.add_argument("--search", default="auto", choices=["auto", "faiss", "torch"], help="--retrieval: the search backend")
@@ -226,6 +230,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.batch_size = args.batch_size or (32 if sizing else 16)
     args.max_steps = args.max_steps if args.max_steps is not None else (2 if sizing else 0)
     args.out = args.out or f"bench_results/{'scale' if sizing else 'bench'}.json"
+    if args.beir_corpus:
+        from train.bench.corpus_scale import run_corpus_scale
+
+        work = Path(args.scale_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        report = {"args": vars(args), "machine": machine(), "results": run_corpus_scale(args.beir_corpus, work, Path(args.data_dir) / "korsts")}
+        write_report(report, args.out if args.out != "bench_results/bench.json" else "bench_results/beir_corpus.json")
+        return report
     if args.retrieval:
         from train.bench.scale import run_retrieval_scale
 

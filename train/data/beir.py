@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from train.data.beir_corpus import cached_corpus, passage  # noqa: F401 (passage: the title-joining rule, for readers)
 from train.data.rows import RowSource
 from train.errors import DataError
 
@@ -53,10 +54,6 @@ class RetrievalSplit:
         return len(self.relevant)
 
 
-def passage(title: str | None, text: str) -> str:
-    return f"{title} {text}" if title else text
-
-
 def _jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path}: not found ({what} of a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
@@ -86,8 +83,9 @@ def _texts_by_id(path: Path, what: str, with_title: bool) -> dict[str, str]:
     return found
 
 
-def read_corpus(folder: Path) -> dict[str, str]:
-    return _texts_by_id(folder / "corpus.jsonl", "passage", with_title=True)
+def read_corpus(folder: Path, cache_dir: str | Path | None = None):
+    """The folder's passages (a Mapping id -> text) through the data cache: read once, memory-mapped after."""
+    return cached_corpus(folder / "corpus.jsonl", cache_dir)
 
 
 def read_queries(folder: Path) -> dict[str, str]:
@@ -147,7 +145,7 @@ def _qrels_problem(cells: list[str], queries: dict[str, str], corpus: dict[str, 
     return None
 
 
-def read_beir(folder: str | Path, split: str, on_bad_row: str = "error") -> RetrievalSplit | None:
+def read_beir(folder: str | Path, split: str, on_bad_row: str = "error", cache_dir: str | Path | None = None) -> RetrievalSplit | None:
     """One split of a BEIR folder (None: it has no qrels for that split)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -155,7 +153,7 @@ def read_beir(folder: str | Path, split: str, on_bad_row: str = "error") -> Retr
     path = qrels_file(folder, split)
     if path is None:
         return None
-    corpus, queries = read_corpus(folder), read_queries(folder)
+    corpus, queries = read_corpus(folder, cache_dir), read_queries(folder)
     relevant = read_qrels(path, queries, corpus, on_bad_row)
     return _checked(RetrievalSplit(f"{folder} ({split})", {q: queries[q] for q in relevant}, corpus, relevant), path)
 
@@ -208,23 +206,23 @@ KORQUAD_FILE = "korquad/KorQuAD_v1.0_dev.json"
 KORQUAD_URL = "https://korquad.github.io/dataset/KorQuAD_v1.0_dev.json"
 
 
-def retrieval_split(name: str, path: str | Path | None, split: str, on_bad_row: str = "error") -> RetrievalSplit | None:
-    """data=beir (`path`: the folder) or data=korquad (`path`: a SQuAD-style JSON)."""
+def retrieval_split(name: str, path: str | Path | None, split: str, on_bad_row: str = "error", cache_dir: str | Path | None = None) -> RetrievalSplit | None:
+    """data=beir (`path`: the folder; its corpus through the data cache) or data=korquad (`path`: a SQuAD-style JSON)."""
     if not path:
         raise DataError(f"data={name} needs data.path=<a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv>.")
     if name == "beir":
-        return read_beir(path, split, on_bad_row)
+        return read_beir(path, split, on_bad_row, cache_dir)
     return read_squad(path, split)
 
 
-def retrieval_sources(name: str, path: str | Path | None, split: str, on_bad_row: str = "error") -> list[RowSource] | None:
+def retrieval_sources(name: str, path: str | Path | None, split: str, on_bad_row: str = "error", cache_dir: str | Path | None = None) -> list[RowSource] | None:
     """A split's (query, relevant passage) rows as a source the data cache reads (anchor, positive)."""
     where = Path(path).expanduser() if path else None
     if name == "beir" and where is not None and where.is_dir() and qrels_file(where, split) is None:
         return None
 
     def records():
-        data = retrieval_split(name, path, split, on_bad_row)
+        data = retrieval_split(name, path, split, on_bad_row, cache_dir)
         anchors, positives = data.pairs()
         return ((f"pair {i + 1}", {"anchor": a, "positive": b}) for i, (a, b) in enumerate(zip(anchors, positives)))
 

@@ -38,6 +38,7 @@ def data_spec_of(d: DataConfig, shape: str = "scored_pairs") -> DataSpec:
         hub_id=d.hub_id,
         hub_config=d.hub_config,
         hub_splits=dict(d.hub_splits),
+        cache_dir=d.cache_dir,
     )
 
 
@@ -51,7 +52,7 @@ def retrieval_eval_sets(d: DataConfig, splits: tuple[str, ...] = ("dev", "test")
     spec = data_spec_of(d, "pairs")
     out = {}
     for split in splits:
-        found = retrieval_split(d.name, retrieval_path(d.name, spec.path(split), spec.data_dir), split, d.on_bad_row.value)
+        found = retrieval_split(d.name, retrieval_path(d.name, spec.path(split), spec.data_dir), split, d.on_bad_row.value, d.cache_dir)
         if found is not None:
             out[f"retrieval_{split}"] = _limit_queries(found, d.max_eval_samples)
     return out

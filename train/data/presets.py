@@ -222,6 +222,7 @@ class DataSpec:
     hub_id: str | None = None
     hub_config: str | None = None
     hub_splits: tuple[tuple[str, str], ...] = ()
+    cache_dir: str | None = None  # data.cache_dir: where a BEIR corpus is kept once read
 
     @property
     def kind(self) -> str:
@@ -245,7 +246,7 @@ def split_sources(spec: DataSpec, split: str) -> list[RowSource] | None:
     if name == "hub":
         return _hub_source(spec, split)
     if name in RETRIEVAL_DATA:
-        return retrieval_sources(name, retrieval_path(name, spec.path(split), spec.data_dir), split, spec.on_bad_row)
+        return retrieval_sources(name, retrieval_path(name, spec.path(split), spec.data_dir), split, spec.on_bad_row, spec.cache_dir)
     path = spec.path(split)
     if not path:
         return None
@@ -292,10 +293,11 @@ def data_spec(
     hub_id: str | None = None,
     hub_config: str | None = None,
     hub_splits: dict[str, str] | None = None,
+    cache_dir: str | None = None,
 ) -> DataSpec:
     return DataSpec(
         name, Path(data_dir), tuple((k, str(v)) for k, v in (paths or {}).items() if v), fmt, columns, label_column,
-        negative_column, scores, on_bad_row, candidate_columns, hub_id, hub_config, tuple((hub_splits or {}).items()),
+        negative_column, scores, on_bad_row, candidate_columns, hub_id, hub_config, tuple((hub_splits or {}).items()), cache_dir,
     )
 
 

@@ -103,7 +103,12 @@ def retrieval_set(ds: Any, corpus_kind: str = "positives", max_queries: int = 0)
 
 
 def from_split(split: Any) -> RetrievalSet:
-    """A RetrievalSplit (data=beir, korquad: ids to texts) as queries, corpus and relevant ids."""
+    """A RetrievalSplit (data=beir, korquad: ids to texts) as queries, corpus and relevant ids. A
+    cached BEIR corpus stays a column view: its passages are read a slice at a time by search."""
+    qids = list(split.relevant)
+    if hasattr(split.corpus, "texts"):  # train/data/beir_corpus.py's CorpusTable
+        return RetrievalSet([split.queries[q] for q in qids], split.corpus.texts,
+                            [{split.corpus.row(c) for c in split.relevant[q]} for q in qids])
     cids = list(split.corpus)
     index = {cid: i for i, cid in enumerate(cids)}
     qids = list(split.relevant)
