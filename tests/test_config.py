@@ -178,6 +178,7 @@ LOSS_CLASSES = {
     ("bi_encoder", "margin_mse"): ("MarginMSELoss", "triplets"),
     ("bi_encoder", "kl_div"): ("DistillKLDivLoss", "triplets"),
     ("cross_encoder", "mse"): ("MSELoss", "scored_pairs"),
+    ("cross_encoder", "margin_mse"): ("MarginMSELoss", "triplets"),
     ("cross_encoder", "bce"): ("BinaryCrossEntropyLoss", "scored_pairs"),
     ("cross_encoder", "ce"): ("CrossEntropyLoss", "labeled_pairs"),
     ("cross_encoder", "mnrl"): ("MultipleNegativesRankingLoss", "triplets"),

@@ -167,12 +167,6 @@ CROSS_ENCODER_LOSSES: dict[str, LossSpec] = {
         "in-batch candidates, softmax over sigmoid(logit) * loss.scale.",
         defaults={"scale": 10.0},
     ),
-    "margin_mse": LossSpec(
-        Shape.triplets, lambda model, **_: _ce().MarginMSELoss(model),
-        "Cross-encoder MarginMSE distillation: the margins logit(query, positive) - logit(query, negative_k) regressed "
-        "onto the teacher's (a candidates file with teacher scores: python -m train.score; data.columns.scores=scores).",
-        needs_scores=True,
-    ),
     "mse": LossSpec(
         Shape.scored_pairs, lambda model, **_: _ce().MSELoss(model),
         "MSE distillation: the pair's logit regressed onto its score (a teacher's, from a candidates file with "
@@ -185,6 +179,12 @@ CROSS_ENCODER_LOSSES: dict[str, LossSpec] = {
     "listnet": LossSpec(
         Shape.query_candidates, lambda model, **_: _ce().ListNetLoss(model),
         "ListNet: listwise, cross-entropy between the softmax of the candidates' logits and of their gold scores.",
+    ),
+    "margin_mse": LossSpec(
+        Shape.triplets, lambda model, **_: _ce().MarginMSELoss(model),
+        "Cross-encoder MarginMSE distillation: the margins logit(query, positive) - logit(query, negative_k) regressed "
+        "onto the teacher's (a candidates file with teacher scores: python -m train.score; data.columns.scores=scores).",
+        needs_scores=True,
     ),
 }
 
