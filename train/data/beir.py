@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.data.beir_corpus import cached_corpus, passage  # noqa: F401 (passage: the title-joining rule, for readers)
+from train.data.beir_corpus import cached_corpus, jsonl_records, passage  # noqa: F401 (passage: the title-joining rule, for readers)
 from train.data.rows import RowSource
 from train.errors import DataError
 
@@ -57,19 +57,7 @@ class RetrievalSplit:
 def _jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path}: not found ({what} of a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {line_no}: not JSON ({e.msg}).") from None
-            if not isinstance(record, dict) or "_id" not in record or not isinstance(record.get("text"), str):
-                raise DataError(f"{path}, line {line_no}: a record needs \"_id\" and a string \"text\".")
-            out.append((line_no, record))
-    return out
+    return list(jsonl_records(path))
 
 
 def _texts_by_id(path: Path, what: str, with_title: bool) -> dict[str, str]:

@@ -74,7 +74,8 @@ class CorpusTable(Mapping[str, str]):
         return Texts(self.column)
 
 
-def _records(path: Path) -> Iterator[tuple[int, str, str]]:
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a BEIR corpus.jsonl or queries.jsonl; a bad line is an error naming it."""
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -85,7 +86,12 @@ def _records(path: Path) -> Iterator[tuple[int, str, str]]:
                 raise DataError(f"{path}, line {line_no}: not JSON ({e.msg}).") from None
             if not isinstance(record, dict) or "_id" not in record or not isinstance(record.get("text"), str):
                 raise DataError(f"{path}, line {line_no}: a record needs \"_id\" and a string \"text\".")
-            yield line_no, str(record["_id"]), passage(record.get("title"), record["text"])
+            yield line_no, record
+
+
+def _records(path: Path) -> Iterator[tuple[int, str, str]]:
+    for line_no, record in jsonl_records(path):
+        yield line_no, str(record["_id"]), passage(record.get("title"), record["text"])
 
 
 def _build(path: Path, out: Path) -> dict:
