@@ -225,7 +225,9 @@ def _library_records(pairs, model, extra, cfg, cross=None) -> list[dict]:
     ["num_negatives=3"],
     ["num_negatives=4", "relative_margin=0.05", "range_min=1"],
     ["num_negatives=2", "sampling_strategy=random", "absolute_margin=0.01", "seed=7"],
-    ["num_negatives=3", "max_score=0.9", "search=torch"],
+    ["num_negatives=3", "max_score=0.9", "search.backend=torch"],
+    # Binary codes whose candidates cover the corpus, rescored against float32: exact mining.
+    ["num_negatives=3", "search.precision=ubinary", "search.rescore_multiplier=100"],
 ])
 def test_the_streamed_miner_equals_sentence_transformers_mine_hard_negatives(bi_encoder_dir, tmp_path, overrides):
     import datasets

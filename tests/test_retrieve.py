@@ -210,10 +210,26 @@ def test_config_mistakes_fail_before_anything_loads(tmp_path):
         retrieve_run(compose_config(["data=korsts"], config_name="retrieve"), run_dir=tmp_path)
 
 
+@pytest.mark.parametrize("precision", ["int8", "ubinary"])
+def test_quantized_search_reports_its_cost_and_rescored_over_the_corpus_equals_exact(saved_models, candidates_file, tmp_path, capsys, precision):
+    bi, _ = saved_models
+    exact = run_retrieve(tmp_path / "exact", candidates_file, f"bi_encoder={bi}")
+    # Six documents, each query's 4 × 6 best: every document is rescored against float32.
+    rescored = run_retrieve(tmp_path / "q", candidates_file, f"bi_encoder={bi}", f"search.precision={precision}")
+    assert exact["search"]["precision"] == "float32" and exact["search"]["bytes_per_passage"] == 4 * 32
+    assert rescored["search"] == {"backend": rescored["search"]["backend"], "precision": precision, "bytes_per_passage": 32 if precision == "int8" else 4,
+                                  "index_mb_per_million_passages": pytest.approx((32 if precision == "int8" else 4) / 1.048576, abs=0.05),
+                                  "rescore": True, "rescore_multiplier": 4, "recall@10_vs_exact_float32": 1.0}
+    assert rescored["systems"][0] | {"ms_per_query": 0} == exact["systems"][0] | {"ms_per_query": 0}
+    assert "recall@10 against exact float32 search 1.0000" in capsys.readouterr().out
+    unscored = run_retrieve(tmp_path / "u", candidates_file, f"bi_encoder={bi}", f"search.precision={precision}", "search.rescore=false")
+    assert unscored["search"]["rescore"] is False and 0 < unscored["search"]["recall@10_vs_exact_float32"] <= 1.0
+
+
 def test_timing_a_sample_of_queries_leaves_the_figures_as_they_were(saved_models, candidates_file, tmp_path):
     # A million queries cannot each be timed alone; the figures must not depend on how many were.
     bi, _ = saved_models
-    every = run_retrieve(tmp_path / "a", candidates_file, f"bi_encoder={bi}", "latency_queries=0", "search=torch")
+    every = run_retrieve(tmp_path / "a", candidates_file, f"bi_encoder={bi}", "latency_queries=0", "search.backend=torch")
     sample = run_retrieve(tmp_path / "b", candidates_file, f"bi_encoder={bi}", "latency_queries=2")
     assert every["latency_queries"] == 6 and sample["latency_queries"] == 2
     assert sample["corpus_vectors_reused"]  # the same model and corpus: the first run's vectors

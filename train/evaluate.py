@@ -142,7 +142,7 @@ def search_systems(cfg: DictConfig, model: Any, split_set: Any) -> tuple[list[di
             *lexical_rows(cfg, data, None, (dense.rankings, dense.scores), dense.seconds, [])]
     timed = "every query" if len(dense.seconds) == len(data.queries) else f"the first {len(dense.seconds)} queries (latency_queries)"
     report = {"data": cfg.data.name, "split": cfg.split, "n_queries": len(data.queries), "corpus_size": len(data.corpus), "corpus": "all",
-              "corpus_embed_seconds": dense.embed_seconds, "systems": rows,
+              "corpus_embed_seconds": dense.embed_seconds, "search": dense.search, "systems": rows,
               "notes": [f"ms/query: wall time query by query (bi-encoder: encoding + search; BM25: its search), over {timed}."]}
     return rows, format_table(report)
 

@@ -8,7 +8,7 @@ The filters are those of sentence-transformers' `util.mine_hard_negatives` (its 
 margins, range and sampling), applied to the same search; what differs is scale. The pairs are
 read through the data cache (memory-mapped), the corpus is embedded chunk by chunk into a file in
 the cache (reused by a later mine or retrieve with the same model and corpus), searched exactly
-(faiss's flat index when `faiss-cpu` is installed, else torch, `search=`), and the queries are
+(faiss's flat index when `faiss-cpu` is installed, else torch, `search.backend=`; `search.precision=int8|ubinary` searches quantized codes), and the queries are
 processed and written a batch at a time, so memory holds one copy of the corpus vectors and no
 Python copy of its texts. Writes `out` (JSONL, one record a query) in the query-with-candidates
 format data=candidates_file reads:
@@ -200,7 +200,7 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path,
     from train.data.corpus import CacheSettings
     from train.evaluation.bars import ProgressLog
     from train.models.prompts import check_prompt_names, column_prompts
-    from train.evaluation.search import Index, cached_vectors, embed, gather
+    from train.evaluation.search import Index, cached_vectors, embed, gather, search_settings
 
     layout = Layout(pairs, extra)
     n_queries = len(layout.query_rows)
@@ -216,9 +216,9 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path,
     check_prompt_names(model, d.prompts)
     # data.prompts: anchor names the queries' prompt, positive the passages'.
     prompts = column_prompts(model, d.prompts, ("anchor", "positive"))
-    vectors, embed_seconds, reused = cached_vectors(model, layout.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size,
-                                                    prompt=prompts.get("positive"))
-    index = Index(vectors, cfg.search.value)
+    root = CacheSettings.make(d.cache_dir, d.num_proc).root
+    vectors, embed_seconds, reused = cached_vectors(model, layout.corpus, root, cfg.batch_size, prompt=prompts.get("positive"))
+    index = Index(vectors, **search_settings(cfg.search), cache_root=root)
     random.seed(cfg.seed)  # sampling_strategy=random draws with the `random` module, query by query
 
     def records() -> Iterator[dict[str, Any]]:
@@ -241,7 +241,7 @@ def mine(pairs: Corpus, model, extra: Corpus | None, cfg: DictConfig, out: Path,
 
     counts = write_jsonl_atomic(out, records(), count=lambda r: len(r["negatives"]))
     corpus = {"corpus": len(layout.corpus), "corpus_embed_seconds": round(embed_seconds, 2), "corpus_vectors_reused": reused}
-    return summarize(layout.pairs, n_queries, counts, cfg.num_negatives) | corpus | {"search": index.backend}
+    return summarize(layout.pairs, n_queries, counts, cfg.num_negatives) | corpus | {"search": index.describe()}
 
 
 def select_negatives(

@@ -48,6 +48,7 @@ from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging
 from train.config.schema import register_configs, to_plain
 from train.evaluation.ranking import DEPTH, METRICS, RetrievalSet, pick, ranking_metrics, retrieval_set, from_split  # noqa: F401 (imported by tests)
 from train.config.checks import check_retrieve_config
+from train.evaluation.search import search_settings
 from train.evaluation.tables import text_table
 from train.errors import DataError, ModelLoadError
 
@@ -178,13 +179,14 @@ class DenseSearch:
     embed_seconds: float  # the corpus's embedding (0 when its vectors were reused from the cache)
     reused: bool
     search_seconds: float  # every query's
-    backend: str
+    search: dict[str, Any]  # Index.describe()
+    recall_vs_exact: float | None = None  # quantized search: recall@10 against exact float32 search
 
 
-def dense_search(cfg: DictConfig, bi: Any, data: RetrievalSet, depth: int, backend: str = "auto") -> DenseSearch:
+def dense_search(cfg: DictConfig, bi: Any, data: RetrievalSet, depth: int, search: dict[str, Any] | None = None) -> DenseSearch:
     """The bi-encoder's search of the split: the corpus embedded once into the cache (or its
     vectors reused), each query ranked `depth` deep; data.prompts' anchor prompt for queries and
-    positive prompt for documents."""
+    positive prompt for documents. `search`: Index's settings (search_settings); exact by default."""
     from train.data.corpus import CacheSettings
     from train.evaluation.search import Index, cached_vectors
     from train.models.prompts import check_prompt_names, column_prompts
@@ -192,13 +194,31 @@ def dense_search(cfg: DictConfig, bi: Any, data: RetrievalSet, depth: int, backe
     d = to_plain(cfg.data)
     check_prompt_names(bi, d.prompts)
     prompts = column_prompts(bi, d.prompts, ("anchor", "positive"))
-    vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, CacheSettings.make(d.cache_dir, d.num_proc).root, cfg.batch_size,
-                                                    prompt=prompts.get("positive"))
-    index = Index(vectors, backend)
+    root = CacheSettings.make(d.cache_dir, d.num_proc).root
+    vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, root, cfg.batch_size, prompt=prompts.get("positive"))
+    index = Index(vectors, **(search or {}), cache_root=root)
     started = time.perf_counter()
     rankings, seconds, scores = bi_encoder_search(bi, data.queries, index, min(len(data.corpus), depth), cfg.batch_size, cfg.latency_queries,
                                                   prompts.get("anchor"))
-    return DenseSearch(rankings, seconds, scores, embed_seconds, reused, time.perf_counter() - started, index.backend)
+    exact = None
+    if index.quantized is not None:  # what quantizing cost: each query's exact top 10 found again
+        exact = quantized_recall(bi, data.queries, vectors, rankings, cfg.batch_size, prompts.get("anchor"))
+    return DenseSearch(rankings, seconds, scores, embed_seconds, reused, time.perf_counter() - started, index.describe(), exact)
+
+
+def quantized_recall(bi: Any, queries: Sequence[str], vectors: Any, rankings: np.ndarray, batch_size: int, prompt: str | None) -> float:
+    """The share of each query's exact float32 top 10 that the quantized search also ranked in
+    its top 10, averaged over queries (recall@10 against exact search)."""
+    from train.evaluation.search import QUERY_BATCH, Index, embed
+
+    exact = Index(vectors, "auto")
+    depth = min(10, vectors.rows, rankings.shape[1])
+    found = 0
+    for start in range(0, len(queries), QUERY_BATCH):
+        _, ids = exact.search(embed(bi, queries[start : start + QUERY_BATCH], batch_size, prompt), depth)
+        mine = rankings[start : start + len(ids), :depth]
+        found += sum(len(np.intersect1d(a, b)) for a, b in zip(ids, mine))
+    return found / max(1, len(queries) * depth)
 
 
 def rerank(
@@ -273,7 +293,17 @@ def format_table(report: dict[str, Any]) -> str:
     headers = {**dict(zip(METRICS, ["NDCG@10", "MRR@10", "R@1", "R@10", "R@100", "MAP@100"])), "ms_per_query": "ms/query", "cross_encoder_pairs_per_query": "CE pairs/q"}
     rows = {r["system"]: {c: float(r[c]) for c in columns} for r in report["systems"]}
     table = text_table(rows, columns, label="system", headers=headers, digits={"ms_per_query": 1, "cross_encoder_pairs_per_query": 1})
-    return "\n".join([head, table, *report["notes"]])
+    return "\n".join([head, search_line(report["search"]), table, *report["notes"]])
+
+
+def search_line(search: dict[str, Any]) -> str:
+    line = (f"Search: {search['backend']}, {search['precision']} corpus vectors, {search['bytes_per_passage']} bytes a passage "
+            f"({search['index_mb_per_million_passages']:,.1f} MiB a million)")
+    if search["precision"] != "float32":
+        line += (f", rescored x{search['rescore_multiplier']} against float32" if search["rescore"] else ", not rescored")
+    if "recall@10_vs_exact_float32" in search:
+        line += f"; recall@10 against exact float32 search {search['recall@10_vs_exact_float32']:.4f}"
+    return line
 
 
 def score_systems(cfg: DictConfig, data: Any, cross: Any, bi_rankings: np.ndarray, bi_seconds: list[float], ks: list[int]) -> tuple[list[dict], list[str]]:
@@ -358,7 +388,7 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
 
     ks = sorted(set(cfg.rerank_top_k)) if cross is not None else []
     clamped = [min(k, len(data.corpus)) for k in ks]
-    dense = dense_search(cfg, bi, data, max([DEPTH, *clamped]), cfg.search.value)
+    dense = dense_search(cfg, bi, data, max([DEPTH, *clamped]), search_settings(cfg.search))
     bi_rankings, bi_seconds, bi_scores = dense.rankings, dense.seconds, dense.scores
     embed_seconds, reused, search_seconds = dense.embed_seconds, dense.reused, dense.search_seconds
     systems, notes = score_systems(cfg, data, cross, bi_rankings, bi_seconds, sorted(set(clamped)))
@@ -374,7 +404,7 @@ def retrieve_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         "corpus_embed_seconds": embed_seconds,
         "corpus_embed_ms_per_document": 1000.0 * embed_seconds / len(data.corpus),
         "corpus_vectors_reused": reused,
-        "search": dense.backend,
+        "search": dense.search | ({"recall@10_vs_exact_float32": dense.recall_vs_exact} if dense.recall_vs_exact is not None else {}),
         "bi_encoder_all_queries_seconds": search_seconds,
         "latency_queries": len(bi_seconds),
         "threads": torch.get_num_threads(),

@@ -235,7 +235,7 @@ def run_retrieval_scale(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     here.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    common = ["model=minilm", f"data.cache_dir={here / 'cache'}", f"search={args.search}", "batch_size=64"]
+    common = ["model=minilm", f"data.cache_dir={here / 'cache'}", f"search.backend={args.search}", "batch_size=64"]
     commands = {
         "mine": [sys.executable, "-m", "train.mine", *common, "data=pairs_file", f"data.path={pairs}", f"corpus={lines}",
                  f"out={here / 'mined.jsonl'}", f"hydra.run.dir={here / 'mine'}"],
@@ -249,7 +249,7 @@ def run_retrieval_scale(args: argparse.Namespace) -> dict[str, Any]:
         results[name] = {**asdict(measured), "report": json.loads(report.read_text()) if report.exists() else None}
         print(f"{name}: {asdict(measured)}", flush=True)
     lines_out = [
-        f"{args.queries:,} queries over {args.retrieval:,} passages, MiniLM, search={args.search}",
+        f"{args.queries:,} queries over {args.retrieval:,} passages, MiniLM, search.backend={args.search}",
         "",
         "| command | wall time | corpus embedding | peak RSS (process tree) | peak RSS (the command's process) |",
         "| --- | --- | --- | --- | --- |",

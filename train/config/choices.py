@@ -50,6 +50,15 @@ class SearchBackend(str, Enum):
     torch = "torch"
 
 
+class SearchPrecision(str, Enum):
+    # The corpus vectors a search scores: float32 (exact), int8 (1 byte a dimension, per-dimension
+    # ranges from the corpus) or ubinary (1 bit a dimension: the sign; Hamming distance), as
+    # sentence-transformers' quantize_embeddings makes them.
+    float32 = "float32"
+    int8 = "int8"
+    ubinary = "ubinary"
+
+
 class SamplingStrategy(str, Enum):
     # sentence-transformers' names: the best-ranked candidates that pass the filters, or a random draw of them.
     top = "top"

@@ -18,7 +18,7 @@ from omegaconf import MISSING
 # The trainer section is the engine's own (train/engine/settings.py), composed here with the rest.
 from train.engine.settings import MixedPrecision, NanPolicy, ResumeChanged, TrainerConfig  # noqa: F401
 from train.config.choices import (  # noqa: F401 (the schema's names, for its readers)
-    BadRowPolicy, Fusion, MixtureSampling, PeftMethod, PoolingMode, RetrieveCorpus, SamplingStrategy, SearchBackend, TaskName, WeightDtype,
+    BadRowPolicy, Fusion, MixtureSampling, PeftMethod, PoolingMode, RetrieveCorpus, SamplingStrategy, SearchBackend, SearchPrecision, TaskName, WeightDtype,
 )
 from train.losses.registry import loss_names
 
@@ -269,6 +269,21 @@ class ModelAndData:
 
 
 @dataclass
+class SearchConfig:
+    # Exact inner-product search over the corpus vectors: faiss's flat index (pip install faiss-cpu),
+    # torch (chunks of the memory-mapped vector file), or auto: faiss when it is installed.
+    backend: SearchBackend = SearchBackend.auto
+    # float32: exact. int8 (a byte a dimension) or ubinary (a bit a dimension): the index holds the
+    # quantized corpus (kept in the data cache), 4× or 32× smaller; int8 is scored by torch.
+    precision: SearchPrecision = SearchPrecision.float32
+    # Quantized search: rescore each query's rescore_multiplier × k best by the float32 query against
+    # the float32 corpus vectors (read from the vector file), as semantic_search_faiss does. 4: the
+    # library's quantization guide's choice (its function's default is 2); see docs/serving.md for recall.
+    rescore: bool = True
+    rescore_multiplier: int = 4
+
+
+@dataclass
 class SearchSystems:
     """The lexical and hybrid systems that train.evaluate (retrieval data) and train.retrieve add as rows."""
 
@@ -339,7 +354,7 @@ class MineConfig(ModelAndData):
     cross_encoder: Optional[str] = None
     # Rows a batch when encoding (and rescoring).
     batch_size: int = 64
-    search: SearchBackend = SearchBackend.auto
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def open_dict_fields(node: Any) -> Any:
@@ -397,7 +412,7 @@ class RetrieveConfig(ModelAndData, SearchSystems):
     max_queries: int = 0
     # Rows a batch when encoding and reranking.
     batch_size: int = 64
-    search: SearchBackend = SearchBackend.auto
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 @dataclass

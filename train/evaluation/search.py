@@ -6,6 +6,8 @@ data cache, keyed by the model's weights and the texts, so a later `train.mine` 
 holds them twice: the search index is either faiss's exact inner-product index (`faiss-cpu`,
 when installed), filled chunk by chunk from the file, or the file itself, memory-mapped, which
 torch searches in chunks with a running top k. Both are exact; faiss is faster on a CPU.
+`search.precision=int8|ubinary` searches quantized codes instead, rescored against the float32
+file (train.evaluation.quantized).
 """
 
 from __future__ import annotations
@@ -117,6 +119,13 @@ def cached_vectors(
     return Vectors(entry.file("vectors.f32"), len(texts), dim), seconds, not entry.built
 
 
+def search_settings(search: Any) -> dict[str, Any]:
+    """A `search` config section as Index's keyword arguments."""
+    value = lambda v: getattr(v, "value", v)  # noqa: E731 (enums from the schema, strings from plain dicts)
+    return {"backend": value(search.backend), "precision": value(search.precision), "rescore": bool(search.rescore),
+            "rescore_multiplier": int(search.rescore_multiplier)}
+
+
 def faiss_available() -> bool:
     try:
         import faiss  # noqa: F401
@@ -126,18 +135,31 @@ def faiss_available() -> bool:
 
 
 class Index:
-    """Exact inner-product search over `vectors`. backend: "faiss", "torch" or "auto" (faiss when
-    installed)."""
+    """Search over `vectors`. backend: "faiss", "torch" or "auto" (faiss when installed).
+    precision float32: exact inner product. int8 or ubinary: the quantized codes (from the data
+    cache under `cache_root`) held in memory, each query's rescore_multiplier × k best by them
+    rescored against the float32 vectors when `rescore` (train.evaluation.quantized)."""
 
-    def __init__(self, vectors: Vectors, backend: str = "auto") -> None:
+    def __init__(self, vectors: Vectors, backend: str = "auto", precision: str = "float32", rescore: bool = True,
+                 rescore_multiplier: int = 4, cache_root: Path | None = None) -> None:
         if backend == "auto":
             backend = "faiss" if faiss_available() else "torch"
         if backend == "faiss" and not faiss_available():
             from train.errors import ConfigError
 
-            raise ConfigError("search=faiss needs faiss: pip install faiss-cpu (or -e '.[faiss]'), or search=torch.")
-        self.backend, self.vectors = backend, vectors
-        if backend == "faiss":
+            raise ConfigError("search.backend=faiss needs faiss: pip install faiss-cpu (or -e '.[faiss]'), or search.backend=torch.")
+        self.backend, self.vectors, self.precision = backend, vectors, precision
+        self.rescore, self.rescore_multiplier = rescore, rescore_multiplier
+        self.quantized = None
+        if precision != "float32":
+            from train.evaluation.quantized import QuantizedSearch, cached_codes
+
+            if cache_root is None:
+                raise ValueError("a quantized Index needs the cache_root its codes are kept in")
+            self.quantized = QuantizedSearch(cached_codes(vectors, precision, cache_root), backend)
+            if precision == "int8":  # the torch path scores int8 (see QuantizedSearch)
+                self.backend = "torch"
+        elif backend == "faiss":
             import faiss
 
             self.index = faiss.IndexFlatIP(vectors.dim)
@@ -149,6 +171,20 @@ class Index:
                 self.matrix = torch.from_numpy(vectors.mapped())
         else:
             self.matrix = torch.zeros(0, vectors.dim)
+
+    @property
+    def bytes_per_passage(self) -> int:
+        """What a passage costs the index: its float32 vector (held by faiss, memory-mapped by
+        torch), or its codes."""
+        return self.quantized.codes.row_bytes if self.quantized is not None else 4 * self.vectors.dim
+
+    def describe(self) -> dict[str, Any]:
+        """The search as run, for a report."""
+        out: dict[str, Any] = {"backend": self.backend, "precision": self.precision, "bytes_per_passage": self.bytes_per_passage,
+                               "index_mb_per_million_passages": round(self.bytes_per_passage * 1e6 / 2**20, 1)}
+        if self.quantized is not None:
+            out |= {"rescore": self.rescore, "rescore_multiplier": self.rescore_multiplier if self.rescore else None}
+        return out
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each query's k best (scores, row ids), best first; rows past the corpus are -inf / -1."""
@@ -164,6 +200,13 @@ class Index:
         return scores, ids
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.quantized is not None:
+            from train.evaluation.quantized import rescore
+
+            if not self.rescore:
+                return self.quantized.search(q, k)
+            _, candidates = self.quantized.search(q, min(k * self.rescore_multiplier, self.vectors.rows))
+            return rescore(self.vectors, q, candidates, k)
         if self.backend == "faiss":
             return self.index.search(q, k)
         query = torch.from_numpy(q)

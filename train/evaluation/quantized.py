@@ -1,0 +1,159 @@
+"""Quantized corpus vectors and their search (search.precision=int8|ubinary).
+
+The codes are sentence-transformers' `quantize_embeddings` of the float32 corpus vectors: int8
+with per-dimension ranges (the corpus's own minimum and maximum, found in one pass over the vector
+file) or ubinary (the sign of each dimension, packed 8 to a byte). They are written chunk by chunk
+into the data cache next to the float32 file they come from, so a later run loads them instead of
+quantizing again, and they are what the index holds in memory: a passage costs `dim` bytes (int8)
+or `dim / 8` bytes (ubinary) instead of `4 × dim`.
+
+A search returns `rescore_multiplier × k` candidates by the quantized scores, then rescores them
+with the float32 query against the float32 corpus vectors (read from the memory-mapped file, only
+the candidates' rows), as `semantic_search_faiss` does: the order within the top k is exact and
+only a passage the quantized search missed is lost.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PRECISIONS = ("float32", "int8", "ubinary")
+QUANTIZE_CHUNK = 65_536  # corpus rows quantized (and scored by torch) at a time
+RESCORE_QUERIES = 256  # queries whose candidates are rescored at a time
+
+
+@dataclass(frozen=True)
+class Codes:
+    """A corpus's quantized vectors: `path` holds them row after row (`row_bytes` a row)."""
+
+    path: Path
+    precision: str
+    rows: int
+    dim: int
+    ranges: np.ndarray | None  # int8: (2, dim) minimum and maximum; ubinary: None
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim if self.precision == "int8" else (self.dim + 7) // 8
+
+    def load(self) -> np.ndarray:
+        dtype = np.int8 if self.precision == "int8" else np.uint8
+        return np.fromfile(self.path, dtype=dtype).reshape(self.rows, self.row_bytes)
+
+
+def corpus_ranges(vectors: Any) -> np.ndarray:
+    """Each dimension's minimum and maximum over every corpus vector: int8's calibration, from the
+    corpus itself (quantize_embeddings' default when no calibration set is given)."""
+    low = np.full(vectors.dim, np.inf, dtype=np.float32)
+    high = np.full(vectors.dim, -np.inf, dtype=np.float32)
+    for start in range(0, vectors.rows, QUANTIZE_CHUNK):
+        chunk = vectors.read(start, start + QUANTIZE_CHUNK)
+        low, high = np.minimum(low, chunk.min(axis=0)), np.maximum(high, chunk.max(axis=0))
+    return np.stack([low, high])
+
+
+def write_codes(vectors: Any, precision: str, path: Path) -> np.ndarray | None:
+    """Quantizes the vector file into `path`, chunk by chunk; returns int8's ranges."""
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    ranges = corpus_ranges(vectors) if precision == "int8" and vectors.rows else None
+    with open(path, "wb") as f:
+        for start in range(0, vectors.rows, QUANTIZE_CHUNK):
+            chunk = vectors.read(start, start + QUANTIZE_CHUNK)
+            f.write(quantize_embeddings(chunk, precision=precision, ranges=ranges).tobytes())
+    return ranges
+
+
+def cached_codes(vectors: Any, precision: str, cache_root: Path) -> Codes:
+    """The vector file's codes from the data cache under `cache_root` (quantized now if missing)."""
+    from train.data import cache
+
+    # The float32 entry's folder is named by its own key (model, texts, prompt): the codes follow it.
+    key = {"what": "quantized", "vectors": vectors.path.parent.name, "rows": vectors.rows, "dim": vectors.dim, "precision": precision}
+
+    def build(out: Path) -> dict[str, Any]:
+        ranges = write_codes(vectors, precision, out / "codes.bin")
+        return {"ranges": ranges.tolist() if ranges is not None else None}
+
+    entry = cache.cached(cache_root, "quantized", key, build, what=f"{precision} corpus codes")
+    ranges = entry.manifest.get("ranges")
+    return Codes(entry.file("codes.bin"), precision, vectors.rows, vectors.dim, np.asarray(ranges, dtype=np.float32) if ranges else None)
+
+
+class QuantizedSearch:
+    """Search over a corpus's codes, held in memory: ubinary by Hamming distance (faiss's binary
+    flat index, or torch), int8 by the float query against the dequantized codes (torch, a chunk
+    at a time: faiss's flat indexes take float32 or binary codes, not int8)."""
+
+    def __init__(self, codes: Codes, backend: str) -> None:
+        self.codes, self.backend = codes, backend
+        self.data = codes.load()
+        self.index = None
+        if codes.precision == "ubinary" and backend == "faiss":
+            import faiss
+
+            self.index = faiss.IndexBinaryFlat(codes.row_bytes * 8)
+            if codes.rows:
+                self.index.add(self.data)
+        elif codes.precision == "int8" and codes.ranges is not None:
+            starts = torch.from_numpy(codes.ranges[0])
+            steps = (torch.from_numpy(codes.ranges[1]) - starts) / 255
+            self.starts, self.steps = starts, torch.where(steps == 0, torch.ones_like(steps), steps)
+
+    @property
+    def nbytes(self) -> int:
+        """What the index holds in memory: the codes (faiss's binary index holds its own copy instead)."""
+        return int(self.data.nbytes)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's k best (approximate scores, row ids), best first. ubinary's score is the
+        cosine of the sign vectors, 1 - 2 × Hamming distance / dim."""
+        if self.index is not None:
+            from sentence_transformers.util.quantization import quantize_embeddings
+
+            distances, ids = self.index.search(quantize_embeddings(q, precision="ubinary"), k)
+            return (1.0 - 2.0 * distances / self.codes.dim).astype(np.float32), ids
+        query = torch.from_numpy(q)
+        if self.codes.precision == "ubinary":
+            query = torch.where(query > 0, 1.0, -1.0)
+        best_s, best_i = torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.long)
+        with torch.inference_mode():
+            for start in range(0, self.codes.rows, QUANTIZE_CHUNK):
+                s = query @ self._floats(start, start + QUANTIZE_CHUNK).T
+                top = torch.topk(s, min(k, s.shape[1]), dim=1)
+                merged_s, merged_i = torch.cat([best_s, top.values], dim=1), torch.cat([best_i, top.indices + start], dim=1)
+                keep = torch.topk(merged_s, min(k, merged_s.shape[1]), dim=1)
+                best_s, best_i = keep.values, merged_i.gather(1, keep.indices)
+        if self.codes.precision == "ubinary":
+            best_s = best_s / self.codes.dim
+        return best_s.numpy(), best_i.numpy()
+
+    def _floats(self, start: int, stop: int) -> torch.Tensor:
+        chunk = self.data[start:stop]
+        if self.codes.precision == "ubinary":
+            bits = np.unpackbits(chunk, axis=1)[:, : self.codes.dim]
+            return torch.from_numpy(bits).float() * 2 - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return (torch.from_numpy(chunk).float() + 128) * self.steps + self.starts
+
+
+def rescore(vectors: Any, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates `ids` (each query's, at most the corpus: never padded) rescored by the float32
+    query against their float32 vectors; each query's k best (cosines, ids). A block of queries at
+    a time: their candidates' vectors are the only float32 rows read."""
+    mapped = vectors.mapped()
+    scores = np.empty(ids.shape, dtype=np.float32)
+    for start in range(0, len(ids), RESCORE_QUERIES):
+        block = ids[start : start + RESCORE_QUERIES]
+        flat, position = np.unique(block, return_inverse=True)
+        docs = np.asarray(mapped[flat])[position.reshape(block.shape)]
+        scores[start : start + len(block)] = np.einsum("qd,qkd->qk", q[start : start + len(block)], docs)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
