@@ -206,6 +206,12 @@ def test_config_mistakes_fail_before_anything_loads(tmp_path):
     cfg = compose_config(["rerank_top_k=[0,10]"], config_name="retrieve")
     with pytest.raises(ConfigError, match=r"rerank_top_k=\[0, 10\]"):
         retrieve_run(cfg, run_dir=tmp_path)
+    with pytest.raises(ConfigCompositionException):  # search is a section: search.backend=, search.precision=
+        compose_config(["search=faiss"], config_name="retrieve")
+    with pytest.raises(ConfigCompositionException):
+        compose_config(["search.precision=int4"], config_name="retrieve")
+    with pytest.raises(ConfigError, match=r"search.rescore_multiplier=0 \(must be"):
+        retrieve_run(compose_config(["search.rescore_multiplier=0"], config_name="retrieve"), run_dir=tmp_path)
     with pytest.raises(DataError, match="data=korsts has no queries with relevant documents"):
         retrieve_run(compose_config(["data=korsts"], config_name="retrieve"), run_dir=tmp_path)
 

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from train.cli import exit_2_on_config_errors, user_errors
-from train.config.schema import register_configs
+from train.config.store import register_configs
 from train.engine.parallel import agree_on_run_dir
 
 register_configs()

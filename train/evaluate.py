@@ -28,7 +28,7 @@ from train.data.build import build_data, build_image_text_splits
 from train.models.build import build_model
 
 from train.cli import exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
-from train.config.schema import register_configs
+from train.config.store import register_configs
 from train.config.checks import check_evaluate_config
 from train.data.checks import check_scorable
 from train.errors import DataError

@@ -40,7 +40,8 @@ from train.models.build import build_model
 
 from train.cli import check_jsonl_out, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.engine.checkpoint import write_json_atomic
-from train.config.schema import register_configs, to_plain
+from train.config.schema import to_plain
+from train.config.store import register_configs
 from train.config.checks import check_mine_config
 from train.data.corpus import Corpus
 from train.data.texts import Texts, column_hashes, unique_first

@@ -30,7 +30,8 @@ from omegaconf import DictConfig
 
 from train.cli import check_jsonl_out, exit_2_on_config_errors, run_dir_from_hydra, setup_logging, user_errors
 from train.config.checks import check_score_config
-from train.config.schema import register_configs, to_plain
+from train.config.schema import to_plain
+from train.config.store import register_configs
 from train.data.build import build_corpus
 from train.engine.checkpoint import write_json_atomic
 from train.errors import ConfigError, DataError

@@ -15,7 +15,7 @@ def config_from_argv():
     from accelerate import PartialState
     from hydra import compose, initialize_config_dir
 
-    from train.config.schema import register_configs
+    from train.config.store import register_configs
 
     out, run_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
     state = PartialState(cpu=not torch.cuda.is_available())

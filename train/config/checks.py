@@ -72,6 +72,7 @@ EVALUATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 RETRIEVE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **_SEARCH_RULES,
+    "search.rescore_multiplier": _AT_LEAST_1,
     "batch_size": _AT_LEAST_1,
     "max_queries": _AT_LEAST_0,
     "full_rerank_max_corpus": _AT_LEAST_0,
@@ -88,6 +89,7 @@ SCORE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 MINE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_negatives": _AT_LEAST_1,
+    "search.rescore_multiplier": _AT_LEAST_1,
     "range_min": (lambda v: v >= 0, "an integer ≥ 0"),
     "range_max": (lambda v: v >= 1, "an integer ≥ 1, or null"),
     "absolute_margin": (lambda v: math.isfinite(v) and v >= 0, "a number ≥ 0, or null"),

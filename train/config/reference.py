@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from train.config import checks
-from train.config.schema import EvaluateConfig, MineConfig, RetrieveConfig, ScoreConfig, TrainConfig
+from train.config.command_schema import EvaluateConfig, MineConfig, RetrieveConfig, ScoreConfig
+from train.config.schema import TrainConfig
 from train.losses.registry import LOSSES
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -1,0 +1,86 @@
+"""The bi-encoder's side of a retrieval run: the corpus embedded once into the data cache, each
+query embedded and searched (timed one by one, as a search service meets them), and, for a
+quantized search, its recall against exact float32 search."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def bi_encoder_search(
+    bi: Any, queries: Sequence[str], index: Any, depth: int, batch_size: int, timed: int = 0, prompt: str | None = None
+) -> tuple[np.ndarray, list[float], np.ndarray]:
+    """Each query's top `depth` document ids (an array, a row a query), the seconds (encoding +
+    search) of each of the first `timed` queries (0: all), run one by one as a search service
+    meets them: it embeds a query when it arrives, not in a batch with later ones (the rest are
+    embedded and searched in batches), and the cosine of each ranked document."""
+    from train.evaluation.bars import ProgressLog
+    from train.evaluation.search import QUERY_BATCH, embed
+
+    depth = min(depth, index.vectors.rows)
+    timed = len(queries) if timed <= 0 else min(timed, len(queries))
+    rankings = np.empty((len(queries), depth), dtype=np.int64)
+    scores = np.empty((len(queries), depth), dtype=np.float32)
+    seconds = []
+    for i in range(timed):
+        start = time.perf_counter()
+        found, ids = index.search(embed(bi, [queries[i]], batch_size, prompt), depth)
+        seconds.append(time.perf_counter() - start)
+        rankings[i], scores[i] = ids[0], found[0]
+    progress = ProgressLog("Bi-encoder search", len(queries), "queries")
+    for start in range(timed, len(queries), QUERY_BATCH):
+        progress(start)
+        batch = queries[start : start + QUERY_BATCH]
+        found, ids = index.search(embed(bi, batch, batch_size, prompt), depth)
+        rankings[start : start + len(batch)], scores[start : start + len(batch)] = ids, found
+    return rankings, seconds, scores
+
+
+@dataclass
+class DenseSearch:
+    rankings: np.ndarray  # each query's ranked document ids
+    seconds: list[float]  # each timed query's encoding + search
+    scores: np.ndarray  # their cosines
+    embed_seconds: float  # the corpus's embedding (0 when its vectors were reused from the cache)
+    reused: bool
+    search_seconds: float  # every query's
+    search: dict[str, Any]  # Index.describe()
+    recall_vs_exact: float | None = None  # quantized search: recall@10 against exact float32 search
+
+
+def dense_search(bi: Any, data: Any, depth: int, cache_root: Path, batch_size: int, timed: int, query_prompt: str | None = None,
+                 document_prompt: str | None = None, search: dict[str, Any] | None = None) -> DenseSearch:
+    """The bi-encoder's search of a retrieval set (queries, corpus): the corpus embedded once into
+    the cache under `cache_root` (or its vectors reused), each query ranked `depth` deep, the first
+    `timed` one by one (0: all). `search`: Index's settings (search_settings); exact by default."""
+    from train.evaluation.search import Index, cached_vectors
+
+    vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, cache_root, batch_size, prompt=document_prompt)
+    index = Index(vectors, **(search or {}), cache_root=cache_root)
+    started = time.perf_counter()
+    rankings, seconds, scores = bi_encoder_search(bi, data.queries, index, min(len(data.corpus), depth), batch_size, timed, query_prompt)
+    exact = None
+    if index.quantized is not None:  # what quantizing cost: each query's exact top 10 found again
+        exact = quantized_recall(bi, data.queries, vectors, rankings, batch_size, query_prompt)
+    return DenseSearch(rankings, seconds, scores, embed_seconds, reused, time.perf_counter() - started, index.describe(), exact)
+
+
+def quantized_recall(bi: Any, queries: Sequence[str], vectors: Any, rankings: np.ndarray, batch_size: int, prompt: str | None) -> float:
+    """The share of each query's exact float32 top 10 that the quantized search also ranked in
+    its top 10, averaged over queries (recall@10 against exact search)."""
+    from train.evaluation.search import QUERY_BATCH, Index, embed
+
+    exact = Index(vectors, "auto")
+    depth = min(10, vectors.rows, rankings.shape[1])
+    found = 0
+    for start in range(0, len(queries), QUERY_BATCH):
+        _, ids = exact.search(embed(bi, queries[start : start + QUERY_BATCH], batch_size, prompt), depth)
+        mine = rankings[start : start + len(ids), :depth]
+        found += sum(len(np.intersect1d(a, b)) for a, b in zip(ids, mine))
+    return found / max(1, len(queries) * depth)
