@@ -223,6 +223,7 @@ def test_quantized_search_reports_its_cost_and_rescored_over_the_corpus_equals_e
     # Six documents, each query's 4 × 6 best: every document is rescored against float32.
     rescored = run_retrieve(tmp_path / "q", candidates_file, f"bi_encoder={bi}", f"search.precision={precision}")
     assert exact["search"]["precision"] == "float32" and exact["search"]["bytes_per_passage"] == 4 * 32
+    assert 0 < rescored["search"].pop("search_ms_per_query") < rescored["systems"][0]["ms_per_query"]
     assert rescored["search"] == {"backend": rescored["search"]["backend"], "precision": precision, "bytes_per_passage": 32 if precision == "int8" else 4,
                                   "index_mb_per_million_passages": pytest.approx((32 if precision == "int8" else 4) / 1.048576, abs=0.05),
                                   "rescore": True, "rescore_multiplier": 4, "recall@10_vs_exact_float32": 1.0}

@@ -61,6 +61,13 @@ def exit_2_on_config_errors(main: Callable[[], object], command: str | None = No
         raise
 
 
+def positional_as(key: str) -> None:
+    """`python -m train.push DIR repo=...`: a first argument that is not an override (no `=`, not
+    an option) is read as `key=DIR`, for Hydra, which takes overrides only."""
+    if len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
+        sys.argv[1] = f"{key}={sys.argv[1]}"
+
+
 def in_sweep() -> bool:
     """Whether this is one job of a Hydra sweep (`-m`)."""
     from hydra.core.hydra_config import HydraConfig

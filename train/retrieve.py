@@ -235,6 +235,8 @@ def format_table(report: dict[str, Any]) -> str:
 def search_line(search: dict[str, Any]) -> str:
     line = (f"Search: {search['backend']}, {search['precision']} corpus vectors, {search['bytes_per_passage']} bytes a passage "
             f"({search['index_mb_per_million_passages']:,.1f} MiB a million)")
+    if search.get("search_ms_per_query") is not None:
+        line += f"; the search alone {search['search_ms_per_query']:.2f} ms/query"
     if search["precision"] != "float32":
         line += (f", rescored x{search['rescore_multiplier']} against float32" if search["rescore"] else ", not rescored")
     if "recall@10_vs_exact_float32" in search:

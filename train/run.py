@@ -32,6 +32,7 @@ from train.config.schema import LossConfig, ModelConfig, TrainerConfig, to_plain
 from train.errors import ConfigError
 from train.tasks.mixture import PartInputs, mixture_workload
 from train.config.checks import check_train_config
+from train import publish
 from train.engine.loop import make_accelerator, train
 from train.engine.session import DevEvaluation, LoopResult, Workload
 from train.engine.parallel import build_device
@@ -259,9 +260,17 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     stages = stage_configs(cfg)
     for _, stage_cfg in stages:  # a single run is its own one stage
         check_train_config(stage_cfg)
-    if len(stages) == 1 and not stages[0][0]:
-        return train_stage(cfg, run_dir)
+    if cfg.trainer.push_to_hub:  # a push that cannot work is found before the training, not after it
+        publish.check_can_push(cfg.trainer.push_to_hub)
+    out = train_stage(cfg, run_dir) if len(stages) == 1 and not stages[0][0] else train_stages(cfg, stages, run_dir)
+    if cfg.trainer.push_to_hub and PartialState().is_main_process:
+        out["pushed_to"] = publish.push_after_run(run_dir / "final", cfg.trainer.push_to_hub, cfg.trainer.push_private)
+    return out
 
+
+def train_stages(cfg: DictConfig, stages: list[tuple[str, DictConfig]], run_dir: Path) -> dict[str, Any]:
+    """The stages one after another, each from the previous one's final model; the run's final/
+    and eval.json are the last stage's."""
     check_run_dir(run_dir, bool(cfg.trainer.resume), cfg.trainer.overwrite)
     previous: Path | None = None
     results: dict[str, Any] = {}

@@ -242,24 +242,35 @@ def run_retrieval_scale(args: argparse.Namespace) -> dict[str, Any]:
         "retrieve": [sys.executable, "-m", "train.retrieve", *common, "data=candidates_file", f"data.dev_path={candidates}",
                      "split=dev", f"max_queries={args.queries}", "latency_queries=200", f"hydra.run.dir={here / 'retrieve'}"],
     }
+    # The same search over quantized corpus codes: index size, ms/query and recall@10 against exact.
+    for precision in ("int8", "ubinary"):
+        commands[f"retrieve_{precision}"] = [*commands["retrieve"][:-1], f"search.precision={precision}",
+                                             f"hydra.run.dir={here / f'retrieve_{precision}'}"]
     results = {}
     for name, cmd in commands.items():
         measured = measure(cmd, here / f"{name}.log", here / "never", env, args.timeout)
-        report = here / name / f"{name}.json"
+        report = here / name / f"{name.split('_')[0]}.json"
         results[name] = {**asdict(measured), "report": json.loads(report.read_text()) if report.exists() else None}
         print(f"{name}: {asdict(measured)}", flush=True)
     lines_out = [
         f"{args.queries:,} queries over {args.retrieval:,} passages, MiniLM, search.backend={args.search}",
         "",
-        "| command | wall time | corpus embedding | peak RSS (process tree) | peak RSS (the command's process) |",
-        "| --- | --- | --- | --- | --- |",
+        "| command | wall time | corpus embedding | peak RSS (process tree) | peak RSS (the command's process) | bytes a passage | "
+        "ms/query (the search alone) | recall@10 vs exact |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in results.items():
         rep = r["report"] or {}
         embedding = (f"{rep['corpus_embed_seconds']:.0f} s" + (" (cached earlier)" if rep.get("corpus_vectors_reused") else "")
                      if "corpus_embed_seconds" in rep else "?")
-        lines_out.append(f"| train.{name} | {r['wall_s']:.0f} s | {embedding} | {r['peak_rss_mb'] / 1024:.2f} GiB | "
-                         f"{r['trainer_peak_mb'] / 1024:.2f} GiB |")
+        search = rep.get("search") if isinstance(rep.get("search"), dict) else {}
+        ms = f"{rep['systems'][0]['ms_per_query']:.1f}" if rep.get("systems") else ""
+        if search.get("search_ms_per_query"):
+            ms += f" ({search['search_ms_per_query']:.2f})"
+        command = f"train.{name}".replace("_", " search.precision=")
+        lines_out.append(f"| {command} | {r['wall_s']:.0f} s | {embedding} | {r['peak_rss_mb'] / 1024:.2f} GiB | "
+                         f"{r['trainer_peak_mb'] / 1024:.2f} GiB | {search.get('bytes_per_passage', '')} | {ms} | "
+                         f"{search.get('recall@10_vs_exact_float32', '')} |")
     print("\n".join(lines_out))
     return results
 

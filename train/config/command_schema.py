@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from omegaconf import MISSING
+
 
 from train.config.choices import Fusion, RetrieveCorpus, SamplingStrategy, SearchBackend, SearchPrecision
 from train.config.schema import DataConfig, ModelConfig, PoolingConfig
@@ -26,7 +28,7 @@ class SearchConfig:
     # torch (chunks of the memory-mapped vector file), or auto: faiss when it is installed.
     backend: SearchBackend = SearchBackend.auto
     # float32: exact. int8 (a byte a dimension) or ubinary (a bit a dimension): the index holds the
-    # quantized corpus (kept in the data cache), 4× or 32× smaller; int8 is scored by torch.
+    # quantized corpus (kept in the data cache), 4× or 32× smaller; faiss searches it fastest.
     precision: SearchPrecision = SearchPrecision.float32
     # Quantized search: rescore each query's rescore_multiplier × k best by the float32 query against
     # the float32 corpus vectors (read from the vector file), as semantic_search_faiss does. 4: the
@@ -145,3 +147,22 @@ class ScoreConfig(ModelAndData):
     chunk_queries: int = 1000
     # Pairs (cross-encoder) or texts (bi-encoder) a forward pass.
     batch_size: int = 64
+
+
+@dataclass
+class PushConfig:
+    # `python -m train.push <dir> repo=<id>`: a saved model (a run's final/, or the run dir) to the Hub.
+    # The model folder (or run dir: its final/); the first argument stands for dir=.
+    dir: str = MISSING
+    # The Hub repo id, owner/name (or name: under the token's user); created if missing.
+    repo: str = MISSING
+    # A new repo is private (an existing repo keeps its visibility).
+    private: bool = False
+    # A branch to push to (created if missing); null: main.
+    revision: Optional[str] = None
+    # The commit's message; null: "Add model from <dir>".
+    commit_message: Optional[str] = None
+    # Also upload a checkpoint's training state (accelerate_state/: optimizer, scheduler, random states).
+    training_state: bool = False
+    # Print what would be uploaded and stop: no Hub call.
+    dry_run: bool = False

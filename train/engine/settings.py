@@ -105,3 +105,9 @@ class TrainerConfig:
     report_to: list[str] = field(default_factory=list)
     # The trackers' project (MLflow experiment, W&B/Trackio project).
     project_name: str = "embed-train"
+    # A Hub repo id (owner/name): final/ is pushed there when the run is done (train.publish). The
+    # token is checked before training starts; a failed push leaves the run as it is and prints
+    # the python -m train.push command that retries it.
+    push_to_hub: Optional[str] = None
+    # A repo the push creates is private.
+    push_private: bool = False

@@ -15,11 +15,12 @@ import numpy as np
 
 def bi_encoder_search(
     bi: Any, queries: Sequence[str], index: Any, depth: int, batch_size: int, timed: int = 0, prompt: str | None = None
-) -> tuple[np.ndarray, list[float], np.ndarray]:
+) -> tuple[np.ndarray, list[float], np.ndarray, list[float]]:
     """Each query's top `depth` document ids (an array, a row a query), the seconds (encoding +
     search) of each of the first `timed` queries (0: all), run one by one as a search service
     meets them: it embeds a query when it arrives, not in a batch with later ones (the rest are
-    embedded and searched in batches), and the cosine of each ranked document."""
+    embedded and searched in batches), the cosine of each ranked document, and the seconds of
+    the search alone of each timed query."""
     from train.evaluation.bars import ProgressLog
     from train.evaluation.search import QUERY_BATCH, embed
 
@@ -27,11 +28,14 @@ def bi_encoder_search(
     timed = len(queries) if timed <= 0 else min(timed, len(queries))
     rankings = np.empty((len(queries), depth), dtype=np.int64)
     scores = np.empty((len(queries), depth), dtype=np.float32)
-    seconds = []
+    seconds, searching = [], []
     for i in range(timed):
         start = time.perf_counter()
-        found, ids = index.search(embed(bi, [queries[i]], batch_size, prompt), depth)
+        query = embed(bi, [queries[i]], batch_size, prompt)
+        embedded = time.perf_counter()
+        found, ids = index.search(query, depth)
         seconds.append(time.perf_counter() - start)
+        searching.append(time.perf_counter() - embedded)
         rankings[i], scores[i] = ids[0], found[0]
     progress = ProgressLog("Bi-encoder search", len(queries), "queries")
     for start in range(timed, len(queries), QUERY_BATCH):
@@ -39,7 +43,7 @@ def bi_encoder_search(
         batch = queries[start : start + QUERY_BATCH]
         found, ids = index.search(embed(bi, batch, batch_size, prompt), depth)
         rankings[start : start + len(batch)], scores[start : start + len(batch)] = ids, found
-    return rankings, seconds, scores
+    return rankings, seconds, scores, searching
 
 
 @dataclass
@@ -64,11 +68,11 @@ def dense_search(bi: Any, data: Any, depth: int, cache_root: Path, batch_size: i
     vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, cache_root, batch_size, prompt=document_prompt)
     index = Index(vectors, **(search or {}), cache_root=cache_root)
     started = time.perf_counter()
-    rankings, seconds, scores = bi_encoder_search(bi, data.queries, index, min(len(data.corpus), depth), batch_size, timed, query_prompt)
+    rankings, seconds, scores, searching = bi_encoder_search(bi, data.queries, index, min(len(data.corpus), depth), batch_size, timed, query_prompt)
     exact = None
     if index.quantized is not None:  # what quantizing cost: each query's exact top 10 found again
         exact = quantized_recall(bi, data.queries, vectors, rankings, batch_size, query_prompt)
-    return DenseSearch(rankings, seconds, scores, embed_seconds, reused, time.perf_counter() - started, index.describe(), exact)
+    return DenseSearch(rankings, seconds, scores, embed_seconds, reused, time.perf_counter() - started, index.describe() | {"search_ms_per_query": 1000.0 * float(np.mean(searching)) if searching else None}, exact)
 
 
 def quantized_recall(bi: Any, queries: Sequence[str], vectors: Any, rankings: np.ndarray, batch_size: int, prompt: str | None) -> float:

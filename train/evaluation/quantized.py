@@ -87,34 +87,48 @@ def cached_codes(vectors: Any, precision: str, cache_root: Path) -> Codes:
 
 
 class QuantizedSearch:
-    """Search over a corpus's codes, held in memory: ubinary by Hamming distance (faiss's binary
-    flat index, or torch), int8 by the float query against the dequantized codes (torch, a chunk
-    at a time: faiss's flat indexes take float32 or binary codes, not int8)."""
+    """Search over a corpus's codes, held in memory. faiss: ubinary by Hamming distance (its binary
+    flat index), int8 by the float query against the dequantized codes (its 8-bit scalar
+    quantizer, given these codes and ranges: its decoding equals the library's dequantization).
+    torch: the same scores, a chunk of codes turned into floats at a time, which pays off for
+    batches of queries, not for one query at a time (use faiss for latency)."""
 
     def __init__(self, codes: Codes, backend: str) -> None:
         self.codes, self.backend = codes, backend
-        self.data = codes.load()
-        self.index = None
-        if codes.precision == "ubinary" and backend == "faiss":
+        data = codes.load()
+        self.index = self.data = None
+        steps = None
+        if codes.ranges is not None:
+            steps = (codes.ranges[1] - codes.ranges[0]) / 255
+            steps = np.where(steps == 0, 1, steps).astype(np.float32)
+        if backend == "faiss":
             import faiss
 
-            self.index = faiss.IndexBinaryFlat(codes.row_bytes * 8)
+            if codes.precision == "ubinary":
+                self.index = faiss.IndexBinaryFlat(codes.row_bytes * 8)
+            else:
+                # faiss decodes code c as vmin + (c + 0.5) / 255 × vdiff: these make it ranges[0] + c × step.
+                self.index = faiss.IndexScalarQuantizer(codes.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+                if steps is not None:
+                    trained = np.concatenate([codes.ranges[0] - 0.5 * steps, 255 * steps]).astype(np.float32)
+                    faiss.copy_array_to_vector(trained, self.index.sq.trained)
+                self.index.is_trained = True
             if codes.rows:
-                self.index.add(self.data)
-        elif codes.precision == "int8" and codes.ranges is not None:
-            starts = torch.from_numpy(codes.ranges[0])
-            steps = (torch.from_numpy(codes.ranges[1]) - starts) / 255
-            self.starts, self.steps = starts, torch.where(steps == 0, torch.ones_like(steps), steps)
-
-    @property
-    def nbytes(self) -> int:
-        """What the index holds in memory: the codes (faiss's binary index holds its own copy instead)."""
-        return int(self.data.nbytes)
+                if codes.precision == "ubinary":
+                    self.index.add(data)
+                else:
+                    self.index.add_sa_codes((data.astype(np.int16) + 128).astype(np.uint8))
+        else:
+            self.data = data
+            if steps is not None:
+                self.starts, self.steps = torch.from_numpy(codes.ranges[0].astype(np.float32)), torch.from_numpy(steps)
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each query's k best (approximate scores, row ids), best first. ubinary's score is the
         cosine of the sign vectors, 1 - 2 × Hamming distance / dim."""
         if self.index is not None:
+            if self.codes.precision == "int8":
+                return self.index.search(q, k)
             from sentence_transformers.util.quantization import quantize_embeddings
 
             distances, ids = self.index.search(quantize_embeddings(q, precision="ubinary"), k)

@@ -157,8 +157,6 @@ class Index:
             if cache_root is None:
                 raise ValueError("a quantized Index needs the cache_root its codes are kept in")
             self.quantized = QuantizedSearch(cached_codes(vectors, precision, cache_root), backend)
-            if precision == "int8":  # the torch path scores int8 (see QuantizedSearch)
-                self.backend = "torch"
         elif backend == "faiss":
             import faiss
 
