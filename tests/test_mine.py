@@ -165,6 +165,8 @@ def test_a_cross_encoder_checkpoint_is_refused_in_one_paragraph(tiny_model_dir, 
         (["relative_margin=2"], "relative_margin=2.0 (must be a number in [0, 1]"),
         (["split=validation"], "split=validation"),
         (["out=mined.json"], "name it *.jsonl"),
+        (["search.precision=ubinary", "search.rescore=false"], "quantized candidates must be rescored"),
+        (["search.rescore_multiplier=0"], "search.rescore_multiplier=0 (must be"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_loads(tmp_path, overrides, words):
