@@ -149,9 +149,9 @@ class ScoreConfig(ModelAndData):
     batch_size: int = 64
 
 
+# `python -m train.push <dir> repo=<id>`: a saved model (a run's final/, or the run dir) to the Hub.
 @dataclass
 class PushConfig:
-    # `python -m train.push <dir> repo=<id>`: a saved model (a run's final/, or the run dir) to the Hub.
     # The model folder (or run dir: its final/); the first argument stands for dir=.
     dir: str = MISSING
     # The Hub repo id, owner/name (or name: under the token's user); created if missing.
