@@ -10,6 +10,8 @@ from transformers import BertConfig, BertModel
 from train import bench
 from train.bench.flops import matmul_weights, peak_tflops, training_flops_per_token, utilisation
 
+from tests.conftest import ROOT
+
 
 def test_matmul_weights_are_the_encoder_layers_matrices():
     model = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
@@ -216,3 +218,22 @@ def test_steps_bench_times_each_variant_after_its_warm_up_and_writes_one_table(t
 def test_collation_bench_reports_each_part_of_a_batch(tiny_model_dir, shared_data):
     costs = bench.main(["--collation", "--model", str(tiny_model_dir), "--data-dir", str(shared_data), "--batch-size", "32"])
     assert set(costs) == {"gather rows", "pad (vectorised)", "pad (row by row, before)", "pack"} and all(v > 0 for v in costs.values())
+
+
+def test_serve_bench_times_each_variant_and_says_why_a_backend_is_missing(tiny_model_dir, tmp_path):
+    import argparse
+
+    from train.bench.serve import run_serve
+
+    args = argparse.Namespace(model=str(tiny_model_dir), data_dir=str(ROOT / "data"), serve_queries=12, serve_texts=40, max_seq_length=32)
+    report = run_serve(args)
+    rows = report["variants"]
+    assert list(rows) == ["torch fp32", "torch bf16", "ONNX fp32", "ONNX O3", "ONNX int8", "OpenVINO fp32", "OpenVINO int8"]
+    fp32, bf16 = rows["torch fp32"], rows["torch bf16"]
+    assert fp32["available"] and 0 < fp32["ms_median"] <= fp32["ms_p95"] and fp32["texts_per_s"] > 0
+    assert bf16["weights_mb"] == pytest.approx(fp32["weights_mb"] / 2)
+    assert -1 <= bf16["korsts_test_spearman"] <= 1 and abs(bf16["korsts_test_spearman"] - fp32["korsts_test_spearman"]) < 0.1
+    for name in ("ONNX fp32", "OpenVINO int8"):
+        r = rows[name]
+        assert r["weights_mb"] > 0 if r["available"] else r["reason"]  # why it did not load
+    assert "| torch bf16 |" in report["table"] and report["queries"] == 12

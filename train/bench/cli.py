@@ -125,6 +125,11 @@ def parser() -> argparse.ArgumentParser:
     steps.add_argument("--timed-steps", type=int, default=200, help="--steps: steps timed")
     steps.add_argument("--collation", action="store_true", help="ms the loader spends a batch (--batch-size, default 256 MNRL pairs): "
                        "gathering rows, padding (vectorised and row by row) and packing")
+    serve = p.add_argument_group("query cost (train/bench/serve.py)")
+    serve.add_argument("--serve", action="store_true", help="ms/query at batch 1, texts/s at batch 32, weights and KorSTS test "
+                       "Spearman of --model run by torch fp32/bf16 and the ONNX/OpenVINO backends")
+    serve.add_argument("--serve-queries", type=int, default=300, help="--serve: queries timed one at a time")
+    serve.add_argument("--serve-texts", type=int, default=2048, help="--serve: texts embedded at batch 32")
     p.add_argument("--suite", default=None, choices=["gpu"],
                    help="gpu: every GPU recipe against the library's trainer at equal precision, one JSON and one Markdown "
                         "table (train/bench/suite.py)")
@@ -217,6 +222,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from train.bench.steps import collation_cost
 
         return collation_cost(args)
+    if args.serve:
+        from train.bench.serve import run_serve
+
+        report = {"args": vars(args), "machine": machine(), "results": run_serve(args)}
+        print(report["results"]["table"])
+        write_report(report, args.out or "bench_results/serve.json")
+        return report
     if args.suite:
         from train.bench.suite import run_suite
 
