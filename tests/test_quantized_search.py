@@ -110,3 +110,17 @@ def test_the_index_reports_what_a_passage_costs(tmp_path):
     assert [sizes[p]["bytes_per_passage"] for p in ("float32", "int8", "ubinary")] == [1536, 384, 48]
     assert sizes["ubinary"]["index_mb_per_million_passages"] == pytest.approx(45.8, abs=0.05)
     assert sizes["ubinary"]["rescore_multiplier"] == 4 and "rescore" not in sizes["float32"]
+
+
+def test_one_query_at_a_time_by_popcount_scores_as_the_batch_path_does(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantized, "HAMMING_CHUNK", 16)  # 100 rows: seven chunks
+    vectors, x = vector_file(tmp_path, 100, dim=40)
+    q = queries(5, 40)
+    index = Index(vectors, "torch", precision="ubinary", rescore=False, cache_root=tmp_path / "cache")
+    few = index.search(q, 12)
+    monkeypatch.setattr(quantized, "FEW_QUERIES", 0)  # every call through the ±1 matmul
+    many = index.search(q, 12)
+    assert np.allclose(few[0], many[0], atol=1e-6)
+    signs = np.where(x > 0, 1.0, -1.0) @ np.where(q > 0, 1.0, -1.0).T / 40
+    assert np.allclose(few[0], np.take_along_axis(signs.T, few[1], 1), atol=1e-6)
+    assert (np.diff(few[0], axis=1) <= 0).all()

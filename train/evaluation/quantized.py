@@ -26,6 +26,9 @@ import torch
 PRECISIONS = ("float32", "int8", "ubinary")
 QUANTIZE_CHUNK = 65_536  # corpus rows quantized (and scored by torch) at a time
 RESCORE_QUERIES = 256  # queries whose candidates are rescored at a time
+FEW_QUERIES = 8  # torch backend: up to this many queries a call are searched by XOR and popcount, more by a ±1 matmul
+HAMMING_CHUNK = 1 << 20  # rows XORed at a time
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class QuantizedSearch:
 
             distances, ids = self.index.search(quantize_embeddings(q, precision="ubinary"), k)
             return (1.0 - 2.0 * distances / self.codes.dim).astype(np.float32), ids
+        if self.codes.precision == "ubinary" and len(q) <= FEW_QUERIES:
+            return self._hamming(q, k)
         query = torch.from_numpy(q)
         if self.codes.precision == "ubinary":
             query = torch.where(query > 0, 1.0, -1.0)
@@ -147,6 +152,21 @@ class QuantizedSearch:
         if self.codes.precision == "ubinary":
             best_s = best_s / self.codes.dim
         return best_s.numpy(), best_i.numpy()
+
+    def _hamming(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """A few queries (one at a time, as a service meets them): Hamming distance by XOR and a
+        popcount table over the packed codes, no unpacking; ties go to the lower row."""
+        from sentence_transformers.util.quantization import quantize_embeddings
+
+        packed = quantize_embeddings(q, precision="ubinary")
+        scores, ids = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+        for i, code in enumerate(packed):
+            distance = np.concatenate([POPCOUNT[self.data[start : start + HAMMING_CHUNK] ^ code].sum(axis=1, dtype=np.int32)
+                                       for start in range(0, self.codes.rows, HAMMING_CHUNK)])
+            part = np.argpartition(distance, k - 1)[:k] if k < len(distance) else np.arange(len(distance))
+            order = part[np.lexsort((part, distance[part]))]
+            scores[i], ids[i] = 1.0 - 2.0 * distance[order] / self.codes.dim, order
+        return scores, ids
 
     def _floats(self, start: int, stop: int) -> torch.Tensor:
         chunk = self.data[start:stop]
