@@ -93,8 +93,8 @@ class QuantizedSearch:
     """Search over a corpus's codes, held in memory. faiss: ubinary by Hamming distance (its binary
     flat index), int8 by the float query against the dequantized codes (its 8-bit scalar
     quantizer, given these codes and ranges: its decoding equals the library's dequantization).
-    torch: the same scores, a chunk of codes turned into floats at a time, which pays off for
-    batches of queries, not for one query at a time (use faiss for latency)."""
+    torch: the same scores; a few queries of ubinary by XOR and popcount, otherwise a chunk of codes
+    turned into floats at a time, which pays off for batches (use faiss for int8 latency)."""
 
     def __init__(self, codes: Codes, backend: str) -> None:
         self.codes, self.backend = codes, backend
