@@ -198,10 +198,6 @@ def check_score_config(cfg: DictConfig) -> None:
     _raise(problems)
 
 
-def _value(v: Any) -> Any:
-    return getattr(v, "value", v)
-
-
 def check_mine_config(cfg: DictConfig) -> None:
     problems = _problems(cfg, MINE_RULES) + _data_problems(cfg)
     if cfg.split not in ("train", "dev", "test"):
@@ -211,8 +207,8 @@ def check_mine_config(cfg: DictConfig) -> None:
             f"range_max={cfg.range_max} with range_min={cfg.range_min} leaves {cfg.range_max - cfg.range_min} ranks, "
             f"fewer than num_negatives={cfg.num_negatives} (raise range_max or leave it null)"
         )
-    if _value(cfg.search.precision) != "float32" and not cfg.search.rescore:
-        problems.append(f"search.precision={_value(cfg.search.precision)} with search.rescore=false: the margins compare each "
+    if cfg.search.precision.value != "float32" and not cfg.search.rescore:
+        problems.append(f"search.precision={cfg.search.precision.value} with search.rescore=false: the margins compare each "
                         "candidate's score with its positive's float32 cosine, so quantized candidates must be rescored (search.rescore=true)")
     _raise(problems)
 

@@ -14,13 +14,15 @@ import numpy as np
 
 
 def bi_encoder_search(
-    bi: Any, queries: Sequence[str], index: Any, depth: int, batch_size: int, timed: int = 0, prompt: str | None = None
-) -> tuple[np.ndarray, list[float], np.ndarray, list[float]]:
+    bi: Any, queries: Sequence[str], index: Any, depth: int, batch_size: int, timed: int = 0, prompt: str | None = None,
+    exact: Any = None,
+) -> tuple[np.ndarray, list[float], np.ndarray, list[float], np.ndarray | None]:
     """Each query's top `depth` document ids (an array, a row a query), the seconds (encoding +
     search) of each of the first `timed` queries (0: all), run one by one as a search service
     meets them: it embeds a query when it arrives, not in a batch with later ones (the rest are
-    embedded and searched in batches), the cosine of each ranked document, and the seconds of
-    the search alone of each timed query."""
+    embedded and searched in batches), the cosine of each ranked document, the seconds of
+    the search alone of each timed query, and, given an `exact` index, each query's top 10 by
+    it: the same query vectors searched again, outside the timed span."""
     from train.evaluation.bars import ProgressLog
     from train.evaluation.search import QUERY_BATCH, embed
 
@@ -29,6 +31,8 @@ def bi_encoder_search(
     rankings = np.empty((len(queries), depth), dtype=np.int64)
     scores = np.empty((len(queries), depth), dtype=np.float32)
     seconds, searching = [], []
+    exact_depth = min(10, depth)
+    exact_ids = np.empty((len(queries), exact_depth), dtype=np.int64) if exact is not None else None
     for i in range(timed):
         start = time.perf_counter()
         query = embed(bi, [queries[i]], batch_size, prompt)
@@ -37,13 +41,18 @@ def bi_encoder_search(
         seconds.append(time.perf_counter() - start)
         searching.append(time.perf_counter() - embedded)
         rankings[i], scores[i] = ids[0], found[0]
+        if exact is not None:
+            exact_ids[i] = exact.search(query, exact_depth)[1][0]
     progress = ProgressLog("Bi-encoder search", len(queries), "queries")
     for start in range(timed, len(queries), QUERY_BATCH):
         progress(start)
         batch = queries[start : start + QUERY_BATCH]
-        found, ids = index.search(embed(bi, batch, batch_size, prompt), depth)
+        embedded = embed(bi, batch, batch_size, prompt)
+        found, ids = index.search(embedded, depth)
         rankings[start : start + len(batch)], scores[start : start + len(batch)] = ids, found
-    return rankings, seconds, scores, searching
+        if exact is not None:
+            exact_ids[start : start + len(batch)] = exact.search(embedded, exact_depth)[1]
+    return rankings, seconds, scores, searching, exact_ids
 
 
 @dataclass
@@ -67,24 +76,19 @@ def dense_search(bi: Any, data: Any, depth: int, cache_root: Path, batch_size: i
 
     vectors, embed_seconds, reused = cached_vectors(bi, data.corpus, cache_root, batch_size, prompt=document_prompt)
     index = Index(vectors, **(search or {}), cache_root=cache_root)
+    # What quantizing costs: each query's exact top 10 too, from the same query vectors.
+    exact = Index(vectors, "auto") if index.quantized is not None else None
     started = time.perf_counter()
-    rankings, seconds, scores, searching = bi_encoder_search(bi, data.queries, index, min(len(data.corpus), depth), batch_size, timed, query_prompt)
-    exact = None
-    if index.quantized is not None:  # what quantizing cost: each query's exact top 10 found again
-        exact = quantized_recall(bi, data.queries, vectors, rankings, batch_size, query_prompt)
-    return DenseSearch(rankings, seconds, scores, embed_seconds, reused, time.perf_counter() - started, index.describe() | {"search_ms_per_query": 1000.0 * float(np.mean(searching)) if searching else None}, exact)
+    rankings, seconds, scores, searching, exact_ids = bi_encoder_search(bi, data.queries, index, min(len(data.corpus), depth), batch_size,
+                                                                        timed, query_prompt, exact)
+    recall = recall_against(exact_ids, rankings) if exact_ids is not None else None
+    described = index.describe() | {"search_ms_per_query": 1000.0 * float(np.mean(searching)) if searching else None}
+    return DenseSearch(rankings, seconds, scores, embed_seconds, reused, time.perf_counter() - started, described, recall)
 
 
-def quantized_recall(bi: Any, queries: Sequence[str], vectors: Any, rankings: np.ndarray, batch_size: int, prompt: str | None) -> float:
-    """The share of each query's exact float32 top 10 that the quantized search also ranked in
-    its top 10, averaged over queries (recall@10 against exact search)."""
-    from train.evaluation.search import QUERY_BATCH, Index, embed
-
-    exact = Index(vectors, "auto")
-    depth = min(10, vectors.rows, rankings.shape[1])
-    found = 0
-    for start in range(0, len(queries), QUERY_BATCH):
-        _, ids = exact.search(embed(bi, queries[start : start + QUERY_BATCH], batch_size, prompt), depth)
-        mine = rankings[start : start + len(ids), :depth]
-        found += sum(len(np.intersect1d(a, b)) for a, b in zip(ids, mine))
-    return found / max(1, len(queries) * depth)
+def recall_against(exact_ids: np.ndarray, rankings: np.ndarray) -> float:
+    """The share of each query's exact top k (k = exact_ids' width, 10) that `rankings` also has
+    in its top k, averaged over queries (recall@10 against exact search)."""
+    depth = exact_ids.shape[1]
+    found = sum(len(np.intersect1d(a, b)) for a, b in zip(exact_ids, rankings[:, :depth]))
+    return found / max(1, exact_ids.size)

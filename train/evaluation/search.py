@@ -120,9 +120,8 @@ def cached_vectors(
 
 
 def search_settings(search: Any) -> dict[str, Any]:
-    """A `search` config section as Index's keyword arguments."""
-    value = lambda v: getattr(v, "value", v)  # noqa: E731 (enums from the schema, strings from plain dicts)
-    return {"backend": value(search.backend), "precision": value(search.precision), "rescore": bool(search.rescore),
+    """A composed `search` config section as Index's keyword arguments."""
+    return {"backend": search.backend.value, "precision": search.precision.value, "rescore": bool(search.rescore),
             "rescore_multiplier": int(search.rescore_multiplier)}
 
 
