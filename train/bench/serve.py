@@ -14,7 +14,6 @@ load is a row that says why, not a missing row.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -33,10 +32,11 @@ VARIANTS = [
 
 
 def korsts_test(data_dir: Path) -> tuple[list[str], list[str], list[float]]:
-    path = data_dir / "korsts" / "sts-test.tsv"
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], [float(r["score"]) / 5 for r in rows]
+    """KorSTS test as the project reads it (scores rescaled to [0, 1])."""
+    from train.data.presets import load_sts_splits
+
+    test = load_sts_splits("korsts", ("test",), data_dir=data_dir)["test"]
+    return list(test["sentence1"]), list(test["sentence2"]), [float(s) for s in test["score"]]
 
 
 def load_variant(model_dir: str, package: str | None, backend: str, kwargs: dict[str, Any], max_seq_length: int):
