@@ -178,11 +178,11 @@ class QuantizedSearch:
             return (torch.from_numpy(chunk).float() + 128) * self.steps + self.starts
 
 
-def rescore(vectors: Any, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def rescore(mapped: np.ndarray, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The candidates `ids` (each query's, at most the corpus: never padded) rescored by the float32
     query against their float32 vectors; each query's k best (cosines, ids). A block of queries at
-    a time: their candidates' vectors are the only float32 rows read."""
-    mapped = vectors.mapped()
+    a time: their candidates' vectors are the only float32 rows read from `mapped`, the
+    memory-mapped float32 file."""
     scores = np.empty(ids.shape, dtype=np.float32)
     for start in range(0, len(ids), RESCORE_QUERIES):
         block = ids[start : start + RESCORE_QUERIES]

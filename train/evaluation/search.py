@@ -156,6 +156,7 @@ class Index:
             if cache_root is None:
                 raise ValueError("a quantized Index needs the cache_root its codes are kept in")
             self.quantized = QuantizedSearch(cached_codes(vectors, precision, cache_root), backend)
+            self.mapped = vectors.mapped() if vectors.rows else None  # mapped once: rescoring reads from it every query
         elif backend == "faiss":
             import faiss
 
@@ -203,7 +204,7 @@ class Index:
             if not self.rescore:
                 return self.quantized.search(q, k)
             _, candidates = self.quantized.search(q, min(k * self.rescore_multiplier, self.vectors.rows))
-            return rescore(self.vectors, q, candidates, k)
+            return rescore(self.mapped, q, candidates, k)
         if self.backend == "faiss":
             return self.index.search(q, k)
         query = torch.from_numpy(q)
