@@ -33,7 +33,7 @@ def test_config_files_were_found():
     # Every yaml under conf/ is either a primary config or a group option tested below
     # (accelerate launcher configs live in accelerate/, apart from the hyperparameters).
     primaries = {p.name for p in CONF.glob("*.yaml")}
-    assert primaries == {"train.yaml", "evaluate.yaml", "mine.yaml", "retrieve.yaml", "score.yaml", "push.yaml"}
+    assert primaries == {"train.yaml", "evaluate.yaml", "mine.yaml", "retrieve.yaml", "score.yaml", "push.yaml", "export.yaml"}
     files = {(p.parent.name, p.stem) for p in CONF.rglob("*.yaml") if p.parent != CONF}
     assert files <= set(options), files - set(options)
 

@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1] / "train"
 
 # Top to bottom. A module belongs to the first floor one of whose prefixes it starts with.
 FLOORS = [
-    ("commands", ("train.__main__", "train.run", "train.evaluate", "train.retrieve", "train.mine", "train.score", "train.push", "train.report", "train.bench")),
-    ("command plumbing", ("train.cli", "train.publish")),
+    ("commands", ("train.__main__", "train.run", "train.evaluate", "train.retrieve", "train.mine", "train.score", "train.push", "train.export", "train.report", "train.bench")),
+    ("command plumbing", ("train.cli", "train.publish", "train.backend_export")),
     ("what commands compose", ("train.cards", "train.config.checks", "train.config.resume_rules", "train.config.reference", "train.config.mixture")),
     ("tasks", ("train.tasks",)),
     ("builders: config sections to plain arguments", ("train.models.build", "train.data.build", "train.losses.build")),

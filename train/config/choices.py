@@ -83,3 +83,17 @@ class MixtureSampling(str, Enum):
     # until the smallest runs out.
     proportional = "proportional"
     round_robin = "round_robin"
+
+
+class ExportBackend(str, Enum):
+    # The inference backend sentence-transformers loads the export with (backend=...).
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+class ExportQuantize(str, Enum):
+    # none: fp32 weights. int8_dynamic: int8 weights, activations quantized as they come (no data).
+    # int8_static: activations' ranges calibrated beforehand on texts of the data option.
+    none = "none"
+    int8_dynamic = "int8_dynamic"
+    int8_static = "int8_static"

@@ -1,5 +1,5 @@
 """The typed schemas of the commands other than training (train.evaluate, train.mine,
-train.retrieve, train.score), stored in Hydra's ConfigStore by schema.register_configs."""
+train.retrieve, train.score, train.push, train.export), stored in Hydra's ConfigStore by schema.register_configs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 
-from train.config.choices import Fusion, RetrieveCorpus, SamplingStrategy, SearchBackend, SearchPrecision
+from train.config.choices import ExportBackend, ExportQuantize, Fusion, RetrieveCorpus, SamplingStrategy, SearchBackend, SearchPrecision
 from train.config.schema import DataConfig, ModelConfig, PoolingConfig
 
 
@@ -166,3 +166,29 @@ class PushConfig:
     training_state: bool = False
     # Print what would be uploaded and stop: no Hub call.
     dry_run: bool = False
+
+
+# `python -m train.export <dir> [backend=onnx] [quantize=...] [optimize=...]`: a saved model to an inference backend.
+@dataclass
+class ExportConfig:
+    # The model folder (or run dir: its final/); the first argument stands for dir=.
+    dir: str = MISSING
+    # onnx (optimum + onnxruntime). openvino is refused with the reason (optimum-intel's transformers pin).
+    backend: ExportBackend = ExportBackend.onnx
+    # none, int8_dynamic, or int8_static (calibrated on calibration_samples texts of the data option's train split).
+    quantize: ExportQuantize = ExportQuantize.none
+    # The int8 preset: auto (this CPU's: avx512_vnni, avx512, avx2 or arm64) or one of those.
+    quantize_config: str = "auto"
+    # ONNX Runtime graph optimization: null, O1, O2, O3 (O2 with GELU approximation) or O4 (O3 in fp16, for GPUs).
+    optimize: Optional[str] = None
+    # A Matryoshka model's embeddings cut to this size; written into a copy of the model (out=, or <dir>-dim<N>).
+    truncate_dim: Optional[int] = None
+    # Where the variants go: null, the model folder itself (onnx/ beside the weights, as Hub repos keep them).
+    out: Optional[str] = None
+    # The texts int8_static calibrates on (train split) and the check compares on (test, else dev, else train).
+    data: DataConfig = field(default_factory=DataConfig)
+    calibration_samples: int = 300
+    # Texts on which each variant is compared with the torch model (cosine; a cross-encoder: score difference).
+    check_samples: int = 256
+    # Export again a variant file that exists (it is kept otherwise).
+    overwrite: bool = False

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from train.config import checks
-from train.config.command_schema import EvaluateConfig, MineConfig, PushConfig, RetrieveConfig, ScoreConfig
+from train.config.command_schema import EvaluateConfig, ExportConfig, MineConfig, PushConfig, RetrieveConfig, ScoreConfig
 from train.config.schema import TrainConfig
 from train.losses.registry import LOSSES
 
@@ -33,6 +33,7 @@ COMMANDS = {
     "python -m train.retrieve": (RetrieveConfig, checks.RETRIEVE_RULES),
     "python -m train.score": (ScoreConfig, checks.SCORE_RULES),
     "python -m train.push": (PushConfig, {}),
+    "python -m train.export": (ExportConfig, {}),
 }
 FIELD = re.compile(r"^\s+(\w+)\s*:")
 

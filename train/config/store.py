@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from train.config.command_schema import EvaluateConfig, MineConfig, PushConfig, RetrieveConfig, ScoreConfig
+from train.config.command_schema import EvaluateConfig, ExportConfig, MineConfig, PushConfig, RetrieveConfig, ScoreConfig
 from train.config.schema import TrainConfig, open_dict_fields
 from train.losses.registry import loss_names
 
@@ -16,7 +16,8 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     for name, schema in (("train_schema", TrainConfig), ("evaluate_schema", EvaluateConfig),
-                         ("mine_schema", MineConfig), ("retrieve_schema", RetrieveConfig), ("score_schema", ScoreConfig), ("push_schema", PushConfig)):
+                         ("mine_schema", MineConfig), ("retrieve_schema", RetrieveConfig), ("score_schema", ScoreConfig), ("push_schema", PushConfig),
+                         ("export_schema", ExportConfig)):
         cs.store(name=name, node=open_dict_fields(OmegaConf.structured(schema)))
     # loss=<name>: one option a registered loss (train/losses/registry.py), so the list is kept in one place.
     for name in loss_names():

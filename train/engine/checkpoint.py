@@ -93,10 +93,15 @@ def add_file(model_dir: Path, name: str, text: str) -> None:
     tmp = target.parent / f".{target.name}.tmp"
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
-    manifest_path = model_dir / MANIFEST
+    list_in_manifest(model_dir, [name])
+
+
+def list_in_manifest(model_dir: Path, names: list[str]) -> None:
+    """Adds files placed in a committed dir (each in one rename) to its manifest, if it has one."""
+    manifest_path = Path(model_dir) / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        manifest["files"] = sorted({*manifest.get("files", []), name})
+        manifest["files"] = sorted({*manifest.get("files", []), *names})
         write_json_atomic(manifest_path, manifest)
 
 
