@@ -136,6 +136,7 @@ def test_truncate_dim_writes_a_copy_whose_embeddings_are_truncated(saved_models,
     (["optimize=O3", "quantize=int8_dynamic"], "export them as two variants"),
     (["optimize=O9"], "optimize=O9: one of O1, O2, O3, O4"),
     (["quantize=int8_dynamic", "quantize_config=sse"], "quantize_config=sse: one of auto, arm64"),
+    (["truncate_dim=0"], r"truncate_dim=0 \(must be an integer ≥ 1\)"),
 ])
 def test_requests_that_cannot_be_exported_are_refused_before_any_work(saved_models, tmp_path, overrides, message):
     bi = shutil.copytree(saved_models[0], tmp_path / "bi")

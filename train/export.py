@@ -51,8 +51,10 @@ def split_texts(data: DictConfig, calibration: int, check: int) -> tuple[list[st
 def export_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     setup_logging()
     run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+    from train.config.checks import check_export_config
     from train.models.saved import saved_model_kind
 
+    check_export_config(cfg)
     folder = publish.model_folder(cfg.dir)
     kind = saved_model_kind(folder)
     backend_export.model_class(kind)  # an image-text model is refused before any work

@@ -87,6 +87,13 @@ SCORE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+EXPORT_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "calibration_samples": (lambda v: v >= 2, "an integer ≥ 2"),
+    "check_samples": _AT_LEAST_1,
+    "truncate_dim": _AT_LEAST_1,
+}
+
+
 MINE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_negatives": _AT_LEAST_1,
     "search.rescore_multiplier": _AT_LEAST_1,
@@ -196,6 +203,10 @@ def check_score_config(cfg: DictConfig) -> None:
     if cfg.split not in ("train", "dev", "test"):
         problems.append(f"split={cfg.split} (must be train, dev or test)")
     _raise(problems)
+
+
+def check_export_config(cfg: DictConfig) -> None:
+    _raise(_problems(cfg, EXPORT_RULES))
 
 
 def check_mine_config(cfg: DictConfig) -> None:

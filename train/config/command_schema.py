@@ -187,6 +187,7 @@ class ExportConfig:
     out: Optional[str] = None
     # The texts int8_static calibrates on (train split) and the check compares on (test, else dev, else train).
     data: DataConfig = field(default_factory=DataConfig)
+    # int8_static: how many distinct texts of the data's train split calibrate the activation ranges.
     calibration_samples: int = 300
     # Texts on which each variant is compared with the torch model (cosine; a cross-encoder: score difference).
     check_samples: int = 256

@@ -33,7 +33,7 @@ COMMANDS = {
     "python -m train.retrieve": (RetrieveConfig, checks.RETRIEVE_RULES),
     "python -m train.score": (ScoreConfig, checks.SCORE_RULES),
     "python -m train.push": (PushConfig, {}),
-    "python -m train.export": (ExportConfig, {}),
+    "python -m train.export": (ExportConfig, checks.EXPORT_RULES),
 }
 FIELD = re.compile(r"^\s+(\w+)\s*:")
 
