@@ -186,7 +186,15 @@ LOSS_CLASSES = {
     ("cross_encoder", "listnet"): ("ListNetLoss", "query_candidates"),
     ("image_text", "clip"): ("ClipLoss", "image_captions"),
     ("image_text", "cached_clip"): ("CachedMultipleNegativesRankingLoss", "image_captions"),
+    ("sparse", "splade"): ("SpladeLoss", "triplets"),
+    ("sparse", "splade_margin_mse"): ("SpladeLoss", "triplets"),
+    ("sparse", "splade_kl_div"): ("SpladeLoss", "triplets"),
+    ("sparse", "splade_cosent"): ("SpladeLoss", "scored_pairs"),
+    ("sparse", "csr"): ("CSRLoss", "triplets"),
 }
+# The sparse loss inside SpladeLoss (or CSRLoss).
+SPARSE_INNER = {"splade": "SparseMultipleNegativesRankingLoss", "splade_margin_mse": "SparseMarginMSELoss",
+                "splade_kl_div": "SparseDistillKLDivLoss", "splade_cosent": "SparseCoSENTLoss", "csr": "SparseMultipleNegativesRankingLoss"}
 POOLING_MODES = {
     "cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens",
     "weightedmean": "weightedmean", "lasttoken": "lasttoken",
@@ -208,13 +216,22 @@ def test_loss_option_builds_its_loss(task, option, tiny_model_dir):
     from tests.conftest import TINY_VIT
 
     image = [f"model.image_config={TINY_VIT}", "model.offline_package=null"] if task == "image_text" else []
-    cfg = compose_config([f"task={task}", f"loss={option}", f"model.name={tiny_model_dir}", "loss.scale=7", "loss.margin=0.25", *image])
+    csr = ["model.sparse_architecture=csr", "model.csr_k=16"] if option == "csr" else []
+    cfg = compose_config([f"task={task}", f"loss={option}", f"model.name={tiny_model_dir}", "loss.scale=7", "loss.margin=0.25", *image, *csr,
+                          "loss.document_regularizer_weight=0.25"])
     model = build_model(cfg.model, cfg.pooling, task, model_outputs(cfg.loss, task))
     guide = model if option in ("gist", "cached_gist") else None
     loss, spec = build_loss_from(cfg.loss, model, task=task, guide=guide)
     name, shape = LOSS_CLASSES[(task, option)]
     assert type(loss).__name__ == name and spec.shape == shape
-    assert type(model).__name__ == {"bi_encoder": "SentenceTransformer", "cross_encoder": "CrossEncoder", "image_text": "SentenceTransformer"}[task]
+    assert type(model).__name__ == {"bi_encoder": "SentenceTransformer", "cross_encoder": "CrossEncoder", "image_text": "SentenceTransformer",
+                                    "sparse": "SparseEncoder"}[task]
+    if task == "sparse":
+        assert type(loss.loss).__name__ == SPARSE_INNER[option]
+        if option.startswith("splade"):
+            assert loss.document_regularizer_weight == 0.25
+        if option in ("splade", "splade_cosent"):
+            assert loss.loss.scale == pytest.approx(7)
     if hasattr(loss, "scale"):
         assert loss.scale == pytest.approx(7)  # CLIP's is learned in log space
     if option == "triplet":

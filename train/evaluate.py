@@ -67,7 +67,7 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         raise DataError(
             f"data={cfg.data.name} has no {split} split here. Try split=dev, or give the file with data.path=<file>."
         )
-    if kind == "bi_encoder":
+    if kind in ("bi_encoder", "sparse"):
         check_scorable(splits[split], str(data_cfg.get(f"{split}_path") or f"data={cfg.data.name} ({split} split)"))
 
     model, model_name = _load_model(cfg, kind)
@@ -82,6 +82,12 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
 
         metrics = cross_encoder.evaluate_set(model, splits[split], cfg.batch_size)
         table = cross_encoder.format_table({split: metrics})
+    elif kind == "sparse":
+        from train.evaluation.sparse_figures import evaluate_sparse_sts
+        from train.evaluation.tables import text_table
+
+        metrics = evaluate_sparse_sts(model, splits[split], cfg.batch_size)
+        table = text_table({split: metrics})
     else:
         from train.models.prompts import check_prompt_names, column_prompts
 
@@ -112,12 +118,17 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
     from train.evaluation.tables import text_table
     from train.models.prompts import check_prompt_names, column_prompts
 
-    if kind != "bi_encoder":
-        raise DataError(f"data={cfg.data.name} scores bi-encoders (dense retrieval); rerank with a cross-encoder in train.retrieve.")
+    if kind not in ("bi_encoder", "sparse"):
+        raise DataError(f"data={cfg.data.name} scores bi-encoders and sparse encoders (retrieval); rerank with a cross-encoder in train.retrieve.")
     found = retrieval_eval_sets(to_plain(cfg.data), (cfg.split,))
     if not found:
         raise DataError(f"data={cfg.data.name} has no {cfg.split} split here (no qrels/{cfg.split}.tsv). Try split=dev or split=test.")
     model, model_name = _load_model(cfg, kind)
+    if kind == "sparse":
+        from train.evaluation.sparse_figures import evaluate_sparse_retrieval
+
+        metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_sparse_retrieval(model, found[f"retrieval_{cfg.split}"], cfg.batch_size).items()}
+        return metrics, text_table({cfg.split: metrics}), model_name
     check_prompt_names(model, dict(cfg.data.prompts))
     prompts = column_prompts(model, dict(cfg.data.prompts), ("anchor", "positive"))
     ir = retrieval_evaluator(found[f"retrieval_{cfg.split}"], cfg.batch_size, prompts)

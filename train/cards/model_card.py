@@ -56,6 +56,7 @@ TASKS = {
     "bi_encoder": ("bi-encoder (sentence embeddings)", "sentence-similarity", ["sentence-similarity", "feature-extraction"]),
     "cross_encoder": ("cross-encoder (reranker)", "text-ranking", ["cross-encoder", "reranker", "text-ranking"]),
     "image_text": ("image–text dual encoder (CLIP-style)", "sentence-similarity", ["image-text", "clip", "feature-extraction"]),
+    "sparse": ("sparse encoder (SPLADE-style sparse embeddings)", "feature-extraction", ["sparse-encoder", "sparse", "splade", "feature-extraction"]),
 }
 SPLIT_LABELS = {"dev_before": "dev (before training)", "test_before": "test (before training)", "retrieval_dev": "dev (retrieval)", "retrieval_test": "test (retrieval)"}
 
@@ -216,6 +217,15 @@ def usage_snippet(task: str, path: str, num_labels: int = 1) -> str:
                 "for hit in model.rank(query, documents, return_documents=True):  # best first\n"
                 '    print(f"{hit[\'score\']:.4f}  {hit[\'text\']}")\n'
             )
+    elif task == "sparse":
+        body = (
+            "from sentence_transformers import SparseEncoder\n\n"
+            f"model = SparseEncoder({path!r})\n"
+            'queries = model.encode_query(["What is the weather like?"])\n'
+            'documents = model.encode_document(["It is sunny today.", "He drove to the stadium."])\n'
+            "print(model.similarity(queries, documents))  # dot products of sparse vectors\n"
+            "print(model.decode(documents[0], top_k=10))  # SPLADE: the document's heaviest vocabulary tokens\n"
+        )
     elif task == "image_text":
         body = (
             "from PIL import Image\n"

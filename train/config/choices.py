@@ -23,6 +23,9 @@ class TaskName(str, Enum):
     cross_encoder = "cross_encoder"
     # Images and texts into one space (CLIP): a CLIP-architecture model or a text and an image tower.
     image_text = "image_text"
+    # A sparse vector a text over the vocabulary (SPLADE, inference-free SPLADE) or a sparse code
+    # of a dense embedding (CSR): sentence-transformers' SparseEncoder; dot product compares them.
+    sparse = "sparse"
 
 
 class BadRowPolicy(str, Enum):
@@ -97,3 +100,12 @@ class ExportQuantize(str, Enum):
     none = "none"
     int8_dynamic = "int8_dynamic"
     int8_static = "int8_static"
+
+
+class SparseArchitecture(str, Enum):
+    # task=sparse. splade: the backbone's masked-LM head, max-pooled over tokens (any masked-LM backbone).
+    # inference_free: SPLADE for documents, a learned weight a vocabulary token for queries (no
+    # forward pass a query). csr: a sparse autoencoder (top-k) on a dense model's pooled embedding.
+    splade = "splade"
+    inference_free = "inference_free"
+    csr = "csr"

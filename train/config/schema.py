@@ -17,7 +17,7 @@ from omegaconf import MISSING
 # The trainer section is the engine's own (train/engine/settings.py), composed here with the rest.
 from train.engine.settings import MixedPrecision, NanPolicy, ResumeChanged, TrainerConfig  # noqa: F401
 from train.config.choices import (  # noqa: F401 (the schema's names, for its readers)
-    BadRowPolicy, Fusion, MixtureSampling, PeftMethod, PoolingMode, RetrieveCorpus, SamplingStrategy, SearchBackend, SearchPrecision, TaskName, WeightDtype,
+    BadRowPolicy, Fusion, MixtureSampling, PeftMethod, PoolingMode, RetrieveCorpus, SamplingStrategy, SearchBackend, SearchPrecision, SparseArchitecture, TaskName, WeightDtype,
 )
 from train.losses.registry import loss_names
 
@@ -72,6 +72,10 @@ class ModelConfig:
     # Locked-image or locked-text tuning (LiT): the tower keeps its weights.
     freeze_text: bool = False
     freeze_image: bool = False
+    # task=sparse: how a bare backbone becomes a SparseEncoder (a saved sparse model is taken as it is).
+    sparse_architecture: SparseArchitecture = SparseArchitecture.splade
+    # task=sparse, csr: the active dimensions an embedding keeps (top-k of a code 4× the dense size).
+    csr_k: int = 256
 
 
 @dataclass
@@ -187,6 +191,10 @@ class LossConfig:
     learn_scale: bool = True
     # gist, cached_gist: the frozen guide model that filters false negatives (Hub id, folder, or conf/model preset: minilm).
     guide: Optional[str] = None
+    # task=sparse, splade*: weight of the FLOPS regulariser on the documents' (every column after the first) activations.
+    document_regularizer_weight: float = 3e-5
+    # task=sparse, splade*: the same on the queries' (the first column); null: none. Not applied to inference-free queries.
+    query_regularizer_weight: Optional[float] = 5e-5
 
 
 @dataclass

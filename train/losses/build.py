@@ -20,6 +20,8 @@ def loss_options(loss: DictConfig | LossConfig, num_processes: int = 1) -> dict:
         matryoshka_dims=list(c.matryoshka_dims),
         num_negatives=c.num_negatives,
         learn_scale=c.learn_scale,
+        document_regularizer_weight=c.document_regularizer_weight,
+        query_regularizer_weight=c.query_regularizer_weight,
     )
 
 

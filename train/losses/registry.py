@@ -219,8 +219,64 @@ IMAGE_TEXT_LOSSES: dict[str, LossSpec] = {
     ),
 }
 
+def _sparse():
+    from sentence_transformers.sparse_encoder import losses
+
+    return losses
+
+
+def _is_inference_free(model) -> bool:
+    """A Router whose query route has no transformer: its queries cost no forward pass, and get no FLOPS term."""
+    first = model[0]
+    routes = getattr(first, "sub_modules", None)
+    return bool(routes) and "query" in routes and not any(hasattr(m, "auto_model") for m in routes["query"])
+
+
+def _splade(base):
+    def build(model, document_regularizer_weight, query_regularizer_weight, scale, gather, **_):
+        inner = {"mnrl": lambda: _sparse().SparseMultipleNegativesRankingLoss(model, scale=scale, gather_across_devices=gather),
+                 "margin_mse": lambda: _sparse().SparseMarginMSELoss(model),
+                 "kl_div": lambda: _sparse().SparseDistillKLDivLoss(model),
+                 "cosent": lambda: _sparse().SparseCoSENTLoss(model, scale=scale)}[base]()
+        query = None if _is_inference_free(model) else query_regularizer_weight
+        return _sparse().SpladeLoss(model, inner, document_regularizer_weight=document_regularizer_weight, query_regularizer_weight=query,
+                                    use_document_regularizer_only=base == "cosent")
+    return build
+
+
+_FLOPS = " FLOPS regularisers keep the vectors sparse: loss.document_regularizer_weight, loss.query_regularizer_weight."
+SPARSE_LOSSES: dict[str, LossSpec] = {
+    "splade": LossSpec(
+        Shape.triplets, _splade("mnrl"),
+        "SpladeLoss over the sparse MNRL (dot product, in-batch negatives and any hard negatives)." + _FLOPS,
+        defaults={"scale": 1.0},
+    ),
+    "splade_margin_mse": LossSpec(
+        Shape.triplets, _splade("margin_mse"),
+        "SpladeLoss over SparseMarginMSE: the teacher's margins (a candidates file with scores, python -m train.score)." + _FLOPS,
+        needs_scores=True,
+    ),
+    "splade_kl_div": LossSpec(
+        Shape.triplets, _splade("kl_div"),
+        "SpladeLoss over SparseDistillKLDiv: the softmax of the teacher's scores over a query's candidates." + _FLOPS,
+        needs_scores=True,
+    ),
+    "splade_cosent": LossSpec(
+        Shape.scored_pairs, _splade("cosent"),
+        "SpladeLoss over SparseCoSENT on scored pairs (STS); every text regularised as a document." + _FLOPS,
+        defaults={"scale": 20.0},
+    ),
+    "csr": LossSpec(
+        Shape.triplets,
+        lambda model, scale, gather, **_: _sparse().CSRLoss(
+            model, loss=_sparse().SparseMultipleNegativesRankingLoss(model, scale=scale, gather_across_devices=gather)),
+        "CSRLoss (model.sparse_architecture=csr): the sparse MNRL plus the autoencoder's reconstruction of the dense embedding.",
+        defaults={"scale": 1.0},
+    ),
+}
+
 LOSSES: dict[str, dict[str, LossSpec]] = {
-    "bi_encoder": BI_ENCODER_LOSSES, "cross_encoder": CROSS_ENCODER_LOSSES, "image_text": IMAGE_TEXT_LOSSES,
+    "bi_encoder": BI_ENCODER_LOSSES, "cross_encoder": CROSS_ENCODER_LOSSES, "image_text": IMAGE_TEXT_LOSSES, "sparse": SPARSE_LOSSES,
 }
 
 
@@ -254,6 +310,8 @@ def build_loss(
     task: str = "bi_encoder",
     learn_scale: bool = True,
     guide: nn.Module | None = None,
+    document_regularizer_weight: float = 3e-5,
+    query_regularizer_weight: float | None = 5e-5,
 ) -> tuple[nn.Module, LossSpec]:
     """The loss module, and its spec (data shape; whether the loop may embed for it). `guide`: the
     frozen guide model of gist/cached_gist (loaded by the caller: train/models/build.py)."""
@@ -264,6 +322,7 @@ def build_loss(
         scale=spec.defaults.get("scale", 20.0) if scale is None else scale,
         gather=gather_across_devices, mini_batch_size=mini_batch_size, margin=margin,
         num_labels=num_labels, num_negatives=num_negatives, learn_scale=learn_scale, guide=guide,
+        document_regularizer_weight=document_regularizer_weight, query_regularizer_weight=query_regularizer_weight,
     )
     loss = spec.build(model=model, **options)
     if matryoshka_dims:

@@ -77,6 +77,11 @@ def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str 
         from train.models.cross_encoder import build_cross_encoder
 
         return build_cross_encoder(name, m.max_seq_length, num_labels, package, m.attn_implementation, model_kwargs, m.trust_remote_code, device)
+    if task == "sparse":
+        from train.models.sparse import build_sparse_encoder
+
+        return build_sparse_encoder(name, m.max_seq_length, m.sparse_architecture.value, package, model_kwargs, m.trust_remote_code,
+                                    device, m.csr_k)
     if task == "image_text":
         from train.models.image_text import build_image_text_model
 

@@ -34,6 +34,8 @@ def saved_model_kind(path: str | Path) -> str:
     model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
     if model_type == "CrossEncoder":
         return "cross_encoder"
+    if model_type == "SparseEncoder":
+        return "sparse"
     return "image_text" if _has_image_encoder(path) else "bi_encoder"
 
 
@@ -56,6 +58,10 @@ def load_saved_model(path: str | Path, trust_remote_code: bool = False):
             from sentence_transformers.cross_encoder import CrossEncoder
 
             model = CrossEncoder(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+        elif saved_model_kind(path) == "sparse":
+            from sentence_transformers import SparseEncoder
+
+            model = SparseEncoder(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         else:
             model = SentenceTransformer(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as e:

@@ -1,0 +1,93 @@
+"""task=sparse on the shared loop: SPLADE, inference-free SPLADE and CSR train from the real config,
+their FLOPS terms reach the loss, final/ loads with bare SparseEncoder, a killed run resumes to the
+same weights, and train.evaluate scores a saved sparse model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sentence_transformers import SparseEncoder
+
+from train.errors import ConfigError
+from train.evaluate import evaluate_run
+from train.run import run
+
+from tests.conftest import FIXTURES, assert_same_weights, compose_config, resume_from_checkpoint
+
+NLI = ["data=nli_file", f"data.train_path={FIXTURES / 'nli_train_small.tsv'}", f"data.dev_path={FIXTURES / 'nli_small.tsv'}"]
+
+
+def sparse_cfg(model_dir, *extra):
+    return compose_config(["debug=default", "trainer.save_every=3", f"model.name={model_dir}", "model.max_seq_length=64", "task=sparse",
+                           *NLI, *extra])
+
+
+def test_splade_trains_saves_and_loads_with_the_bare_library(tiny_model_dir, tmp_path):
+    cfg = sparse_cfg(tiny_model_dir)
+    assert cfg.loss.name.value == "splade"  # task=sparse's own default loss
+    report = run(cfg, run_dir=tmp_path / "run")
+    dev = report["retrieval_dev"]
+    assert 0 <= dev["ndcg@10"] <= 1 and dev["n_queries"] == 3 and dev["corpus_active_dims"] > 0
+    model = SparseEncoder(str(tmp_path / "run" / "final"))
+    embeddings = model.encode_document(["a man plays a guitar", "비가 온다"])
+    assert embeddings.shape == (2, model.tokenizer.vocab_size) and embeddings.is_sparse
+    assert "SparseEncoder(" in (tmp_path / "run" / "final" / "README.md").read_text()
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["retrieval_dev"]["query_active_dims"] == dev["query_active_dims"]
+
+
+def test_the_document_flops_weight_makes_documents_sparser(tiny_model_dir, tmp_path):
+    # The regulariser is the point of SPLADE: a large weight must leave fewer active dimensions.
+    loose = run(sparse_cfg(tiny_model_dir, "loss.document_regularizer_weight=0", "loss.query_regularizer_weight=0",
+                           "trainer.lr=1e-3"), run_dir=tmp_path / "loose")
+    tight = run(sparse_cfg(tiny_model_dir, "loss.document_regularizer_weight=1.0", "loss.query_regularizer_weight=1.0",
+                           "trainer.lr=1e-3"), run_dir=tmp_path / "tight")
+    assert tight["retrieval_dev"]["corpus_active_dims"] < 0.9 * loose["retrieval_dev"]["corpus_active_dims"]
+
+
+def test_inference_free_queries_take_no_forward_pass(tiny_model_dir, tmp_path):
+    report = run(sparse_cfg(tiny_model_dir, "model.sparse_architecture=inference_free"), run_dir=tmp_path / "run")
+    model = SparseEncoder(str(tmp_path / "run" / "final"))
+    assert set(model[0].sub_modules) == {"query", "document"}
+    query = model.encode_query(["a man plays a guitar"]).coalesce()
+    tokens = set(model.tokenizer("a man plays a guitar")["input_ids"])
+    assert set(query.indices()[1].tolist()) <= tokens  # a query activates only its own tokens: no expansion
+    weights = model[0].sub_modules["query"][0].weight  # the first column trained the query route: its token weights moved from 1
+    assert (weights - 1).abs().max() > 0
+    assert report["retrieval_dev"]["query_active_dims"] < report["retrieval_dev"]["corpus_active_dims"]
+
+
+def test_csr_keeps_exactly_k_active_dimensions(tiny_model_dir, tmp_path):
+    report = run(sparse_cfg(tiny_model_dir, "model.sparse_architecture=csr", "model.csr_k=16", "loss=csr"), run_dir=tmp_path / "run")
+    assert report["retrieval_dev"]["query_active_dims"] == 16 and report["retrieval_dev"]["corpus_active_dims"] == 16
+    assert SparseEncoder(str(tmp_path / "run" / "final")).encode(["hello"]).shape == (1, 4 * 32)
+    with pytest.raises(ConfigError, match="model.csr_k=999: .* 128 dimensions"):
+        run(sparse_cfg(tiny_model_dir, "model.sparse_architecture=csr", "model.csr_k=999", "loss=csr"), run_dir=tmp_path / "bad")
+
+
+def test_a_killed_sparse_run_resumes_to_the_same_weights(tiny_model_no_dropout_dir, tmp_path):
+    cfg = sparse_cfg(tiny_model_no_dropout_dir, "trainer.max_steps=6")
+    run(cfg, run_dir=tmp_path / "whole")
+    resume_from_checkpoint(cfg, tmp_path / "whole", tmp_path / "resumed", step=3)
+    assert_same_weights(tmp_path / "whole" / "final" / "model.safetensors", tmp_path / "resumed" / "final" / "model.safetensors")
+
+
+def test_splade_cosent_trains_on_sts_and_distillation_needs_teacher_scores(tiny_model_dir, tmp_path):
+    sts = ["debug=default", f"model.name={tiny_model_dir}", "model.max_seq_length=64", "task=sparse", "loss=splade_cosent", "data=sts_file",
+           f"data.train_path={FIXTURES / 'train_small.jsonl'}", f"data.dev_path={FIXTURES / 'pairs.jsonl'}"]
+    report = run(compose_config(sts), run_dir=tmp_path / "sts")
+    assert -1 <= report["dev"]["spearman_dot"] <= 1 and report["dev"]["active_dims"] > 0
+    with pytest.raises(Exception, match="teacher's scores"):
+        run(sparse_cfg(tiny_model_dir, "loss=splade_margin_mse"), run_dir=tmp_path / "no-scores")
+
+
+def test_a_dense_loss_is_refused_for_task_sparse(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="loss=cosent does not train a sparse.*Losses for task=sparse: splade"):
+        run(sparse_cfg(tiny_model_dir, "loss=cosent"), run_dir=tmp_path / "run")
+
+
+def test_evaluate_scores_a_saved_sparse_model(tiny_model_dir, tmp_path):
+    run(sparse_cfg(tiny_model_dir), run_dir=tmp_path / "run")
+    out = evaluate_run(compose_config([f"checkpoint={tmp_path / 'run' / 'final'}", "data=sts_file",
+                                       f"data.path={FIXTURES / 'pairs.jsonl'}", "split=test"], config_name="evaluate"), run_dir=tmp_path / "eval")
+    assert out["task"] == "sparse" and -1 <= out["test"]["spearman_dot"] <= 1 and out["test"]["active_dims"] > 0

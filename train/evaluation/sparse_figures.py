@@ -1,0 +1,54 @@
+"""task=sparse figures, with sentence-transformers' sparse evaluators (dot product, as SparseEncoder
+scores): retrieval as the dense evaluation reports it (NDCG@10, MRR@10, Recall@1/10/100, MAP@100)
+plus the active dimensions of a query and of a document and the average FLOPS of a query-document
+score; STS Spearman and Pearson with the active dimensions of a text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from train.evaluation.eval_mode import eval_mode
+from train.evaluation.figures import _pairs_as_retrieval
+
+SPARSE_MAIN_METRIC = "retrieval_ndcg@10"
+RANKING = {"ndcg@10": "ndcg@10", "mrr@10": "mrr@10", "recall@1": "recall@1", "recall@10": "recall@10", "recall@100": "recall@100",
+           "map@100": "map@100"}
+SPARSITY = ("query_active_dims", "corpus_active_dims", "avg_flops")
+
+
+def sparse_retrieval_evaluator(data: Any, batch_size: int = 64):
+    """`data`: a RetrievalSplit (a whole corpus: data=beir, korquad) or (anchor, positive) rows."""
+    from sentence_transformers.sparse_encoder.evaluation import SparseInformationRetrievalEvaluator
+
+    if hasattr(data, "relevant"):
+        queries, corpus, relevant = data.queries, data.corpus, {q: set(d) for q, d in data.relevant.items()}
+    else:
+        queries, corpus, relevant = _pairs_as_retrieval(data)
+    return SparseInformationRetrievalEvaluator(
+        queries=queries, corpus=corpus, relevant_docs=relevant, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10],
+        precision_recall_at_k=[1, 10, 100], map_at_k=[100], batch_size=batch_size, write_csv=False,
+    )
+
+
+def evaluate_sparse_retrieval(model: Any, data: Any, batch_size: int = 64) -> dict[str, float]:
+    """{retrieval_ndcg@10, ..., retrieval_query_active_dims, retrieval_corpus_active_dims, retrieval_avg_flops, retrieval_n_queries}."""
+    evaluator = sparse_retrieval_evaluator(data, batch_size)
+    with eval_mode(model):
+        raw = evaluator(model)
+    score = next(k for k in raw if k.endswith("_ndcg@10")).removesuffix("_ndcg@10")  # the model's own similarity: dot
+    metrics = {f"retrieval_{k}": float(raw[f"{score}_{v}"]) for k, v in RANKING.items()}
+    metrics.update({f"retrieval_{k}": float(raw[k]) for k in SPARSITY})
+    metrics["retrieval_n_queries"] = len(evaluator.queries)
+    return metrics
+
+
+def evaluate_sparse_sts(model: Any, ds: Any, batch_size: int = 64) -> dict[str, float]:
+    """{spearman_dot, pearson_dot, spearman_cosine, pearson_cosine, active_dims, n_pairs} on scored pairs."""
+    from sentence_transformers.sparse_encoder.evaluation import SparseEmbeddingSimilarityEvaluator
+
+    evaluator = SparseEmbeddingSimilarityEvaluator(ds["sentence1"], ds["sentence2"], ds["score"], batch_size=batch_size,
+                                                   similarity_fn_names=["dot", "cosine"], write_csv=False)
+    with eval_mode(model):
+        raw = evaluator(model)
+    metrics = {f"{kind}_{sim}": float(raw[f"{kind}_{sim}"]) for kind in ("spearman", "pearson") for sim in ("dot", "cosine")}
+    return {**metrics, "active_dims": float(raw["active_dims"]), "n_pairs": len(ds)}

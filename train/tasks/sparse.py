@@ -1,0 +1,93 @@
+"""task=sparse: SPLADE, inference-free SPLADE and CSR (sentence-transformers' SparseEncoder).
+
+Rows, token cache, collation and sampling are the bi-encoder's (a text at a time through the
+backbone); the loss is the library's SpladeLoss or CSRLoss, given one feature batch per column.
+The first column is the query: an inference-free model routes it to its static token weights
+and every other column to the document path. The loss's parts (ranking loss, FLOPS terms)
+are summed into the one loss the loop steps on. Dev figures: retrieval with the library's
+SparseInformationRetrievalEvaluator (dot product), with the active dimensions of queries and
+documents; STS with SparseEmbeddingSimilarityEvaluator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.engine.task_step import BatchStats
+from train.evaluation.sparse_figures import SPARSE_MAIN_METRIC, evaluate_sparse_retrieval, evaluate_sparse_sts
+from train.losses.registry import LossSpec
+from train.tasks.base import Evaluate, Scoring, TrainingInputs
+from train.tasks.bi_encoder import BiEncoderTask, training_inputs
+
+
+def is_routed(model: Any) -> bool:
+    """A Router with a query route (inference-free SPLADE): each feature batch names its route."""
+    model = getattr(model, "module", model)  # DDP's wrapper
+    return hasattr(model[0], "sub_modules") and "query" in model[0].sub_modules
+
+
+class SparseStep:
+    def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        features = batch["columns"]
+        if is_routed(loss_fn.model):  # the first column is the query, every other a document
+            features = [{**f, "task": "query" if i == 0 else "document"} for i, f in enumerate(features)]
+        out = loss_fn(features, batch["labels"])
+        return sum(out.values()) if isinstance(out, dict) else out
+
+    def stats(self, batch: dict[str, Any]) -> BatchStats:
+        real, ran = batch["counts"]
+        return BatchStats(batch["rows"], real, ran)
+
+    def forward_contexts(self, model: nn.Module, batch: dict[str, Any] | None = None) -> list[Callable[[], AbstractContextManager]]:
+        return []
+
+
+class SparseTask(BiEncoderTask):
+    name = "sparse"
+
+    def training_inputs(self, train, model, spec, settings, num_processes=1, prompts=None) -> TrainingInputs:
+        # Padded batches: SpladePooling reads a padded (batch, length, vocabulary) logit tensor.
+        settings = dataclasses.replace(settings, padding_free=False)
+        return TrainingInputs(*training_inputs(train, model, spec, settings, num_processes, prompts))
+
+    def train_step(self, spec: LossSpec, collate: Any) -> SparseStep:
+        return SparseStep()
+
+    def evaluator(self, scoring: Scoring) -> tuple[Evaluate | None, str]:
+        sts_dev, retrieval_dev = scoring.sets.get("dev"), scoring.sets.get("retrieval_dev")
+        if sts_dev is None and retrieval_dev is None:
+            return None, SPARSE_MAIN_METRIC
+
+        def evaluate(model) -> dict[str, float]:
+            metrics: dict[str, float] = {}
+            if sts_dev is not None:
+                metrics.update(evaluate_sparse_sts(model, sts_dev, scoring.batch_size))
+            if retrieval_dev is not None:
+                metrics.update(evaluate_sparse_retrieval(model, retrieval_dev, scoring.batch_size))
+            return metrics
+
+        return evaluate, ("spearman_dot" if sts_dev is not None else SPARSE_MAIN_METRIC)
+
+    @staticmethod
+    def _sts(model, ds, scoring: Scoring) -> dict[str, float]:
+        return evaluate_sparse_sts(model, ds, scoring.batch_size)
+
+    @staticmethod
+    def _retrieval(model, data, scoring: Scoring) -> dict[str, float]:
+        return {k.removeprefix("retrieval_"): v for k, v in evaluate_sparse_retrieval(model, data, scoring.batch_size).items()}
+
+    def report_table(self, report: dict[str, Any]) -> str | None:
+        lines = []
+        for split in ("dev", "test", "retrieval_dev", "retrieval_test"):
+            if split in report:
+                lines.append(f"{split}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in report[split].items()))
+        return "\n".join(lines) or None
+
+
+TASK = SparseTask()
