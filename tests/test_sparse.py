@@ -91,3 +91,27 @@ def test_evaluate_scores_a_saved_sparse_model(tiny_model_dir, tmp_path):
     out = evaluate_run(compose_config([f"checkpoint={tmp_path / 'run' / 'final'}", "data=sts_file",
                                        f"data.path={FIXTURES / 'pairs.jsonl'}", "split=test"], config_name="evaluate"), run_dir=tmp_path / "eval")
     assert out["task"] == "sparse" and -1 <= out["test"]["spearman_dot"] <= 1 and out["test"]["active_dims"] > 0
+
+
+def test_sparse_retrieval_on_beir_gives_the_librarys_figures_and_the_query_cost(tiny_model_dir, tmp_path):
+    from sentence_transformers.sparse_encoder.evaluation import SparseInformationRetrievalEvaluator
+
+    from tests.test_beir import write_beir
+    from train.data.beir import read_beir
+
+    beir = write_beir(tmp_path / "beir")
+    cfg = compose_config(["debug=default", f"model.name={tiny_model_dir}", "model.max_seq_length=64", "task=sparse", "data=beir",
+                          f"data.path={beir}", "trainer.batch_size=4"])
+    report = run(cfg, run_dir=tmp_path / "run")
+    assert report["main_metric"] == "retrieval_ndcg@10" and report["retrieval_test"]["n_queries"] == 2
+    scored = evaluate_run(compose_config([f"checkpoint={tmp_path / 'run' / 'final'}", "data=beir", f"data.path={beir}", "split=test"],
+                                         config_name="evaluate"), run_dir=tmp_path / "eval")["test"]
+    test = read_beir(beir, "test")
+    library = SparseInformationRetrievalEvaluator(test.queries, test.corpus, {q: set(d) for q, d in test.relevant.items()}, write_csv=False,
+                                                  ndcg_at_k=[10], map_at_k=[100], precision_recall_at_k=[1, 10, 100])(
+        SparseEncoder(str(tmp_path / "run" / "final")))
+    assert scored["ndcg@10"] == pytest.approx(library["dot_ndcg@10"]) == pytest.approx(report["retrieval_test"]["ndcg@10"])
+    assert scored["corpus_active_dims"] == pytest.approx(library["corpus_active_dims"])
+    # An inverted index holds a weight and a token id (4 bytes each) for every active dimension of a passage.
+    assert scored["bytes_per_passage"] == pytest.approx(8 * scored["corpus_active_dims"], rel=1e-3)
+    assert scored["ms_per_query"] > 0 and scored["timed_queries"] == 2

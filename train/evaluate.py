@@ -127,7 +127,11 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
     if kind == "sparse":
         from train.evaluation.sparse_figures import evaluate_sparse_retrieval
 
-        metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_sparse_retrieval(model, found[f"retrieval_{cfg.split}"], cfg.batch_size).items()}
+        from train.evaluation.sparse_figures import sparse_query_cost
+
+        split_set = found[f"retrieval_{cfg.split}"]
+        metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_sparse_retrieval(model, split_set, cfg.batch_size).items()}
+        metrics.update(sparse_query_cost(model, split_set, cfg.latency_queries or len(split_set.queries), cfg.batch_size))
         return metrics, text_table({cfg.split: metrics}), model_name
     check_prompt_names(model, dict(cfg.data.prompts))
     prompts = column_prompts(model, dict(cfg.data.prompts), ("anchor", "positive"))

@@ -52,3 +52,27 @@ def evaluate_sparse_sts(model: Any, ds: Any, batch_size: int = 64) -> dict[str, 
         raw = evaluator(model)
     metrics = {f"{kind}_{sim}": float(raw[f"{kind}_{sim}"]) for kind in ("spearman", "pearson") for sim in ("dot", "cosine")}
     return {**metrics, "active_dims": float(raw["active_dims"]), "n_pairs": len(ds)}
+
+
+def sparse_query_cost(model: Any, data: Any, n_queries: int = 200, batch_size: int = 64) -> dict[str, float]:
+    """What a sparse search costs, as an inverted index would hold it: bytes a passage (each active
+    dimension a float32 weight and an int32 token id) and ms a query, one query at a time (encode
+    the query, score it against every passage by sparse dot product, take the top 10), on the
+    first `n_queries` queries of a RetrievalSplit."""
+    import time
+
+    import torch
+
+    corpus = list(data.corpus.values())
+    with eval_mode(model), torch.inference_mode():
+        documents = model.encode_document(corpus, batch_size=batch_size, convert_to_sparse_tensor=True).coalesce().to_sparse_csr()
+        queries = list(data.queries.values())[:n_queries]
+        model.encode_query(queries[:3])  # warm-up: the first calls allocate
+        seconds = []
+        for text in queries:
+            start = time.perf_counter()
+            q = model.encode_query([text], convert_to_sparse_tensor=True).to_dense()[0]
+            torch.topk(documents @ q, k=min(10, len(corpus)))
+            seconds.append(time.perf_counter() - start)
+    nnz = documents.values().numel()
+    return {"bytes_per_passage": 8 * nnz / len(corpus), "ms_per_query": 1000 * sum(seconds) / len(seconds), "timed_queries": len(seconds)}
