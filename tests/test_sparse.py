@@ -115,3 +115,25 @@ def test_sparse_retrieval_on_beir_gives_the_librarys_figures_and_the_query_cost(
     # An inverted index holds a weight and a token id (4 bytes each) for every active dimension of a passage.
     assert scored["bytes_per_passage"] == pytest.approx(8 * scored["corpus_active_dims"], rel=1e-3)
     assert scored["ms_per_query"] > 0 and scored["timed_queries"] == 2
+
+
+def test_lr_mapping_gives_matched_parameters_their_own_rate_and_names_a_pattern_that_matches_none(tiny_model_dir, tmp_path):
+    from train.engine.setup import build_optimizer
+    from train.models.sparse import build_sparse_encoder
+
+    model = build_sparse_encoder(str(tiny_model_dir), 64, "inference_free")
+    optimizer = build_optimizer(model, 2e-5, 0.01, lr_mapping={"SparseStaticEmbedding": 1e-3})
+    rates = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    query_weights = model[0].sub_modules["query"][0].weight
+    assert rates[id(query_weights)] == 1e-3
+    assert {r for pid, r in rates.items() if pid != id(query_weights)} == {2e-5}
+    assert [g["weight_decay"] for g in optimizer.param_groups[:2]] == [0.01, 0.0]  # the groups of old come first: old checkpoints load
+    with pytest.raises(ConfigError, match=r"trainer.lr_mapping: 'Sparse_Static' matches no trainable parameter"):
+        build_optimizer(model, 2e-5, 0.01, lr_mapping={"Sparse_Static": 1e-3})
+    # From the command line, through the loop: the run trains with it and the query weights move further.
+    fast = run(sparse_cfg(tiny_model_dir, "model.sparse_architecture=inference_free", "trainer.lr_mapping={SparseStaticEmbedding:1e-2}"),
+               run_dir=tmp_path / "fast")
+    slow = run(sparse_cfg(tiny_model_dir, "model.sparse_architecture=inference_free"), run_dir=tmp_path / "slow")
+    moved = {name: (SparseEncoder(str(tmp_path / name / "final"))[0].sub_modules["query"][0].weight - 1).abs().max().item()
+             for name in ("fast", "slow")}
+    assert fast["steps"] == slow["steps"] and moved["fast"] > 10 * moved["slow"]

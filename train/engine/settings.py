@@ -41,6 +41,9 @@ class TrainerConfig:
     batch_size: int = 16
     # AdamW's peak learning rate (linear warm-up, then linear decay to 0).
     lr: float = 2e-5
+    # Parameter-name pattern (a regular expression) -> its own peak learning rate, e.g. a fresh head
+    # or inference-free SPLADE's query weights: {SparseStaticEmbedding: 1e-3}. The first match wins.
+    lr_mapping: dict[str, float] = field(default_factory=dict)
     # The share of the optimizer steps that warm the learning rate up from 0.
     warmup_ratio: float = 0.1
     # AdamW's decoupled weight decay (not on biases and LayerNorm weights).
