@@ -160,3 +160,19 @@ def test_the_command_line(saved_models, tmp_path):
     assert (bi / "onnx" / "model.onnx").is_file() and f'SentenceTransformer("{bi}", backend="onnx")' in done.stdout + done.stderr
     typo = subprocess.run(cmd[:4] + ["quantise=int8_dynamic"], cwd=ROOT, capture_output=True, text=True)
     assert typo.returncode == 2 and "quantise" in typo.stderr
+
+
+def test_a_sparse_encoder_exports_and_loads_as_a_sparse_encoder(tiny_model_dir, tmp_path):
+    from sentence_transformers import SparseEncoder
+
+    from train.models.sparse import build_sparse_encoder
+
+    folder = tmp_path / "splade"
+    build_sparse_encoder(str(tiny_model_dir), 64).save(str(folder))
+    report = export_run(export_cfg(folder), run_dir=tmp_path / "run")
+    assert report["kind"] == "sparse" and report["variants"][0]["check"]["min_cosine"] > 0.9999
+    onnx = SparseEncoder(str(folder), backend="onnx", device="cpu")
+    torch_model = SparseEncoder(str(folder), device="cpu")
+    dense = [m.encode(TEXTS, convert_to_sparse_tensor=False, convert_to_tensor=True).numpy() for m in (onnx, torch_model)]
+    assert cosines(*dense).min() > 0.9999
+    assert 'SparseEncoder("<this folder or repo>", backend="onnx")' in (folder / "README.md").read_text()

@@ -99,8 +99,13 @@ def model_class(kind: str):
         from sentence_transformers.cross_encoder import CrossEncoder
 
         return CrossEncoder
+    if kind == "sparse":
+        from sentence_transformers import SparseEncoder
+
+        return SparseEncoder
     if kind == "image_text":
-        raise ConfigError("train.export: an image-text (CLIP) model has no ONNX export in sentence-transformers; export a bi-encoder or a cross-encoder.")
+        raise ConfigError("train.export: an image-text (CLIP) model has no ONNX export in sentence-transformers; "
+                          "export a bi-encoder, a cross-encoder or a sparse encoder.")
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer
@@ -215,7 +220,11 @@ def fidelity(reference: Any, exported: Any, kind: str, texts: list[str]) -> dict
         pairs = list(zip(texts[0::2], texts[1::2]))
         diff = np.abs(np.asarray(reference.predict(pairs)) - np.asarray(exported.predict(pairs)))
         return {"pairs": len(pairs), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
-    a, b = reference.encode(texts, normalize_embeddings=True), exported.encode(texts, normalize_embeddings=True)
+    if kind == "sparse":  # sparse tensors over the vocabulary: compared dense
+        a, b = (m.encode(texts, convert_to_sparse_tensor=False, convert_to_tensor=True).float().numpy() for m in (reference, exported))
+        a, b = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (a, b))
+    else:
+        a, b = reference.encode(texts, normalize_embeddings=True), exported.encode(texts, normalize_embeddings=True)
     cos = (a * b).sum(axis=1)
     return {"texts": len(texts), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
 

@@ -6,7 +6,7 @@
     python -m train.export outputs/<run>/final quantize=int8_static calibration_samples=300 data=korsts
     python -m train.export outputs/<run>/final truncate_dim=256             # a copy, final-dim256/
 
-Bi-encoders and cross-encoders. The variant loads with the bare library, as the card says:
+Bi-encoders, cross-encoders and sparse encoders. The variant loads with the bare library, as the card says:
 `SentenceTransformer(dir, backend="onnx", model_kwargs={"file_name": "onnx/model_O3.onnx"})`.
 The work is train/backend_export.py's; this writes export.json in outputs/export/<date>/<time>/.
 """

@@ -5,7 +5,7 @@ train.export's own code (fp32, O3, int8 dynamic, int8 static calibrated on 300 K
 texts) and loaded with the bare library. For each variant: ms a query at batch 1 (median and p95,
 one query at a time, as a search service meets them), texts a second at batch 32, the weights'
 size, KorSTS test Spearman (the library's EmbeddingSimilarityEvaluator, cosine) and KorQuAD test
-nDCG@10 (exact search over its 262 paragraphs). A variant whose backend does not load (OpenVINO
+nDCG@10 (exact search of its 1,264 questions over all 964 paragraphs). A variant whose backend does not load (OpenVINO
 here) is a row that says why, not a missing row.
 
     python -m train.bench --serve                                  # MiniLM
@@ -86,7 +86,7 @@ def weights_bytes(model: Any, folder: Path, file: str | None) -> int:
 
 
 def korquad_ndcg(model: Any, split: Any) -> float:
-    """nDCG@10 of exact cosine search over KorQuAD test (its 262 paragraphs, 1,264 questions)."""
+    """nDCG@10 of exact cosine search over KorQuAD test (1,264 questions against all 964 paragraphs)."""
     import numpy as np
 
     from train.evaluation.ranking import ranking_metrics

@@ -29,7 +29,7 @@ def fidelity_text(check: dict[str, Any]) -> str:
 
 
 def load_line(kind: str, file_name: str, backend: str) -> str:
-    cls = "CrossEncoder" if kind == "cross_encoder" else "SentenceTransformer"
+    cls = {"cross_encoder": "CrossEncoder", "sparse": "SparseEncoder"}.get(kind, "SentenceTransformer")
     kwargs = "" if file_name in ("onnx/model.onnx", "openvino/openvino_model.xml") else f', model_kwargs={{"file_name": "{file_name}"}}'
     return f'{cls}("<this folder or repo>", backend="{backend}"{kwargs})'
 
