@@ -137,3 +137,21 @@ def test_lr_mapping_gives_matched_parameters_their_own_rate_and_names_a_pattern_
     moved = {name: (SparseEncoder(str(tmp_path / name / "final"))[0].sub_modules["query"][0].weight - 1).abs().max().item()
              for name in ("fast", "slow")}
     assert fast["steps"] == slow["steps"] and moved["fast"] > 10 * moved["slow"]
+
+
+def test_a_lora_sparse_model_saves_its_head_and_scores_what_the_run_reported(tiny_model_dir, tmp_path):
+    # The masked-LM head is fresh (the tiny backbone has none): it must train and be saved with the
+    # adapter, or final/ would load another random head and score something else.
+    from tests.test_beir import write_beir
+
+    beir = write_beir(tmp_path / "beir")
+    cfg = compose_config(["debug=default", f"model.name={tiny_model_dir}", "model.max_seq_length=64", "task=sparse", "data=beir",
+                          f"data.path={beir}", "trainer.batch_size=4", "peft=lora", "trainer.lr=1e-3"])
+    report = run(cfg, run_dir=tmp_path / "run")
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_model.safetensors").is_file()
+    scored = evaluate_run(compose_config([f"checkpoint={final}", "data=beir", f"data.path={beir}", "split=dev"], config_name="evaluate"),
+                          run_dir=tmp_path / "eval")["dev"]
+    assert scored["ndcg@10"] == pytest.approx(report["retrieval_dev"]["ndcg@10"], rel=1e-4)
+    # Active dimensions count values just above 0, which float noise between the two loads can flip.
+    assert scored["corpus_active_dims"] == pytest.approx(report["retrieval_dev"]["corpus_active_dims"], rel=1e-2)

@@ -53,8 +53,9 @@ def add_lora(model: nn.Module, settings: LoraSettings, task: str) -> None:
         lora_dropout=settings.dropout,
         target_modules=(settings.target_modules[0] if settings.target_modules == ["all-linear"] else list(settings.target_modules)) or None,
         task_type=TaskType.SEQ_CLS if task == "cross_encoder" else TaskType.FEATURE_EXTRACTION,
-        # The classification head: trained and saved with the adapter.
-        modules_to_save=_head_names(auto_model) if task == "cross_encoder" else None,
+        # The classification head (a cross-encoder) or the masked-LM head (SPLADE, often fresh):
+        # trained and saved with the adapter, or the saved model would load a random one.
+        modules_to_save=_head_names(auto_model, task) if task in ("cross_encoder", "sparse") else None,
     )
     try:
         model.add_adapter(config)
@@ -67,8 +68,13 @@ def add_lora(model: nn.Module, settings: LoraSettings, task: str) -> None:
             param.data = param.data.float()
 
 
-def _head_names(auto_model: nn.Module) -> list[str] | None:
-    names = [n for n in ("classifier", "score") if isinstance(getattr(auto_model, n, None), nn.Module)]
+HEADS = {"cross_encoder": ("classifier", "score"),
+         # BERT, RoBERTa / XLM-R, DistilBERT, ELECTRA's masked-LM heads.
+         "sparse": ("cls", "lm_head", "vocab_transform", "vocab_layer_norm", "vocab_projector", "generator_predictions", "generator_lm_head")}
+
+
+def _head_names(auto_model: nn.Module, task: str = "cross_encoder") -> list[str] | None:
+    names = [n for n in HEADS[task] if isinstance(getattr(auto_model, n, None), nn.Module)]
     return names or None
 
 
