@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -98,6 +99,7 @@ def test_int8_static_calibrates_on_the_data_options_train_texts(saved_models, tm
     model = SentenceTransformer(str(bi), backend="onnx", device="cpu", model_kwargs={"file_name": static["file"]})
     assert model.encode(TEXTS).shape == (len(TEXTS), 32)
     assert "12 calibration texts from data=korsts" in (bi / "README.md").read_text()
+    assert not (Path.cwd() / "augmented_model.onnx").exists()  # the calibration graph stays in the staging dir, which is removed
 
 
 def test_a_cross_encoder_exports_with_the_same_scores(saved_models, tmp_path):

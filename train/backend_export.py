@@ -186,8 +186,9 @@ def static_quantize(model: Any, kind: str, quantize_config: str, texts: list[str
     # torch model 0.897 on average, against 0.830 per tensor and 0.800 with every operator optimum
     # lists quantized (percentile ranges: 0.719). docs/serving.md has the figures.
     qconfig = getattr(AutoQuantizationConfig, quantize_config)(is_static=True, per_channel=True, operators_to_quantize=["MatMul"])
+    # The calibration graph goes into the staging dir (optimum's default is the working directory).
     ranges = quantizer.fit(dataset=calibration, calibration_config=AutoCalibrationConfig.minmax(calibration),
-                           operators_to_quantize=qconfig.operators_to_quantize)
+                           operators_to_quantize=qconfig.operators_to_quantize, onnx_augmented_model_name=staging / "augmented_model.onnx")
     save_or_push_to_hub_model(
         export_function=lambda d: quantizer.quantize(qconfig, d, file_suffix=suffix, calibration_tensors_range=ranges),
         export_function_name="static int8 (train.export)", config=qconfig, model_name_or_path=str(staging), file_suffix=suffix,
