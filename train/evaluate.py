@@ -125,9 +125,7 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
         raise DataError(f"data={cfg.data.name} has no {cfg.split} split here (no qrels/{cfg.split}.tsv). Try split=dev or split=test.")
     model, model_name = _load_model(cfg, kind)
     if kind == "sparse":
-        from train.evaluation.sparse_figures import evaluate_sparse_retrieval
-
-        from train.evaluation.sparse_figures import sparse_query_cost
+        from train.evaluation.sparse_figures import evaluate_sparse_retrieval, sparse_query_cost
 
         split_set = found[f"retrieval_{cfg.split}"]
         metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_sparse_retrieval(model, split_set, cfg.batch_size).items()}

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# (row name, backend, (optimize, quantize) of the export; None for torch)
+# (row name, backend, torch: the weights' dtype; ONNX: (optimize, quantize) of the export; OpenVINO: None)
 VARIANTS = [
-    ("torch fp32", "torch", None),
-    ("torch bf16", "torch", None),
+    ("torch fp32", "torch", "float32"),
+    ("torch bf16", "torch", "bfloat16"),
     ("ONNX fp32", "onnx", (None, "none")),
     ("ONNX O3", "onnx", ("O3", "none")),
     ("ONNX int8 (dynamic)", "onnx", (None, "int8_dynamic")),
@@ -63,7 +63,7 @@ def export_variant(folder: Path, settings: tuple[str | None, str], calibration: 
     return name
 
 
-def load_variant(folder: Path, name: str, backend: str, settings: Any, calibration: list[str], check: list[str]) -> tuple[Any, str | None]:
+def load_variant(folder: Path, backend: str, settings: Any, calibration: list[str], check: list[str]) -> tuple[Any, str | None]:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -73,7 +73,7 @@ def load_variant(folder: Path, name: str, backend: str, settings: Any, calibrati
         check_backend("openvino")  # raises, saying why
     if backend == "torch":
         model = SentenceTransformer(str(folder), device="cpu")
-        return (model.to(torch.bfloat16) if "bf16" in name else model), None
+        return model.to(getattr(torch, settings)), None
     file = export_variant(folder, settings, calibration, check)
     return SentenceTransformer(str(folder), device="cpu", backend="onnx", model_kwargs={"file_name": file}), file
 
@@ -145,7 +145,7 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
         folder = save_model(model_dir, package, args.max_seq_length, Path(tmp) / "model")
         for name, backend, settings in VARIANTS:
             try:
-                model, file = load_variant(folder, name, backend, settings, calibration, list(sts[1][:256]))
+                model, file = load_variant(folder, backend, settings, calibration, list(sts[1][:256]))
             except Exception as e:  # a backend that does not install or load here: the row says so
                 rows[name] = {"available": False, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
                 print(f"{name}: not available ({rows[name]['reason']})", flush=True)

@@ -79,9 +79,9 @@ def build_optimizer(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        rate = lr
+        rate, text = lr, described(name) if mapping else name
         for pattern, mapped in mapping:
-            if pattern.search(described(name)):
+            if pattern.search(text):
                 rate, hits[pattern.pattern] = mapped, hits[pattern.pattern] + 1
                 break
         decays = not (param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name)

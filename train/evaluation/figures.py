@@ -128,11 +128,7 @@ def retrieval_evaluator(data: Any, batch_size: int = 64, prompts: dict[str, str]
     distinct positives are the corpus and its positives are relevant. `prompts`: column (anchor,
     positive) -> the text put before its texts."""
     prompts = prompts or {}
-    if hasattr(data, "relevant"):
-        queries, corpus = data.queries, data.corpus
-        relevant = {q: set(docs) for q, docs in data.relevant.items()}
-    else:
-        queries, corpus, relevant = _pairs_as_retrieval(data)
+    queries, corpus, relevant = retrieval_inputs(data)
     return RetrievalEvaluator(
         queries=queries,
         corpus=corpus,
@@ -148,6 +144,14 @@ def retrieval_evaluator(data: Any, batch_size: int = 64, prompts: dict[str, str]
         corpus_prompt=prompts.get("positive"),
         score_functions={"cosine": lambda a, b: torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T},
     )
+
+
+def retrieval_inputs(data: Any) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """(queries, corpus, relevant ids) as the library's retrieval evaluators take them, from a
+    RetrievalSplit or from (anchor, positive) rows."""
+    if hasattr(data, "relevant"):
+        return data.queries, data.corpus, {q: set(docs) for q, docs in data.relevant.items()}
+    return _pairs_as_retrieval(data)
 
 
 def _pairs_as_retrieval(ds: datasets.Dataset) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:

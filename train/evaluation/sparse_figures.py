@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from train.evaluation.eval_mode import eval_mode
-from train.evaluation.figures import _pairs_as_retrieval
+from train.evaluation.figures import retrieval_inputs
 
 SPARSE_MAIN_METRIC = "retrieval_ndcg@10"
 RANKING = {"ndcg@10": "ndcg@10", "mrr@10": "mrr@10", "recall@1": "recall@1", "recall@10": "recall@10", "recall@100": "recall@100",
@@ -20,10 +20,7 @@ def sparse_retrieval_evaluator(data: Any, batch_size: int = 64):
     """`data`: a RetrievalSplit (a whole corpus: data=beir, korquad) or (anchor, positive) rows."""
     from sentence_transformers.sparse_encoder.evaluation import SparseInformationRetrievalEvaluator
 
-    if hasattr(data, "relevant"):
-        queries, corpus, relevant = data.queries, data.corpus, {q: set(d) for q, d in data.relevant.items()}
-    else:
-        queries, corpus, relevant = _pairs_as_retrieval(data)
+    queries, corpus, relevant = retrieval_inputs(data)
     return SparseInformationRetrievalEvaluator(
         queries=queries, corpus=corpus, relevant_docs=relevant, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10],
         precision_recall_at_k=[1, 10, 100], map_at_k=[100], batch_size=batch_size, write_csv=False,

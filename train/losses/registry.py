@@ -225,20 +225,15 @@ def _sparse():
     return losses
 
 
-def _is_inference_free(model) -> bool:
-    """A Router whose query route has no transformer: its queries cost no forward pass, and get no FLOPS term."""
-    first = model[0]
-    routes = getattr(first, "sub_modules", None)
-    return bool(routes) and "query" in routes and not any(hasattr(m, "auto_model") for m in routes["query"])
-
-
 def _splade(base):
     def build(model, document_regularizer_weight, query_regularizer_weight, scale, gather, **_):
         inner = {"mnrl": lambda: _sparse().SparseMultipleNegativesRankingLoss(model, scale=scale, gather_across_devices=gather),
                  "margin_mse": lambda: _sparse().SparseMarginMSELoss(model),
                  "kl_div": lambda: _sparse().SparseDistillKLDivLoss(model),
                  "cosent": lambda: _sparse().SparseCoSENTLoss(model, scale=scale)}[base]()
-        query = None if _is_inference_free(model) else query_regularizer_weight
+        from train.models.sparse import is_inference_free
+
+        query = None if is_inference_free(model) else query_regularizer_weight
         return _sparse().SpladeLoss(model, inner, document_regularizer_weight=document_regularizer_weight, query_regularizer_weight=query,
                                     use_document_regularizer_only=base == "cosent")
     return build

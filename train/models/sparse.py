@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from train.models.sources import load_backbone, load_from_sources
 
@@ -28,6 +29,19 @@ def is_sparse_folder(path: str | Path) -> bool:
         return True
     texts = [p.read_text() for p in [path / "modules.json", path / "router_config.json"] if p.is_file()]
     return any(m in t for t in texts for m in SPARSE_MODULES)
+
+
+def query_route(model: Any) -> list | None:
+    """The modules of a Router's query route (inference-free SPLADE), or None: not a routed model."""
+    model = getattr(model, "module", model)  # DDP's wrapper
+    routes = getattr(model[0], "sub_modules", None)
+    return list(routes["query"]) if routes and "query" in routes else None
+
+
+def is_inference_free(model: Any) -> bool:
+    """A query route without a transformer: a query costs no forward pass (and gets no FLOPS term)."""
+    route = query_route(model)
+    return route is not None and not any(hasattr(m, "auto_model") for m in route)
 
 
 def build_sparse_encoder(

@@ -22,20 +22,15 @@ from torch import nn
 from train.engine.task_step import BatchStats
 from train.evaluation.sparse_figures import SPARSE_MAIN_METRIC, evaluate_sparse_retrieval, evaluate_sparse_sts
 from train.losses.registry import LossSpec
+from train.models.sparse import query_route
 from train.tasks.base import Evaluate, Scoring, TrainingInputs
 from train.tasks.bi_encoder import BiEncoderTask, training_inputs
-
-
-def is_routed(model: Any) -> bool:
-    """A Router with a query route (inference-free SPLADE): each feature batch names its route."""
-    model = getattr(model, "module", model)  # DDP's wrapper
-    return hasattr(model[0], "sub_modules") and "query" in model[0].sub_modules
 
 
 class SparseStep:
     def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         features = batch["columns"]
-        if is_routed(loss_fn.model):  # the first column is the query, every other a document
+        if query_route(loss_fn.model) is not None:  # a Router: the first column is the query, every other a document
             features = [{**f, "task": "query" if i == 0 else "document"} for i, f in enumerate(features)]
         out = loss_fn(features, batch["labels"])
         return sum(out.values()) if isinstance(out, dict) else out
