@@ -139,19 +139,28 @@ def test_lr_mapping_gives_matched_parameters_their_own_rate_and_names_a_pattern_
     assert fast["steps"] == slow["steps"] and moved["fast"] > 10 * moved["slow"]
 
 
-def test_a_lora_sparse_model_saves_its_head_and_scores_what_the_run_reported(tiny_model_dir, tmp_path):
-    # The masked-LM head is fresh (the tiny backbone has none): it must train and be saved with the
+# BERT's head (`cls`) is saved with the adapter; RoBERTa's (`lm_head`, klue's layout) ties its decoder's
+# bias, which an adapter file loses, so it is saved merged (and refused unmerged, below).
+@pytest.mark.parametrize("backbone,merge", [("tiny_model_dir", "false"), ("tiny_klue_dir", "true")])
+def test_a_lora_sparse_model_saves_its_head_and_scores_what_the_run_reported(backbone, merge, request, tmp_path):
+    # The masked-LM head is fresh (the tiny backbones have none): it must train and be saved with the
     # adapter, or final/ would load another random head and score something else.
     from tests.test_beir import write_beir
 
+    model_dir = request.getfixturevalue(backbone)
     beir = write_beir(tmp_path / "beir")
-    cfg = compose_config(["debug=default", f"model.name={tiny_model_dir}", "model.max_seq_length=64", "task=sparse", "data=beir",
-                          f"data.path={beir}", "trainer.batch_size=4", "peft=lora", "trainer.lr=1e-3"])
+    cfg = compose_config(["debug=default", f"model.name={model_dir}", "model.max_seq_length=64", "task=sparse", "data=beir",
+                          f"data.path={beir}", "trainer.batch_size=4", "peft=lora", f"peft.merge={merge}", "trainer.lr=1e-3"])
     report = run(cfg, run_dir=tmp_path / "run")
     final = tmp_path / "run" / "final"
-    assert (final / "adapter_model.safetensors").is_file()
+    assert (final / "adapter_model.safetensors").is_file() == (merge == "false")
     scored = evaluate_run(compose_config([f"checkpoint={final}", "data=beir", f"data.path={beir}", "split=dev"], config_name="evaluate"),
                           run_dir=tmp_path / "eval")["dev"]
     assert scored["ndcg@10"] == pytest.approx(report["retrieval_dev"]["ndcg@10"], rel=1e-4)
     # Active dimensions count values just above 0, which float noise between the two loads can flip.
     assert scored["corpus_active_dims"] == pytest.approx(report["retrieval_dev"]["corpus_active_dims"], rel=1e-2)
+
+
+def test_lora_on_a_roberta_layout_sparse_model_unmerged_is_refused(tiny_klue_dir, tmp_path):
+    with pytest.raises(ConfigError, match="tied bias that an adapter-only save loses. Set peft.merge=true"):
+        run(sparse_cfg(tiny_klue_dir, "peft=lora"), run_dir=tmp_path / "run")

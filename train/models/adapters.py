@@ -78,6 +78,13 @@ def _head_names(auto_model: nn.Module, task: str = "cross_encoder") -> list[str]
     return names or None
 
 
+def has_tied_lm_head_bias(model: nn.Module) -> bool:
+    """A RoBERTa-style masked-LM head (`lm_head`, whose decoder's bias is its own `bias`)."""
+    head = getattr(transformer_of(model), "lm_head", None)
+    decoder = getattr(head, "decoder", None)
+    return decoder is not None and getattr(decoder, "bias", None) is not None and decoder.bias is getattr(head, "bias", None)
+
+
 def has_adapter(model: nn.Module) -> bool:
     return bool(getattr(getattr(model[0], "auto_model", None), "_hf_peft_config_loaded", False))
 

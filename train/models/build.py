@@ -129,7 +129,7 @@ def _in_sweep() -> bool:
 
 
 def _memory_and_adapters(model, m: ModelConfig, a: PeftConfig, task: str) -> None:
-    from train.models.adapters import LoraSettings, add_lora, enable_gradient_checkpointing, parameter_counts
+    from train.models.adapters import LoraSettings, add_lora, enable_gradient_checkpointing, has_tied_lm_head_bias, parameter_counts
 
     if (m.gradient_checkpointing or a.method.value != "none") and task == "image_text":
         from train.errors import ConfigError
@@ -137,6 +137,13 @@ def _memory_and_adapters(model, m: ModelConfig, a: PeftConfig, task: str) -> Non
         raise ConfigError("model.gradient_checkpointing and peft apply to task=bi_encoder and task=cross_encoder.")
     if m.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if a.method.value == "lora" and task == "sparse" and not a.merge and has_tied_lm_head_bias(model):
+        from train.errors import ConfigError
+
+        # Measured: a RoBERTa-layout SPLADE saved as an adapter reloads to other figures (the
+        # head's decoder.bias, tied to lm_head.bias, is not in the adapter file); merged, it matches.
+        raise ConfigError("peft=lora on this sparse model: its masked-LM head (lm_head, RoBERTa's layout) has a tied bias "
+                          "that an adapter-only save loses. Set peft.merge=true: final/ then holds the merged weights.")
     if a.method.value == "lora":
         add_lora(model, LoraSettings(a.r, a.alpha, a.dropout, list(a.target_modules)), task)
     counts = parameter_counts(model)
