@@ -67,7 +67,7 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         raise DataError(
             f"data={cfg.data.name} has no {split} split here. Try split=dev, or give the file with data.path=<file>."
         )
-    if kind in ("bi_encoder", "sparse"):
+    if kind in ("bi_encoder", "sparse", "multi_vector"):
         check_scorable(splits[split], str(data_cfg.get(f"{split}_path") or f"data={cfg.data.name} ({split} split)"))
 
     model, model_name = _load_model(cfg, kind)
@@ -87,6 +87,12 @@ def evaluate_run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str
         from train.evaluation.tables import text_table
 
         metrics = evaluate_sparse_sts(model, splits[split], cfg.batch_size)
+        table = text_table({split: metrics})
+    elif kind == "multi_vector":
+        from train.evaluation.multi_vector_figures import evaluate_multi_vector_sts
+        from train.evaluation.tables import text_table
+
+        metrics = evaluate_multi_vector_sts(model, splits[split], cfg.batch_size)
         table = text_table({split: metrics})
     else:
         from train.models.prompts import check_prompt_names, column_prompts
@@ -118,8 +124,9 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
     from train.evaluation.tables import text_table
     from train.models.prompts import check_prompt_names, column_prompts
 
-    if kind not in ("bi_encoder", "sparse"):
-        raise DataError(f"data={cfg.data.name} scores bi-encoders and sparse encoders (retrieval); rerank with a cross-encoder in train.retrieve.")
+    if kind not in ("bi_encoder", "sparse", "multi_vector"):
+        raise DataError(f"data={cfg.data.name} scores bi-encoders, sparse and multi-vector encoders (retrieval); "
+                        "rerank with a cross-encoder in train.retrieve.")
     found = retrieval_eval_sets(to_plain(cfg.data), (cfg.split,))
     if not found:
         raise DataError(f"data={cfg.data.name} has no {cfg.split} split here (no qrels/{cfg.split}.tsv). Try split=dev or split=test.")
@@ -131,6 +138,8 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
         metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_sparse_retrieval(model, split_set, cfg.batch_size).items()}
         metrics.update(sparse_query_cost(model, split_set, cfg.latency_queries or len(split_set.queries), cfg.batch_size))
         return metrics, text_table({cfg.split: metrics}), model_name
+    if kind == "multi_vector":
+        return _multi_vector_figures(cfg, model, found[f"retrieval_{cfg.split}"]) + (model_name,)
     check_prompt_names(model, dict(cfg.data.prompts))
     prompts = column_prompts(model, dict(cfg.data.prompts), ("anchor", "positive"))
     ir = retrieval_evaluator(found[f"retrieval_{cfg.split}"], cfg.batch_size, prompts)
@@ -141,6 +150,42 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
         metrics = {**metrics, "systems": systems}
         table = f"{table}\n\n{systems_table}"
     return metrics, table, model_name
+
+
+def _multi_vector_figures(cfg: DictConfig, model: Any, split_set: Any) -> tuple[dict[str, Any], str]:
+    """Exact MaxSim retrieval and what it costs; with lexical=[...], BM25 and its top 100 reranked by MaxSim as rows of one table."""
+    from train.evaluation.multi_vector_figures import evaluate_multi_vector_retrieval, multi_vector_query_cost
+    from train.evaluation.tables import text_table
+
+    metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_multi_vector_retrieval(model, split_set, cfg.batch_size).items()}
+    metrics.update(multi_vector_query_cost(model, split_set, cfg.latency_queries or len(split_set.queries), cfg.batch_size))
+    table = text_table({cfg.split: metrics})
+    if cfg.lexical:
+        rows = maxsim_rerank_rows(cfg, model, split_set)
+        metrics = {**metrics, "systems": rows}
+        columns = ["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "ms_per_query"]
+        table += "\n\n" + text_table({r["system"]: {c: float(r[c]) for c in columns} for r in rows}, columns, label="system",
+                                      digits={"ms_per_query": 1})
+        table += "\nms/query: query by query (BM25: its search; reranked: + encoding the query and its 100 candidates, MaxSim)."
+    return metrics, table
+
+
+def maxsim_rerank_rows(cfg: DictConfig, model: Any, split_set: Any, depth: int = 100) -> list[dict[str, Any]]:
+    """For each tokenizer of `lexical`: BM25 alone, and its top `depth` reranked by the model's MaxSim."""
+    from train.evaluation.lexical import BM25
+    from train.evaluation.multi_vector_figures import maxsim_rerank
+    from train.evaluation.ranking import from_split
+    from train.retrieve import bm25_search, mean_ms, system_row
+
+    data = from_split(split_set)
+    rows = []
+    for tokenizer in cfg.lexical:
+        ranked, _, seconds = bm25_search(BM25(data.corpus, tokenizer), data.queries, depth, cfg.latency_queries)
+        rows.append(system_row(f"BM25 ({tokenizer})", ranked, data.relevant, mean_ms(seconds), 0, 0))
+        reranked, rerank_seconds = maxsim_rerank(model, data.queries, data.corpus, ranked, cfg.batch_size, cfg.latency_queries)
+        ms = mean_ms(seconds) + mean_ms(rerank_seconds)
+        rows.append(system_row(f"BM25 ({tokenizer}) top-{depth} + MaxSim", reranked, data.relevant, ms, 0, 1))
+    return rows
 
 
 def search_systems(cfg: DictConfig, model: Any, split_set: Any) -> tuple[list[dict[str, Any]], str]:

@@ -57,6 +57,8 @@ TASKS = {
     "cross_encoder": ("cross-encoder (reranker)", "text-ranking", ["cross-encoder", "reranker", "text-ranking"]),
     "image_text": ("image–text dual encoder (CLIP-style)", "sentence-similarity", ["image-text", "clip", "feature-extraction"]),
     "sparse": ("sparse encoder (SPLADE-style sparse embeddings)", "feature-extraction", ["sparse-encoder", "sparse", "splade", "feature-extraction"]),
+    "multi_vector": ("multi-vector encoder (ColBERT-style late interaction)", "feature-extraction",
+                     ["multi-vector-encoder", "colbert", "late-interaction", "feature-extraction"]),
 }
 SPLIT_LABELS = {"dev_before": "dev (before training)", "test_before": "test (before training)", "retrieval_dev": "dev (retrieval)", "retrieval_test": "test (retrieval)"}
 
@@ -225,6 +227,14 @@ def usage_snippet(task: str, path: str, num_labels: int = 1) -> str:
             'documents = model.encode_document(["It is sunny today.", "He drove to the stadium."])\n'
             "print(model.similarity(queries, documents))  # dot products of sparse vectors\n"
             "print(model.decode(documents[0], top_k=10))  # SPLADE: the document's heaviest vocabulary tokens\n"
+        )
+    elif task == "multi_vector":
+        body = (
+            "from sentence_transformers import MultiVectorEncoder\n\n"
+            f"model = MultiVectorEncoder({path!r})\n"
+            'queries = model.encode_query(["What is the weather like?"])  # a vector a query token\n'
+            'documents = model.encode_document(["It is sunny today.", "He drove to the stadium."])\n'
+            "print(model.similarity(queries, documents))  # MaxSim: each query token's best document token, summed\n"
         )
     elif task == "image_text":
         body = (

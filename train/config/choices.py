@@ -26,6 +26,9 @@ class TaskName(str, Enum):
     # A sparse vector a text over the vocabulary (SPLADE, inference-free SPLADE) or a sparse code
     # of a dense embedding (CSR): sentence-transformers' SparseEncoder; dot product compares them.
     sparse = "sparse"
+    # A vector a token (ColBERT, late interaction): sentence-transformers' MultiVectorEncoder;
+    # MaxSim compares them (each query token's best document token, summed).
+    multi_vector = "multi_vector"
 
 
 class BadRowPolicy(str, Enum):

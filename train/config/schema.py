@@ -76,6 +76,14 @@ class ModelConfig:
     sparse_architecture: SparseArchitecture = SparseArchitecture.splade
     # task=sparse, csr: the active dimensions an embedding keeps (top-k of a code 4× the dense size).
     csr_k: int = 256
+    # task=multi_vector: the size of a token vector (the projection after the backbone; ColBERT: 128).
+    multi_vector_dim: int = 128
+    # task=multi_vector: a query's tokens at most (its prompt and special tokens included); null: max_seq_length.
+    query_length: Optional[int] = 32
+    # task=multi_vector: a document's tokens at most; null: max_seq_length.
+    document_length: Optional[int] = None
+    # task=multi_vector: queries padded to query_length with [MASK] tokens that MaxSim scores (ColBERT's query augmentation).
+    query_expansion: bool = True
 
 
 @dataclass

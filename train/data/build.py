@@ -116,7 +116,7 @@ def load_text_task_data(data: DictConfig, shape: str, task: str, eval_shape: str
         return {"train": train}, sets
     evaluation = load_spec_splits(spec, shape, ("dev", "test"), 0, d.max_eval_samples, d.hard_negatives, eval_shape, require=False)
     splits: dict[str, Any] = {"train": train, **evaluation}
-    if task in ("bi_encoder", "sparse"):  # one embedding a text: STS dev and (anchor, positive) retrieval both score it
+    if task in ("bi_encoder", "sparse", "multi_vector"):  # texts embedded on their own: STS dev and (anchor, positive) retrieval both score it
         sets: dict[str, Any] = build_sts_eval_data(data, splits)
         dev = splits.get("dev")
         if dev is not None and "anchor" in dev.column_names:

@@ -270,8 +270,36 @@ SPARSE_LOSSES: dict[str, LossSpec] = {
     ),
 }
 
+def _mv():
+    from sentence_transformers.multi_vector_encoder import losses
+
+    return losses
+
+
+MULTI_VECTOR_LOSSES: dict[str, LossSpec] = {
+    "colbert": LossSpec(
+        Shape.triplets,
+        lambda model, scale, gather, **_: _mv().MultiVectorMultipleNegativesRankingLoss(model, scale=scale, gather_across_devices=gather),
+        "MultiVectorMultipleNegativesRankingLoss: InfoNCE over MaxSim scores, in-batch negatives and any hard negatives "
+        "(loss.scale 1: MaxSim is a sum over query tokens, not a cosine).",
+        defaults={"scale": 1.0},
+    ),
+    "colbert_kl_div": LossSpec(
+        Shape.triplets, lambda model, **_: _mv().MultiVectorDistillKLDivLoss(model),
+        "MultiVectorDistillKLDivLoss: the softmax of the teacher's scores over a query's candidates (a candidates file "
+        "with scores, python -m train.score).",
+        needs_scores=True,
+    ),
+    "colbert_margin_mse": LossSpec(
+        Shape.triplets, lambda model, **_: _mv().MultiVectorMarginMSELoss(model),
+        "MultiVectorMarginMSELoss: the teacher's margins between the positive and each negative (a candidates file with scores).",
+        needs_scores=True,
+    ),
+}
+
 LOSSES: dict[str, dict[str, LossSpec]] = {
     "bi_encoder": BI_ENCODER_LOSSES, "cross_encoder": CROSS_ENCODER_LOSSES, "image_text": IMAGE_TEXT_LOSSES, "sparse": SPARSE_LOSSES,
+    "multi_vector": MULTI_VECTOR_LOSSES,
 }
 
 

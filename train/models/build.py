@@ -82,6 +82,11 @@ def _build(task: str, m: ModelConfig, p: PoolingConfig, name: str, package: str 
 
         return build_sparse_encoder(name, m.max_seq_length, m.sparse_architecture.value, package, model_kwargs, m.trust_remote_code,
                                     device, m.csr_k)
+    if task == "multi_vector":
+        from train.models.multi_vector import build_multi_vector_encoder
+
+        return build_multi_vector_encoder(name, m.max_seq_length, m.multi_vector_dim, m.query_length, m.document_length, m.query_expansion,
+                                          dict(m.prompts), package, model_kwargs, m.trust_remote_code, device)
     if task == "image_text":
         from train.models.image_text import build_image_text_model
 

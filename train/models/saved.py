@@ -26,7 +26,7 @@ def _has_image_encoder(path: Path) -> bool:
 
 
 def saved_model_kind(path: str | Path) -> str:
-    """`cross_encoder`, `image_text` or `bi_encoder`, from the sentence-transformers configs a saved model carries."""
+    """`cross_encoder`, `sparse`, `multi_vector`, `image_text` or `bi_encoder`, from the sentence-transformers configs a saved model carries."""
     import json
 
     path = Path(path)
@@ -36,6 +36,8 @@ def saved_model_kind(path: str | Path) -> str:
         return "cross_encoder"
     if model_type == "SparseEncoder":
         return "sparse"
+    if model_type == "MultiVectorEncoder":
+        return "multi_vector"
     return "image_text" if _has_image_encoder(path) else "bi_encoder"
 
 
@@ -62,6 +64,10 @@ def load_saved_model(path: str | Path, trust_remote_code: bool = False):
             from sentence_transformers import SparseEncoder
 
             model = SparseEncoder(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+        elif saved_model_kind(path) == "multi_vector":
+            from sentence_transformers import MultiVectorEncoder
+
+            model = MultiVectorEncoder(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         else:
             model = SentenceTransformer(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as e:

@@ -12,6 +12,7 @@ from train.tasks.base import Task
 
 
 def get_task(name: str) -> Task:
-    from train.tasks import bi_encoder, cross_encoder, image_text, sparse
+    from train.tasks import bi_encoder, cross_encoder, image_text, multi_vector, sparse
 
-    return {"bi_encoder": bi_encoder.TASK, "cross_encoder": cross_encoder.TASK, "image_text": image_text.TASK, "sparse": sparse.TASK}[name]
+    return {"bi_encoder": bi_encoder.TASK, "cross_encoder": cross_encoder.TASK, "image_text": image_text.TASK, "sparse": sparse.TASK,
+            "multi_vector": multi_vector.TASK}[name]

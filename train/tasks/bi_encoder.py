@@ -59,10 +59,12 @@ class BiEncoderStep:
 
 
 def training_inputs(
-    corpus: Corpus, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1, prompts: Mapping[str, str] | None = None
+    corpus: Corpus, model: Any, spec: LossSpec, settings: TrainerConfig, num_processes: int = 1, prompts: Mapping[str, str] | None = None,
+    max_length: int | None = None,
 ) -> tuple[datasets.Dataset, Collator, Any]:
     """The corpus's token ids (from the token cache: memory-mapped, gathered a batch at a time),
-    the collator and the batch sampler. `prompts`: column -> prompt name (data.prompts)."""
+    the collator and the batch sampler. `prompts`: column -> prompt name (data.prompts);
+    `max_length`: tokens a text at most (null: the model's max_seq_length)."""
     tokenizer = model.tokenizer
     columns = tuple(text_columns(corpus))
     check_teacher_scores(corpus, spec)
@@ -75,7 +77,7 @@ def training_inputs(
     texts = column_prompts(model, prompts or {}, columns)
     if texts:
         log.info("Prompts in training: %s", ", ".join(f"{c}: {t!r}" for c, t in texts.items()))
-    tokens = token_table(corpus, tokenizer, model.max_seq_length, "columns", texts)
+    tokens = token_table(corpus, tokenizer, max_length or model.max_seq_length, "columns", texts)
     label = label_column(corpus)
     layout = padding_free_layout(model, settings)
     rows = tokens.dataset.select_columns([f"ids_{c}" for c in columns])
