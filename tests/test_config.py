@@ -191,6 +191,9 @@ LOSS_CLASSES = {
     ("sparse", "splade_kl_div"): ("SpladeLoss", "triplets"),
     ("sparse", "splade_cosent"): ("SpladeLoss", "scored_pairs"),
     ("sparse", "csr"): ("CSRLoss", "triplets"),
+    ("multi_vector", "colbert"): ("MultiVectorMultipleNegativesRankingLoss", "triplets"),
+    ("multi_vector", "colbert_kl_div"): ("MultiVectorDistillKLDivLoss", "triplets"),
+    ("multi_vector", "colbert_margin_mse"): ("MultiVectorMarginMSELoss", "triplets"),
 }
 # The sparse loss inside SpladeLoss (or CSRLoss).
 SPARSE_INNER = {"splade": "SparseMultipleNegativesRankingLoss", "splade_margin_mse": "SparseMarginMSELoss",
@@ -225,7 +228,7 @@ def test_loss_option_builds_its_loss(task, option, tiny_model_dir):
     name, shape = LOSS_CLASSES[(task, option)]
     assert type(loss).__name__ == name and spec.shape == shape
     assert type(model).__name__ == {"bi_encoder": "SentenceTransformer", "cross_encoder": "CrossEncoder", "image_text": "SentenceTransformer",
-                                    "sparse": "SparseEncoder"}[task]
+                                    "sparse": "SparseEncoder", "multi_vector": "MultiVectorEncoder"}[task]
     if task == "sparse":
         assert type(loss.loss).__name__ == SPARSE_INNER[option]
         if option.startswith("splade"):

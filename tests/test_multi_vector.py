@@ -5,6 +5,8 @@ query cost, a BM25 shortlist reranked)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from sentence_transformers import MultiVectorEncoder
@@ -126,3 +128,32 @@ def test_distillation_needs_teacher_scores_and_a_dense_loss_is_refused(tiny_mode
 def test_query_expansion_needs_a_query_length(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="model.query_expansion=true pads queries to model.query_length"):
         run(mv_cfg(tiny_model_dir, "model.query_length=null"), run_dir=tmp_path / "run")
+
+
+def test_a_lora_colbert_saves_its_projection_and_scores_what_the_run_reported(tiny_model_dir, tmp_path):
+    # The projection is a module of its own after the transformer: it must train beside the adapter and
+    # be saved, or final/ would load the random one and score something else.
+    from tests.test_beir import write_beir
+
+    beir = write_beir(tmp_path / "beir")
+    cfg = compose_config(["debug=default", f"model.name={tiny_model_dir}", "model.max_seq_length=64", "task=multi_vector", "data=beir",
+                          "model.multi_vector_dim=16", f"data.path={beir}", "trainer.batch_size=4", "peft=lora", "trainer.lr=1e-3"])
+    report = run(cfg, run_dir=tmp_path / "run")
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_model.safetensors").is_file()
+    scored = evaluate_run(compose_config([f"checkpoint={final}", "data=beir", f"data.path={beir}", "split=dev"], config_name="evaluate"),
+                          run_dir=tmp_path / "eval")["dev"]
+    assert scored["ndcg@10"] == pytest.approx(report["retrieval_dev"]["ndcg@10"], rel=1e-4)
+    assert report["parameters"]["trainable"] < report["parameters"]["total"] / 2
+
+
+def test_a_colbert_mixture_trains_triplets_and_n_tuples_each_with_its_own_loss(tiny_model_dir, tmp_path):
+    # The retrieval data shapes: NLI triplets (one hard negative) and mined n-tuples (three) in one run.
+    nli = [f"'data.train_path={FIXTURES / 'nli_train_small.tsv'}'", f"'data.dev_path={FIXTURES / 'nli_small.tsv'}'"]
+    tuples = [f"'data.train_path={FIXTURES / 'candidates_ntuples.jsonl'}'", f"'data.dev_path={FIXTURES / 'candidates_small.jsonl'}'"]
+    datasets = (f"mixture.datasets=[{{name: nli, data: nli_file, loss: colbert, weight: 1.0, overrides: [{', '.join(nli)}]}}, "
+                f"{{name: mined, data: candidates_file, loss: colbert, weight: 1.0, overrides: [{', '.join(tuples)}]}}]")
+    out = run(mv_cfg(tiny_model_dir, "trainer.max_steps=0", "trainer.epochs=1", "trainer.batch_size=4", datasets), run_dir=tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {k for line in lines for k in line if k.startswith("loss_")} == {"loss_nli", "loss_mined"}
+    assert [d["name"] for d in out["mixture"]["datasets"]] == ["nli", "mined"] and out["task"] == "multi_vector"

@@ -66,6 +66,20 @@ def test_two_processes_one_run_dir_and_the_same_weights_as_one_process(tiny_mode
     assert steps == [1, 2, 3, 4], "only the main process writes metrics"
 
 
+def test_two_processes_colbert_gathers_documents_and_moves_the_weights_as_one_process(tiny_model_no_dropout_dir, tmp_path):
+    # task=multi_vector: the MaxSim InfoNCE gathers every rank's documents (padded to the longest
+    # across ranks), so 2 x 4 rows must train as 1 x 8 rows.
+    common = [*tiny_nli(tiny_model_no_dropout_dir), "task=multi_vector", "loss=colbert", "model.multi_vector_dim=16", "model.query_length=12",
+              "trainer.max_steps=4", "trainer.mixed_precision=no", "trainer.lr=1e-3"]
+    done = launch([*common, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert done.returncode == 0, done.stderr[-4000:]
+    one = run_in_process(compose_config([*common, "trainer.batch_size=8"]), run_dir=tmp_path / "one")
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["num_processes"] == 2 and report["task"] == "multi_vector" and report["steps"] == one["steps"] == 4
+    assert_same_updates(weight_updates(tiny_model_no_dropout_dir, tmp_path / "run"), weight_updates(tiny_model_no_dropout_dir, tmp_path / "one"),
+                        rtol=1e-3)
+
+
 def test_two_processes_sts_run_evaluates_each_pair_once(tiny_model_dir, tmp_path):
     done = launch([*tiny_nli(tiny_model_dir), "data=sts_file", f"data.train_path={FIXTURES / 'train_small.jsonl'}",
                    f"data.dev_path={FIXTURES / 'pairs.jsonl'}", "loss=cosent", f"hydra.run.dir={tmp_path / 'run'}"])

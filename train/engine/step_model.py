@@ -23,8 +23,9 @@ from torch import nn
 
 # The outputs a loss reads; token embeddings stay as computed (casting them would cost memory).
 OUTPUT_KEYS = ("sentence_embedding", "scores")
-# What the library's losses call on the model besides forward (DDP's wrapper has `device` itself).
-_BOUND = ("preprocess", "get_embedding_dimension", "num_labels")
+# What the library's losses call on the model besides forward (DDP's wrapper has `device` itself;
+# the multi-vector losses score with the model's MaxSim).
+_BOUND = ("preprocess", "get_embedding_dimension", "num_labels", "similarity", "similarity_pairwise")
 
 
 def _holders(loss_fn: nn.Module, plain: nn.Module) -> list[nn.Module]:
