@@ -197,6 +197,20 @@ def test_contrastive_recipe_trains_both_sides_on_the_same_triplets(tiny_model_di
         bench.main(["--loss", "mnrl", "--data", "stsb"])  # scored pairs cannot feed in-batch negatives
 
 
+@pytest.mark.parametrize("task", ["sparse", "multi_vector"])
+def test_sparse_and_multi_vector_recipes_train_against_the_librarys_own_trainer_on_the_same_triplets(task, tiny_model_dir, shared_data, tmp_path):
+    report = bench.main(["--task", task, "--model", str(tiny_model_dir), "--data", "kor_xnli", "--data-dir", str(shared_data),
+                         "--max-train-samples", "48", "--batch-size", "16", "--max-steps", "3", "--max-seq-length", "32", "--query-length", "16",
+                         "--max-eval-samples", "64", "--lr", "0", "--no-equal-precision", "--out", str(tmp_path / "b.json")])
+    ours, theirs = report["runs"]["ours"][0], report["runs"]["st_trainer"][0]
+    assert ours["pairs"] == theirs["pairs"] == 48
+    # The same texts as the library tokenizes them (queries cut to the query length on both sides).
+    assert ours["real_tokens"] == theirs["real_tokens"]
+    assert ours["dev_spearman"] == pytest.approx(theirs["dev_spearman"], abs=1e-6)  # lr 0: the same untrained model
+    with pytest.raises(SystemExit):
+        bench.main(["--task", task, "--loss", "mnrl", "--data", "kor_xnli"])  # the task trains its own loss
+
+
 def test_steps_bench_times_each_variant_after_its_warm_up_and_writes_one_table(tiny_model_dir, shared_data, tmp_path):
     """--steps on the CPU with the tiny model: each variant (padding-free, padded in one pass or in
     chunks) trains its warm-up and timed steps through the loop and gets a row."""

@@ -143,13 +143,16 @@ def parser() -> argparse.ArgumentParser:
 
 def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     """The recipe both sides train: task, model, data, loss, sizes, precision, repeats."""
-    p.add_argument("--task", default="bi_encoder", choices=["bi_encoder", "cross_encoder", "image_text"],
+    p.add_argument("--task", default="bi_encoder", choices=["bi_encoder", "cross_encoder", "image_text", "sparse", "multi_vector"],
                    help="bi_encoder: CoSENT against SentenceTransformerTrainer; cross_encoder: BCE (gold/5) against "
-                        "CrossEncoderTrainer; image_text: CLIP's loss on Fashion-MNIST against SentenceTransformerTrainer")
+                        "CrossEncoderTrainer; image_text: CLIP's loss on Fashion-MNIST against SentenceTransformerTrainer; "
+                        "sparse: SPLADE (loss=splade) against SparseEncoderTrainer; multi_vector: ColBERT (loss=colbert) against "
+                        "MultiVectorEncoderTrainer (both on pairs or triplets: --data korquad, kor_xnli, kornli)")
+    p.add_argument("--query-length", type=int, default=32, help="multi_vector: model.query_length (queries padded to it with [MASK])")
     p.add_argument("--vit", default="small", choices=["small", "b32"],
                    help="image_text: the scratch image tower, model=minilm_vit's (28 px) or ViT-B/32-sized (224 px)")
     p.add_argument("--workers", type=int, default=2, help="image_text: DataLoader worker processes on both sides")
-    p.add_argument("--max-eval-samples", type=int, default=1000, help="image_text: dev images scored")
+    p.add_argument("--max-eval-samples", type=int, default=1000, help="image_text: dev images scored; sparse, multi_vector: KorSTS dev and test pairs scored (contrastive data other than korquad)")
     p.add_argument("--model", default="minilm",
                    help="a model preset of conf/model (minilm, roberta_base_random: base size, random weights), a Hub id or a local path")
     p.add_argument("--data", default="stsb", help="a preset: stsb or korsts; for --loss mnrl an NLI preset (kor_xnli, kornli) or korquad "
@@ -296,15 +299,20 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.loss in ("mnrl", "cached_mnrl"):
+    if args.task in ("sparse", "multi_vector"):
+        if args.loss is not None:
+            p.error(f"--task {args.task} trains its own recipe (loss={'splade' if args.task == 'sparse' else 'colbert'}): leave --loss out")
+        if not args.train_file and args.data not in ("kor_xnli", "kornli", "korquad"):
+            p.error(f"--task {args.task} needs pairs or triplets: --data korquad, kor_xnli (or kornli), or --train-file pairs.jsonl")
+    elif args.loss in ("mnrl", "cached_mnrl"):
         if args.task != "bi_encoder":
             p.error(f"--loss {args.loss} trains a bi-encoder: leave --task at bi_encoder")
         if not args.train_file and args.data not in ("kor_xnli", "kornli", "korquad"):
             p.error(f"--loss {args.loss} needs pairs or triplets: --data kor_xnli (or kornli), korquad, or --train-file pairs.jsonl")
     elif args.loss == "bce" and args.task != "cross_encoder" or args.loss == "cosent" and args.task != "bi_encoder":
         p.error(f"--loss {args.loss} does not go with --task {args.task}")
-    elif args.train_file:
-        p.error("--train-file is for --loss mnrl or cached_mnrl")
+    elif args.train_file and args.task not in ("sparse", "multi_vector"):
+        p.error("--train-file is for --loss mnrl or cached_mnrl, --task sparse and --task multi_vector")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ library's side gets its split as a loaded `datasets` table.
     python -m train.bench --model minilm --data korsts --repeats 2
     python -m train.bench --data stsb --seeds 3 --test-file sts-test.csv   # quality over seeds 0-2, dev and a held-out file
     python -m train.bench --data korquad --loss mnrl --batch-size 32 --repeats 3   # retrieval: test nDCG@10, R@1, R@10
+    python -m train.bench --task sparse --data korquad --batch-size 32 --seeds 3    # SPLADE against SparseEncoderTrainer
+    python -m train.bench --task multi_vector --data korquad --batch-size 32 --seeds 3   # ColBERT against MultiVectorEncoderTrainer
     python -m train.bench --encode --data stsb                      # embedding speed only
     python -m train.bench --precision no                            # fp32 on both sides
     python -m train.bench --task image_text --max-train-samples 10000   # CLIP-style, Fashion-MNIST (train/bench/image_text.py)
@@ -52,18 +54,28 @@ def _common(args: argparse.Namespace):
     elif contrastive(args):
         # Pairs or triplets to train on (the corpus, read per side); STS figures from KorSTS dev and test.
         splits = load_sts_splits("korsts", ("dev", "test"), data_dir=args.data_dir)
+        if args.task in ("sparse", "multi_vector") and args.max_eval_samples:
+            splits = {k: v.select(range(min(args.max_eval_samples, len(v)))) for k, v in splits.items()}
     else:
         # The preset's test split where it has one (KorSTS), or --test-file in the preset's format
         # (the STS Benchmark's sts-test.csv, which is held out of this repository).
         paths = {"test": args.test_file} if args.test_file else None
         splits = load_sts_splits(args.data, ("train", "dev", "test"), data_dir=args.data_dir, max_train_samples=args.max_train_samples,
                                  paths=paths)
+    # The backbone's weights and a fresh head (seeded: both sides start alike).
+    torch.manual_seed(args.seed)
     if args.task == "cross_encoder":
         from train.models.cross_encoder import build_cross_encoder
 
-        # The backbone's weights and a fresh 1-logit head (seeded: both sides start alike).
-        torch.manual_seed(args.seed)
         model = build_cross_encoder(name, args.max_seq_length, 1, offline_package=package)
+    elif args.task == "sparse":
+        from train.models.sparse import build_sparse_encoder
+
+        model = build_sparse_encoder(name, args.max_seq_length, "splade", offline_package=package)
+    elif args.task == "multi_vector":
+        from train.models.multi_vector import build_multi_vector_encoder
+
+        model = build_multi_vector_encoder(name, args.max_seq_length, query_length=args.query_length, offline_package=package)
     else:
         model = build_sentence_transformer(name, args.max_seq_length, "mean", offline_package=package)
     if args.device != "cpu":
@@ -76,13 +88,17 @@ def unit_of(args: dict[str, Any]) -> str:
     return "sentences" if args.get("encode") else "images" if args["task"] == "image_text" else "pairs"
 
 
+# Each task's recipe when --loss is not given; sparse and multi-vector models train contrastively.
+DEFAULT_LOSS = {"cross_encoder": "bce", "sparse": "splade", "multi_vector": "colbert"}
+
+
 def contrastive(args: argparse.Namespace) -> bool:
     """The contrastive recipe (in-batch negatives): pairs or triplets, not scored pairs."""
-    return args.loss in ("mnrl", "cached_mnrl")
+    return loss_name(args) in ("mnrl", "cached_mnrl", "splade", "colbert")
 
 
 def loss_name(args: argparse.Namespace) -> str:
-    return args.loss or ("bce" if args.task == "cross_encoder" else "cosent")
+    return args.loss or DEFAULT_LOSS.get(args.task, "cosent")
 
 
 def train_corpus(args: argparse.Namespace, cache_dir: str):
@@ -142,7 +158,14 @@ def _scores(model, splits, args) -> dict[str, float]:
     if "retrieval_test" in splits:
         from train.evaluation.figures import evaluate_retrieval, retrieval_evaluator
 
-        figures = evaluate_retrieval(model, retrieval_evaluator(splits["retrieval_test"], 64))
+        if args.task == "sparse":
+            from train.evaluation.sparse_figures import evaluate_sparse_retrieval as score
+        elif args.task == "multi_vector":
+            from train.evaluation.multi_vector_figures import evaluate_multi_vector_retrieval as score
+        else:
+            def score(model, split, batch_size):
+                return evaluate_retrieval(model, retrieval_evaluator(split, batch_size))
+        figures = score(model, splits["retrieval_test"], 64)
         return {f"test_{k}": figures[f"retrieval_{k}"] for k in ("ndcg@10", "recall@1", "recall@10")}
     out = {}
     for split in ("dev", "test"):
@@ -152,6 +175,14 @@ def _scores(model, splits, args) -> dict[str, float]:
             from train.tasks.cross_encoder import evaluate_set
 
             out[f"{split}_spearman"] = evaluate_set(model, splits[split], 64)["spearman"]
+        elif args.task == "sparse":
+            from train.evaluation.sparse_figures import evaluate_sparse_sts
+
+            out[f"{split}_spearman"] = evaluate_sparse_sts(model, splits[split], 64)["spearman_dot"]
+        elif args.task == "multi_vector":
+            from train.evaluation.multi_vector_figures import evaluate_multi_vector_sts
+
+            out[f"{split}_spearman"] = evaluate_multi_vector_sts(model, splits[split], 64)["spearman_maxsim"]
         else:
             out[f"{split}_spearman"] = evaluate_sts(model, sts_evaluator(splits[split], 64))["spearman_cosine"]
     return out
@@ -235,6 +266,22 @@ def _st_side(args: argparse.Namespace, model, counts: dict[str, int]):
 
         _count_cross_encoder_batches(model, counts)
         return CrossEncoderTrainer, CrossEncoderTrainingArguments, BinaryCrossEntropyLoss(model)
+    if args.task == "sparse":
+        from sentence_transformers import SparseEncoderTrainer, SparseEncoderTrainingArguments
+        from sentence_transformers.sparse_encoder.losses import SparseMultipleNegativesRankingLoss, SpladeLoss
+
+        # Our loss=splade's defaults: MNRL at scale 1 (dot products), FLOPS weights 3e-5 / 5e-5.
+        loss = SpladeLoss(model, SparseMultipleNegativesRankingLoss(model, scale=1.0), document_regularizer_weight=3e-5,
+                          query_regularizer_weight=5e-5)
+        _count_batches(loss, counts)
+        return SparseEncoderTrainer, SparseEncoderTrainingArguments, loss
+    if args.task == "multi_vector":
+        from sentence_transformers import MultiVectorEncoderTrainer, MultiVectorEncoderTrainingArguments
+        from sentence_transformers.multi_vector_encoder.losses import MultiVectorMultipleNegativesRankingLoss
+
+        loss = MultiVectorMultipleNegativesRankingLoss(model)
+        _count_batches(loss, counts)
+        return MultiVectorEncoderTrainer, MultiVectorEncoderTrainingArguments, loss
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer import losses
 
