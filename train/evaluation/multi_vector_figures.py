@@ -69,11 +69,12 @@ def evaluate_multi_vector_sts(model: Any, ds: Any, batch_size: int = 64) -> dict
 
 def encode_corpus(model: Any, corpus: list[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """The corpus's token vectors padded into one (documents, tokens, dim) tensor and its mask."""
-    vectors = model.encode_document(corpus, batch_size=batch_size)
+    return _padded(model.encode_document(corpus, batch_size=batch_size))
+
+
+def _padded(vectors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     masks = [torch.ones(len(v), dtype=torch.bool) for v in vectors]
-    padded = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
-    mask = torch.nn.utils.rnn.pad_sequence(masks, batch_first=True)
-    return padded, mask
+    return torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True), torch.nn.utils.rnn.pad_sequence(masks, batch_first=True)
 
 
 def maxsim_scores(query: torch.Tensor, documents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -107,23 +108,27 @@ def multi_vector_query_cost(model: Any, data: Any, n_queries: int = 200, batch_s
 def maxsim_rerank(model: Any, queries: list[str], corpus: list[str], shortlists: np.ndarray, batch_size: int = 64,
                   timed: int = 0) -> tuple[np.ndarray, list[float]]:
     """Each query's shortlist (ids into `corpus`, best first) reordered by MaxSim, and the seconds
-    the first `timed` queries (0: all) took one by one: encode the query and its candidates, score.
-    Candidates are encoded when a query asks for them, as a reranking service does it."""
+    the first `timed` queries (0: all) took one by one as a reranking service meets them: encode
+    the query and its candidates, score. The order comes from every shortlisted document encoded
+    once (the same vectors: encoding is deterministic), so the untimed queries cost no re-encoding."""
     from train.evaluation.ranking import pick
 
     timed = len(queries) if timed <= 0 else min(timed, len(queries))
-    out = np.empty_like(shortlists)
     seconds = []
     with eval_mode(model), torch.inference_mode():
         model.encode_query(queries[:1])
-        for i, (query, ids) in enumerate(zip(queries, shortlists)):
+        for query, ids in zip(queries[:timed], shortlists[:timed]):
             start = time.perf_counter()
             q = model.encode_query([query])[0]
-            docs = model.encode_document(pick(corpus, ids), batch_size=batch_size)
-            padded = torch.nn.utils.rnn.pad_sequence(docs, batch_first=True)
-            mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(d), dtype=torch.bool) for d in docs], batch_first=True)
-            order = torch.argsort(maxsim_scores(q, padded, mask), descending=True).numpy()
-            out[i] = ids[order]
-            if i < timed:
-                seconds.append(time.perf_counter() - start)
+            documents, mask = _padded(model.encode_document(pick(corpus, ids), batch_size=batch_size))
+            torch.argsort(maxsim_scores(q, documents, mask), descending=True)
+            seconds.append(time.perf_counter() - start)
+        wanted = np.unique(shortlists)
+        documents, mask = _padded(model.encode_document(pick(corpus, wanted), batch_size=batch_size))
+        row = {int(j): i for i, j in enumerate(wanted)}
+        out = np.empty_like(shortlists)
+        vectors = model.encode_query(list(queries), batch_size=batch_size)
+        for i, (q, ids) in enumerate(zip(vectors, shortlists)):
+            rows = torch.tensor([row[int(j)] for j in ids])
+            out[i] = ids[torch.argsort(maxsim_scores(q, documents[rows], mask[rows]), descending=True).numpy()]
     return out, seconds

@@ -11,20 +11,19 @@ Dev figures: exact MaxSim retrieval (chunked over the corpus) and MaxSim STS cor
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import nn
 
 from train.data.batching import Collator
-from train.engine.task_step import BatchStats
 from train.evaluation.multi_vector_figures import MULTI_VECTOR_MAIN_METRIC, evaluate_multi_vector_retrieval, evaluate_multi_vector_sts
 from train.losses.registry import LossSpec
 from train.models.multi_vector import expansion
-from train.tasks.base import Evaluate, Scoring, TrainingInputs
-from train.tasks.bi_encoder import BiEncoderTask, training_inputs
+from train.tasks.base import TrainingInputs
+from train.tasks.bi_encoder import training_inputs
+from train.tasks.encoder_figures import EncoderFiguresTask
+from train.tasks.sparse import SparseStep
 
 ROLES = {"anchor": "query", "sentence1": "query"}  # the first column; every other is a document
 
@@ -76,16 +75,12 @@ class MultiVectorCollator:
         return out
 
 
-class MultiVectorStep:
+class MultiVectorStep(SparseStep):
+    """One feature batch a column to the loss, which runs the model itself (the sparse task's step
+    without its Router routing: the columns carry their roles already)."""
+
     def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return loss_fn(batch["columns"], batch["labels"])
-
-    def stats(self, batch: dict[str, Any]) -> BatchStats:
-        real, ran = batch["counts"]
-        return BatchStats(batch["rows"], real, ran)
-
-    def forward_contexts(self, model: nn.Module, batch: dict[str, Any] | None = None) -> list[Callable[[], AbstractContextManager]]:
-        return []
 
 
 def role_prompts(model: Any, prompts: dict[str, str] | None, columns: tuple[str, ...]) -> dict[str, str]:
@@ -115,7 +110,7 @@ def collator_for(model: Any, base: Collator) -> MultiVectorCollator:
     return MultiVectorCollator(base, query_length, expansion_id, bool((config or {}).get("attend")), set(tokenizer.all_special_ids))
 
 
-class MultiVectorTask(BiEncoderTask):
+class MultiVectorTask(EncoderFiguresTask):
     name = "multi_vector"
 
     def training_inputs(self, train, model, spec, settings, num_processes=1, prompts=None) -> TrainingInputs:
@@ -133,35 +128,10 @@ class MultiVectorTask(BiEncoderTask):
     def train_step(self, spec: LossSpec, collate: Any) -> MultiVectorStep:
         return MultiVectorStep()
 
-    def evaluator(self, scoring: Scoring) -> tuple[Evaluate | None, str]:
-        sts_dev, retrieval_dev = scoring.sets.get("dev"), scoring.sets.get("retrieval_dev")
-        if sts_dev is None and retrieval_dev is None:
-            return None, MULTI_VECTOR_MAIN_METRIC
-
-        def evaluate(model) -> dict[str, float]:
-            metrics: dict[str, float] = {}
-            if sts_dev is not None:
-                metrics.update(evaluate_multi_vector_sts(model, sts_dev, scoring.batch_size))
-            if retrieval_dev is not None:
-                metrics.update(evaluate_multi_vector_retrieval(model, retrieval_dev, scoring.batch_size))
-            return metrics
-
-        return evaluate, ("spearman_maxsim" if sts_dev is not None else MULTI_VECTOR_MAIN_METRIC)
-
-    @staticmethod
-    def _sts(model, ds, scoring: Scoring) -> dict[str, float]:
-        return evaluate_multi_vector_sts(model, ds, scoring.batch_size)
-
-    @staticmethod
-    def _retrieval(model, data, scoring: Scoring) -> dict[str, float]:
-        return {k.removeprefix("retrieval_"): v for k, v in evaluate_multi_vector_retrieval(model, data, scoring.batch_size).items()}
-
-    def report_table(self, report: dict[str, Any]) -> str | None:
-        lines = []
-        for split in ("dev", "test", "retrieval_dev", "retrieval_test"):
-            if split in report:
-                lines.append(f"{split}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in report[split].items()))
-        return "\n".join(lines) or None
+    sts = staticmethod(evaluate_multi_vector_sts)
+    retrieval = staticmethod(evaluate_multi_vector_retrieval)
+    sts_metric = "spearman_maxsim"
+    retrieval_metric = MULTI_VECTOR_MAIN_METRIC
 
 
 TASK = MultiVectorTask()

@@ -23,8 +23,9 @@ from train.engine.task_step import BatchStats
 from train.evaluation.sparse_figures import SPARSE_MAIN_METRIC, evaluate_sparse_retrieval, evaluate_sparse_sts
 from train.losses.registry import LossSpec
 from train.models.sparse import query_route
-from train.tasks.base import Evaluate, Scoring, TrainingInputs
-from train.tasks.bi_encoder import BiEncoderTask, training_inputs
+from train.tasks.base import TrainingInputs
+from train.tasks.bi_encoder import training_inputs
+from train.tasks.encoder_figures import EncoderFiguresTask
 
 
 class SparseStep:
@@ -43,7 +44,7 @@ class SparseStep:
         return []
 
 
-class SparseTask(BiEncoderTask):
+class SparseTask(EncoderFiguresTask):
     name = "sparse"
 
     def training_inputs(self, train, model, spec, settings, num_processes=1, prompts=None) -> TrainingInputs:
@@ -54,35 +55,10 @@ class SparseTask(BiEncoderTask):
     def train_step(self, spec: LossSpec, collate: Any) -> SparseStep:
         return SparseStep()
 
-    def evaluator(self, scoring: Scoring) -> tuple[Evaluate | None, str]:
-        sts_dev, retrieval_dev = scoring.sets.get("dev"), scoring.sets.get("retrieval_dev")
-        if sts_dev is None and retrieval_dev is None:
-            return None, SPARSE_MAIN_METRIC
-
-        def evaluate(model) -> dict[str, float]:
-            metrics: dict[str, float] = {}
-            if sts_dev is not None:
-                metrics.update(evaluate_sparse_sts(model, sts_dev, scoring.batch_size))
-            if retrieval_dev is not None:
-                metrics.update(evaluate_sparse_retrieval(model, retrieval_dev, scoring.batch_size))
-            return metrics
-
-        return evaluate, ("spearman_dot" if sts_dev is not None else SPARSE_MAIN_METRIC)
-
-    @staticmethod
-    def _sts(model, ds, scoring: Scoring) -> dict[str, float]:
-        return evaluate_sparse_sts(model, ds, scoring.batch_size)
-
-    @staticmethod
-    def _retrieval(model, data, scoring: Scoring) -> dict[str, float]:
-        return {k.removeprefix("retrieval_"): v for k, v in evaluate_sparse_retrieval(model, data, scoring.batch_size).items()}
-
-    def report_table(self, report: dict[str, Any]) -> str | None:
-        lines = []
-        for split in ("dev", "test", "retrieval_dev", "retrieval_test"):
-            if split in report:
-                lines.append(f"{split}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in report[split].items()))
-        return "\n".join(lines) or None
+    sts = staticmethod(evaluate_sparse_sts)
+    retrieval = staticmethod(evaluate_sparse_retrieval)
+    sts_metric = "spearman_dot"
+    retrieval_metric = SPARSE_MAIN_METRIC
 
 
 TASK = SparseTask()
