@@ -164,3 +164,27 @@ def test_a_lora_sparse_model_saves_its_head_and_scores_what_the_run_reported(bac
 def test_lora_on_a_roberta_layout_sparse_model_unmerged_is_refused(tiny_klue_dir, tmp_path):
     with pytest.raises(ConfigError, match="tied bias that an adapter-only save loses. Set peft.merge=true"):
         run(sparse_cfg(tiny_klue_dir, "peft=lora"), run_dir=tmp_path / "run")
+
+
+def test_dense_adds_the_bi_encoder_and_the_hybrid_of_the_two_on_the_same_queries(tiny_model_dir, tmp_path):
+    from tests.test_beir import write_beir
+
+    beir = write_beir(tmp_path / "beir")
+    common = ["debug=default", f"model.name={tiny_model_dir}", "model.max_seq_length=64", "data=beir", f"data.path={beir}", "trainer.batch_size=4"]
+    run(compose_config([*common, "task=sparse"]), run_dir=tmp_path / "sparse")
+    dense = run(compose_config([*common, "loss=mnrl"]), run_dir=tmp_path / "dense")
+
+    def systems(*extra):
+        out = evaluate_run(compose_config([f"checkpoint={tmp_path / 'sparse' / 'final'}", "data=beir", f"data.path={beir}", "split=test",
+                                           f"dense={tmp_path / 'dense' / 'final'}", *extra], config_name="evaluate"), run_dir=tmp_path / "eval")
+        return out["test"], {r["system"].split(",")[0]: r for r in out["test"]["systems"]}
+
+    scored, rows = systems("fusion=score", "fusion_weight=1.0")
+    assert rows["sparse"]["ndcg@10"] == pytest.approx(scored["ndcg@10"])  # its own search gives the evaluator's figure
+    assert rows["bi-encoder"]["ndcg@10"] == pytest.approx(dense["retrieval_test"]["ndcg@10"])
+    assert rows["hybrid: sparse + bi-encoder"]["ndcg@10"] == pytest.approx(rows["sparse"]["ndcg@10"])  # all weight on the sparse model
+    _, rows = systems("fusion=score", "fusion_weight=0.0")
+    assert rows["hybrid: sparse + bi-encoder"]["ndcg@10"] == pytest.approx(rows["bi-encoder"]["ndcg@10"])
+    with pytest.raises(Exception, match="scored with a sparse checkpoint"):
+        evaluate_run(compose_config([f"checkpoint={tmp_path / 'dense' / 'final'}", "data=beir", f"data.path={beir}", "split=test",
+                                     f"dense={tmp_path / 'dense' / 'final'}"], config_name="evaluate"), run_dir=tmp_path / "bad")

@@ -127,6 +127,9 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
     if kind not in ("bi_encoder", "sparse", "multi_vector"):
         raise DataError(f"data={cfg.data.name} scores bi-encoders, sparse and multi-vector encoders (retrieval); "
                         "rerank with a cross-encoder in train.retrieve.")
+    if cfg.dense and kind != "sparse":
+        raise DataError(f"dense={cfg.dense}: the hybrid of a sparse and a dense model is scored with a sparse checkpoint; "
+                        f"checkpoint={cfg.checkpoint} is a {kind.replace('_', '-')}.")
     found = retrieval_eval_sets(to_plain(cfg.data), (cfg.split,))
     if not found:
         raise DataError(f"data={cfg.data.name} has no {cfg.split} split here (no qrels/{cfg.split}.tsv). Try split=dev or split=test.")
@@ -137,7 +140,13 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
         split_set = found[f"retrieval_{cfg.split}"]
         metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_sparse_retrieval(model, split_set, cfg.batch_size).items()}
         metrics.update(sparse_query_cost(model, split_set, cfg.latency_queries or len(split_set.queries), cfg.batch_size))
-        return metrics, text_table({cfg.split: metrics}), model_name
+        table = text_table({cfg.split: metrics})
+        if cfg.dense:
+            rows = sparse_dense_rows(cfg, model, split_set)
+            metrics = {**metrics, "systems": rows}
+            table += "\n\n" + systems_table(rows, "ms/query: query by query (sparse: encoding + sparse dot products; bi-encoder: encoding + "
+                                                   "search; hybrid: both, then the fusion).")
+        return metrics, table, model_name
     if kind == "multi_vector":
         return _multi_vector_figures(cfg, model, found[f"retrieval_{cfg.split}"]) + (model_name,)
     check_prompt_names(model, dict(cfg.data.prompts))
@@ -146,9 +155,9 @@ def _retrieval_figures(cfg: DictConfig, kind: str) -> tuple[dict[str, Any], str,
     metrics = {k.removeprefix("retrieval_"): v for k, v in evaluate_retrieval(model, ir).items()}
     table = text_table({cfg.split: metrics})
     if cfg.lexical:
-        systems, systems_table = search_systems(cfg, model, found[f"retrieval_{cfg.split}"])
+        systems, lexical_table = search_systems(cfg, model, found[f"retrieval_{cfg.split}"])
         metrics = {**metrics, "systems": systems}
-        table = f"{table}\n\n{systems_table}"
+        table = f"{table}\n\n{lexical_table}"
     return metrics, table, model_name
 
 
@@ -163,11 +172,35 @@ def _multi_vector_figures(cfg: DictConfig, model: Any, split_set: Any) -> tuple[
     if cfg.lexical:
         rows = maxsim_rerank_rows(cfg, model, split_set)
         metrics = {**metrics, "systems": rows}
-        columns = ["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "ms_per_query"]
-        table += "\n\n" + text_table({r["system"]: {c: float(r[c]) for c in columns} for r in rows}, columns, label="system",
-                                      digits={"ms_per_query": 1})
-        table += "\nms/query: query by query (BM25: its search; reranked: + encoding the query and its 100 candidates, MaxSim)."
+        table += "\n\n" + systems_table(rows, "ms/query: query by query (BM25: its search; reranked: + encoding the query and its 100 "
+                                               "candidates, MaxSim).")
     return metrics, table
+
+
+def systems_table(rows: list[dict[str, Any]], note: str) -> str:
+    from train.evaluation.tables import text_table
+
+    columns = ["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "ms_per_query"]
+    return text_table({r["system"]: {c: float(r[c]) for c in columns} for r in rows}, columns, label="system", digits={"ms_per_query": 1}) + "\n" + note
+
+
+def sparse_dense_rows(cfg: DictConfig, model: Any, split_set: Any) -> list[dict[str, Any]]:
+    """dense=<bi-encoder dir>: the sparse model's row, the bi-encoder's, and their hybrid (`fusion`,
+    the sparse model weighted `fusion_weight`), on the same queries and corpus."""
+    from train.evaluation.lexical import fuse
+    from train.evaluation.ranking import DEPTH, from_split
+    from train.evaluation.sparse_figures import sparse_search
+    from train.retrieve import dense_search, load_model_as, mean_ms, system_row
+
+    data = from_split(split_set)
+    ranked, scores, seconds = sparse_search(model, data.queries, data.corpus, DEPTH, cfg.latency_queries, cfg.batch_size)
+    dense = dense_search(cfg, load_model_as(cfg.dense, "dense", "bi_encoder", cfg.model.trust_remote_code), data, DEPTH)
+    weight = float(cfg.fusion_weight)
+    hybrid = fuse([ranked, dense.rankings], [scores, dense.scores], DEPTH, cfg.fusion.value, weights=[weight, 1.0 - weight])
+    both = [a + b for a, b in zip(seconds, dense.seconds)]
+    return [system_row("sparse", ranked, data.relevant, mean_ms(seconds), 0, 0),
+            system_row("bi-encoder", dense.rankings, data.relevant, mean_ms(dense.seconds), 0, 1),
+            system_row(f"hybrid: sparse + bi-encoder, {cfg.fusion.value}, sparse weight {weight:g}", hybrid, data.relevant, mean_ms(both), 0, 1)]
 
 
 def maxsim_rerank_rows(cfg: DictConfig, model: Any, split_set: Any, depth: int = 100) -> list[dict[str, Any]]:

@@ -61,6 +61,9 @@ class EvaluateConfig(ModelAndData, SearchSystems):
     split: str = "test"
     # Rows a batch when encoding.
     batch_size: int = 64
+    # A saved bi-encoder dir: with a sparse checkpoint on retrieval data, adds the bi-encoder's row and the
+    # hybrid of the two (fusion; fusion_weight is the sparse model's share).
+    dense: Optional[str] = None
 
 
 @dataclass
