@@ -35,7 +35,9 @@ def collectives(model_dir, tmp_path, name: str, *overrides: str) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("case", [["task=cross_encoder"], [*NLI, "loss=softmax"]], ids=["cross_encoder", "softmax"])
+@pytest.mark.parametrize("case", [["task=cross_encoder"], [*NLI, "loss=softmax"], ["task=sparse", *NLI],
+                                  ["task=multi_vector", *NLI, "model.multi_vector_dim=16", "model.query_length=12"]],
+                         ids=["cross_encoder", "softmax", "splade", "colbert"])
 def test_the_collectives_of_a_run_do_not_grow_with_the_parameter_tensors(case, tmp_path):
     """The same run on a 2-layer and an 8-layer model (about 3x the parameter tensors): the same
     collectives. Before, losses that run the model themselves were averaged a tensor at a time."""

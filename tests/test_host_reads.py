@@ -32,6 +32,10 @@ CASES = {
     "cross_encoder mnrl": ["task=cross_encoder", *NLI, "loss=mnrl", "trainer.batch_size=4"],
     "cross_encoder mnrl n-tuples": ["task=cross_encoder", *N_TUPLES, "loss=mnrl", "trainer.batch_size=4"],
     "cross_encoder listnet": ["task=cross_encoder", *CANDIDATES, "loss=listnet", "trainer.batch_size=2"],
+    "sparse splade": ["task=sparse", *NLI, "trainer.batch_size=4"],
+    "sparse inference-free splade": ["task=sparse", *NLI, "model.sparse_architecture=inference_free", "trainer.batch_size=4"],
+    "multi_vector colbert": ["task=multi_vector", *NLI, "model.multi_vector_dim=16", "model.query_length=12", "trainer.batch_size=4"],
+    "multi_vector colbert n-tuples": ["task=multi_vector", *N_TUPLES, "model.multi_vector_dim=16", "model.query_length=12", "trainer.batch_size=4"],
 }
 
 

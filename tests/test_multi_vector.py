@@ -157,3 +157,22 @@ def test_a_colbert_mixture_trains_triplets_and_n_tuples_each_with_its_own_loss(t
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {k for line in lines for k in line if k.startswith("loss_")} == {"loss_nli", "loss_mined"}
     assert [d["name"] for d in out["mixture"]["datasets"]] == ["nli", "mined"] and out["task"] == "multi_vector"
+
+
+def test_colbert_on_the_klue_roberta_layout_scores_the_same_after_loading(tiny_klue_dir, tmp_path):
+    # klue/roberta-base: one token type and a BERT tokenizer that still returns token_type_ids, with
+    # positions counted after the padding index. final/ must score on a fresh load what the run reported.
+    from tests.test_beir import write_beir
+
+    beir = write_beir(tmp_path / "beir")
+    cfg = compose_config(["debug=default", f"model.name={tiny_klue_dir}", "model.max_seq_length=64", "task=multi_vector", "data=beir",
+                          "model.multi_vector_dim=16", "model.query_length=12", f"data.path={beir}", "trainer.batch_size=4"])
+    report = run(cfg, run_dir=tmp_path / "run")
+    final = tmp_path / "run" / "final"
+    loaded = MultiVectorEncoder(str(final))
+    assert "token_type_ids" not in loaded.tokenizer.model_input_names  # saved so, for a bare load
+    assert loaded.encode_query(["a man plays a guitar"])[0].shape == (12, 16)
+    scored = evaluate_run(compose_config([f"checkpoint={final}", "data=beir", f"data.path={beir}", "split=dev"], config_name="evaluate"),
+                          run_dir=tmp_path / "eval")["dev"]
+    assert scored["ndcg@10"] == pytest.approx(report["retrieval_dev"]["ndcg@10"], rel=1e-4)
+    assert scored["mrr@10"] == pytest.approx(report["retrieval_dev"]["mrr@10"], rel=1e-4)
