@@ -257,3 +257,28 @@ def test_serve_bench_times_each_variant_and_says_why_a_backend_is_missing(tiny_m
         assert onnx["korsts_test_spearman"] == pytest.approx(fp32["korsts_test_spearman"], abs=1e-3)
     assert "optimum-intel" in rows["OpenVINO int8"]["reason"] and not rows["OpenVINO int8"]["available"]
     assert "| torch bf16 |" in report["table"] and report["queries"] == 12
+
+
+def test_sparse_index_bench_runs_both_ways_and_they_rank_alike(tmp_path, capsys):
+    # The two ways must find the same best passage for every query (the bench raises otherwise),
+    # so the memory and time they print compare the same search.
+    out = tmp_path / "sparse.json"
+    report = bench.main(["--sparse-index", "3000", "--active-dims", "32", "--out", str(out)])
+    runs = report["results"]["3000"]
+    assert set(runs) == {"chunked", "whole"} and runs["chunked"]["checksum"] == runs["whole"]["checksum"]
+    assert all(r["peak_rss_mb"] > 0 and r["ms_per_query"] > 0 for r in runs.values())
+    assert json.loads(out.read_text())["results"]["3000"]["chunked"]["passages"] == 3000
+    assert "3,000 passages x 32 active dims  chunked" in capsys.readouterr().out
+
+
+def test_synthetic_sparse_vectors_do_not_depend_on_how_texts_are_batched():
+    import torch
+
+    from train.bench.sparse_index_scale import SyntheticSparseEncoder
+
+    model = SyntheticSparseEncoder(64)
+    texts = [f"p{i}" for i in range(10)]
+    whole = model.encode_document(texts).coalesce().to_dense()
+    parts = torch.cat([model.encode_document(texts[s : s + 4]).coalesce().to_dense() for s in (0, 4, 8)])
+    assert torch.allclose(whole, parts, atol=1e-5) and (whole > 0).sum(dim=1).min() > 10
+    assert not torch.equal(model.encode_query(["q0"]).to_dense(), model.encode_document(["p0"]).to_dense())

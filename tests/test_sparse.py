@@ -188,3 +188,27 @@ def test_dense_adds_the_bi_encoder_and_the_hybrid_of_the_two_on_the_same_queries
     with pytest.raises(Exception, match="scored with a sparse checkpoint"):
         evaluate_run(compose_config([f"checkpoint={tmp_path / 'dense' / 'final'}", "data=beir", f"data.path={beir}", "split=test",
                                      f"dense={tmp_path / 'dense' / 'final'}"], config_name="evaluate"), run_dir=tmp_path / "bad")
+
+
+def test_the_index_built_in_chunks_and_scored_in_blocks_is_the_librarys_sparse_search(tiny_model_dir, monkeypatch):
+    # Memory flat in the corpus: the index is built a few passages at a time and scored a few queries
+    # at a time. Chunk and block sizes must change nothing: same matrix, same ranking as the library's.
+    import numpy as np
+    import torch
+
+    import train.evaluation.sparse_figures as figures
+    from train.models.sparse import build_sparse_encoder
+
+    model = build_sparse_encoder(str(tiny_model_dir), 64, "splade")
+    corpus = [f"passage {i} about {'music' if i % 3 else 'rain'} and number {i * 7}" for i in range(23)]
+    queries = [f"question {i} on {'rain' if i % 2 else 'music'}" for i in range(9)]
+    whole = model.encode_document(corpus, convert_to_sparse_tensor=True).to_dense()
+    index = figures.sparse_index(model, corpus, batch_size=4, chunk=5)
+    assert index.crow_indices().dtype == torch.int32 and index.col_indices().dtype == torch.int32
+    assert torch.allclose(index.to_dense(), whole, atol=1e-6)
+    expected = torch.topk(model.encode_query(queries, convert_to_sparse_tensor=True).to_dense() @ whole.T, k=10, dim=1)
+    monkeypatch.setattr(figures, "INDEX_CHUNK", 4)
+    monkeypatch.setattr(figures, "SCORE_ELEMENTS", 2 * len(corpus))  # two queries a block
+    ids, scores, seconds = figures.sparse_search(model, queries, corpus, depth=10, timed=3)
+    assert np.allclose(scores, expected.values.numpy(), atol=1e-5) and len(seconds) == 3
+    assert (ids[:, 0] == expected.indices[:, 0].numpy()).all()

@@ -209,6 +209,11 @@ def _scale_arguments(p: argparse.ArgumentParser) -> None:
     scale.add_argument("--beir-corpus", type=lambda v: [int(n) for n in v.split(",")], default=[],
                        help="comma-separated sizes: a synthetic BEIR corpus.jsonl read as a dict and through the data cache "
                             "(time and peak RSS; train/bench/corpus_scale.py)")
+    scale.add_argument("--sparse-index", type=lambda v: [int(n) for n in v.split(",")], default=[],
+                       help="comma-separated sizes: the sparse index and search of train.evaluate on synthetic vectors, "
+                            "chunked against whole-corpus (time and peak RSS; train/bench/sparse_index_scale.py)")
+    scale.add_argument("--active-dims", type=int, default=128, help="--sparse-index: active dimensions a passage")
+    scale.add_argument("--sparse-ways", default="chunked,whole", help="--sparse-index: which ways to run, comma-separated")
     scale.add_argument("--reuse-vectors", action="store_true",
                        help="--retrieval: keep the corpus embeddings cached by an earlier run of the same size")
     scale.add_argument("--search", default="auto", choices=["auto", "faiss", "torch"], help="--retrieval: the search backend")
@@ -252,6 +257,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work.mkdir(parents=True, exist_ok=True)
         report = {"args": vars(args), "machine": machine(), "results": run_corpus_scale(args.beir_corpus, work, Path(args.data_dir) / "korsts")}
         write_report(report, args.out if args.out != "bench_results/bench.json" else "bench_results/beir_corpus.json")
+        return report
+    if args.sparse_index:
+        from train.bench.sparse_index_scale import run_sparse_index_scale
+
+        results = run_sparse_index_scale(args.sparse_index, args.active_dims, args.sparse_ways.split(","), args.timeout)
+        report = {"args": vars(args), "machine": machine(), "results": results}
+        write_report(report, args.out if args.out != "bench_results/bench.json" else "bench_results/sparse_index.json")
         return report
     if args.retrieval:
         from train.bench.scale import run_retrieval_scale

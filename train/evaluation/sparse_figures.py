@@ -51,54 +51,87 @@ def evaluate_sparse_sts(model: Any, ds: Any, batch_size: int = 64) -> dict[str, 
     return {**metrics, "active_dims": float(raw["active_dims"]), "n_pairs": len(ds)}
 
 
+# Passages encoded at a time into the index: the library's COO output (int64 indices, 20 bytes an
+# active dimension) is held for one chunk only, beside the int32 CSR index (8 bytes).
+INDEX_CHUNK = 16_384
+# Query-document scores computed at a time (256 MB in fp32), so that scoring memory does not grow
+# with the corpus: fewer queries a block over a larger corpus.
+SCORE_ELEMENTS = 1 << 26
+
+
+def sparse_index(model: Any, corpus: list[str], batch_size: int = 64, chunk: int | None = None) -> Any:
+    """The corpus's document vectors as one torch CSR matrix (passages x vocabulary) with int32 row
+    offsets and token ids and float32 weights, as an inverted index holds them."""
+    import numpy as np
+    import torch
+
+    chunk = chunk or INDEX_CHUNK
+    offsets, ids, weights, total = [np.zeros(1, np.int64)], [], [], 0
+    for start in range(0, len(corpus), chunk):
+        part = model.encode_document(corpus[start : start + chunk], batch_size=batch_size, convert_to_sparse_tensor=True).coalesce()
+        part = part.to_sparse_csr()
+        offsets.append(part.crow_indices()[1:].numpy() + total)
+        ids.append(part.col_indices().numpy().astype(np.int32))
+        weights.append(part.values().float().numpy())
+        total += len(weights[-1])
+    if total >= 2**31:
+        raise ValueError(f"{total:,} active dimensions over {len(corpus):,} passages pass an int32 index; search the corpus in parts")
+    vocabulary = model.get_embedding_dimension()
+    crow = torch.from_numpy(np.concatenate(offsets).astype(np.int32))
+    columns = torch.from_numpy(np.concatenate(ids) if ids else np.zeros(0, np.int32))
+    values = torch.from_numpy(np.concatenate(weights) if weights else np.zeros(0, np.float32))
+    # Checked (one pass over the index): a malformed CSR matrix would crash the matmul, not raise.
+    return torch.sparse_csr_tensor(crow, columns, values, size=(len(corpus), vocabulary), check_invariants=True)
+
+
+def timed_sparse_queries(model: Any, documents: Any, queries: list[str], depth: int) -> list[float]:
+    """Seconds each query takes alone: encode it, score it against every passage, take the top `depth`."""
+    import time
+
+    import torch
+
+    model.encode_query(queries[:3])  # warm-up: the first calls allocate
+    seconds = []
+    for text in queries:
+        start = time.perf_counter()
+        torch.topk(documents @ model.encode_query([text], convert_to_sparse_tensor=True).to_dense()[0].float(), k=depth)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def sparse_query_cost(model: Any, data: Any, n_queries: int = 200, batch_size: int = 64) -> dict[str, float]:
     """What a sparse search costs, as an inverted index would hold it: bytes a passage (each active
     dimension a float32 weight and an int32 token id) and ms a query, one query at a time (encode
     the query, score it against every passage by sparse dot product, take the top 10), on the
     first `n_queries` queries of a RetrievalSplit."""
-    import time
-
     import torch
 
     corpus = list(data.corpus.values())
     with eval_mode(model), torch.inference_mode():
-        documents = model.encode_document(corpus, batch_size=batch_size, convert_to_sparse_tensor=True).coalesce().to_sparse_csr()
-        queries = list(data.queries.values())[:n_queries]
-        model.encode_query(queries[:3])  # warm-up: the first calls allocate
-        seconds = []
-        for text in queries:
-            start = time.perf_counter()
-            q = model.encode_query([text], convert_to_sparse_tensor=True).to_dense()[0]
-            torch.topk(documents @ q, k=min(10, len(corpus)))
-            seconds.append(time.perf_counter() - start)
+        documents = sparse_index(model, corpus, batch_size)
+        seconds = timed_sparse_queries(model, documents, list(data.queries.values())[:n_queries], min(10, len(corpus)))
     nnz = documents.values().numel()
     return {"bytes_per_passage": 8 * nnz / len(corpus), "ms_per_query": 1000 * sum(seconds) / len(seconds), "timed_queries": len(seconds)}
 
 
 def sparse_search(model: Any, queries: list[str], corpus: list[str], depth: int = 100, timed: int = 0, batch_size: int = 64):
     """(ids, scores, seconds): each query's `depth` best documents by sparse dot product, best
-    first, and the seconds the first `timed` queries (0: all) took one by one (encode, score
-    against every document, top `depth`). The corpus is encoded once into a sparse matrix; the
-    scores of the untimed queries come 256 queries at a time."""
-    import time
-
+    first, and the seconds the first `timed` queries (0: all) took one by one. The corpus is
+    encoded once into a CSR index (`sparse_index`); the other queries are scored a block at a
+    time, at most SCORE_ELEMENTS scores a block."""
     import numpy as np
     import torch
 
     depth = min(depth, len(corpus))
     timed = len(queries) if timed <= 0 else min(timed, len(queries))
+    block = max(1, min(256, SCORE_ELEMENTS // max(1, len(corpus))))
     with eval_mode(model), torch.inference_mode():
-        documents = model.encode_document(list(corpus), batch_size=batch_size, convert_to_sparse_tensor=True).coalesce().to_sparse_csr()
-        model.encode_query(queries[:1])
-        seconds = []
-        for text in queries[:timed]:
-            start = time.perf_counter()
-            torch.topk(documents @ model.encode_query([text], convert_to_sparse_tensor=True).to_dense()[0], k=depth)
-            seconds.append(time.perf_counter() - start)
+        documents = sparse_index(model, list(corpus), batch_size)
+        seconds = timed_sparse_queries(model, documents, queries[:timed], depth)
         ids, scores = [], []
-        for start in range(0, len(queries), 256):
-            q = model.encode_query(queries[start : start + 256], batch_size=batch_size, convert_to_sparse_tensor=True).to_dense()
+        for start in range(0, len(queries), block):
+            q = model.encode_query(queries[start : start + block], batch_size=batch_size, convert_to_sparse_tensor=True).to_dense().float()
             top = torch.topk((documents @ q.T).T, k=depth, dim=1)
             ids.append(top.indices.numpy())
-            scores.append(top.values.float().numpy())
+            scores.append(top.values.numpy())
     return np.concatenate(ids), np.concatenate(scores), seconds
