@@ -176,3 +176,19 @@ def test_colbert_on_the_klue_roberta_layout_scores_the_same_after_loading(tiny_k
                           run_dir=tmp_path / "eval")["dev"]
     assert scored["ndcg@10"] == pytest.approx(report["retrieval_dev"]["ndcg@10"], rel=1e-4)
     assert scored["mrr@10"] == pytest.approx(report["retrieval_dev"]["mrr@10"], rel=1e-4)
+
+
+def test_maxsim_scores_fp32_token_vectors_under_bf16_autocast(tiny_model_dir, tmp_path, monkeypatch):
+    # The forward runs in bf16; the loss must not: a MaxSim score near query_length moves in bf16
+    # steps of 1/8, coarser than the margins between a positive and a negative.
+    seen = []
+    real = MultiVectorEncoder.similarity
+
+    def similarity(self, a, b, *args, **kwargs):
+        seen.extend({t.dtype for t in (a if isinstance(a, (list, tuple)) else [a]) if torch.is_tensor(t)})
+        return real(self, a, b, *args, **kwargs)
+
+    monkeypatch.setattr(MultiVectorEncoder, "similarity", similarity)
+    report = run(mv_cfg(tiny_model_dir, "trainer.mixed_precision=bf16", "trainer.max_steps=2", "trainer.batch_size=4"), run_dir=tmp_path / "run")
+    assert report["mixed_precision"] == "bf16" and seen
+    assert set(seen) == {torch.float32}, set(seen)

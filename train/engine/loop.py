@@ -37,7 +37,7 @@ from train.engine.session import DevEvaluation, LoopResult, Session, Workload
 from train.engine.settings import TrainerConfig
 from train.engine.setup import build_optimizer, make_accelerator, setup  # noqa: F401 (the loop's entry points, for callers)
 from train.engine.signals import StopOnSignal
-from train.engine.step_model import training_forward
+from train.engine.step_model import OUTPUT_KEYS, training_forward
 from train.engine.task_step import TrainStep
 from train.errors import Preempted, UserError
 
@@ -74,7 +74,8 @@ def update(s: Session, batch: dict[str, Any]) -> torch.Tensor:
     accelerator = s.accelerator
     with accelerator.accumulate(s.model):
         # The forward passes in autocast, outputs and loss in fp32, also GradCache's replay in backward.
-        with training_forward(s.model, accelerator.autocast, s.step_fn.forward_contexts(s.model, batch), s.prep.helpers):
+        with training_forward(s.model, accelerator.autocast, s.step_fn.forward_contexts(s.model, batch), s.prep.helpers,
+                              getattr(s.step_fn, "fp32_outputs", OUTPUT_KEYS)):
             try:
                 loss = compute_loss(s.step_fn, s.model, s.prep.loss_fn, batch)
                 accelerator.backward(loss)

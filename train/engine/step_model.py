@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 # The outputs a loss reads; token embeddings stay as computed (casting them would cost memory).
+# The outputs a loss reads, cast to fp32 after the autocast forward; a task whose loss reads others
+# (MaxSim reads the token vectors) names them in its step's `fp32_outputs`.
 OUTPUT_KEYS = ("sentence_embedding", "scores")
 # What the library's losses call on the model besides forward (DDP's wrapper has `device` itself;
 # the multi-vector losses score with the model's MaxSim).
@@ -81,9 +83,9 @@ def compile_backbones(model: nn.Module) -> int:
     return len(found)
 
 
-def to_fp32(outputs: Any) -> Any:
+def to_fp32(outputs: Any, keys: tuple[str, ...] = OUTPUT_KEYS) -> Any:
     if isinstance(outputs, dict):
-        for key in OUTPUT_KEYS:
+        for key in keys:
             value = outputs.get(key)
             if torch.is_tensor(value) and value.is_floating_point() and value.dtype != torch.float32:
                 outputs[key] = value.float()
@@ -108,17 +110,17 @@ def patched_forward(module: nn.Module, make: Callable[[Callable], Callable]) -> 
 @contextmanager
 def training_forward(
     model: nn.Module, autocast: Callable[[], AbstractContextManager], extra: list[Callable[[], AbstractContextManager]] = (),
-    helpers: list[nn.Module] = (),
+    helpers: list[nn.Module] = (), keys: tuple[str, ...] = OUTPUT_KEYS,
 ) -> Iterator[None]:
     """Within: `model(...)` (the step model, whoever calls it) and each of `helpers` (a loss's frozen
-    guide) runs under autocast and returns fp32 outputs; `extra` context managers (padding-free
-    forwards of the task) are entered inside."""
+    guide) runs under autocast and returns its `keys` outputs in fp32; `extra` context managers
+    (padding-free forwards of the task) are entered inside."""
 
     def make(forward: Callable) -> Callable:
         def forward_in_autocast(*args: Any, **kwargs: Any) -> Any:
             with autocast():
                 outputs = forward(*args, **kwargs)
-            return to_fp32(outputs)
+            return to_fp32(outputs, keys)
 
         return forward_in_autocast
 

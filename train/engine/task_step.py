@@ -21,6 +21,9 @@ class BatchStats:
 
 
 class TrainStep(Protocol):
+    # A step may name `fp32_outputs`, the output keys its loss reads (default: step_model.OUTPUT_KEYS,
+    # the pooled embedding and the scores), which the loop casts to fp32 after the autocast forward.
+
     def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """The batch's loss. `model` is the prepared model (DDP's wrapper under several processes),
         which `loss_fn` holds too; calling it autocasts the forward pass and gives fp32 outputs

@@ -18,6 +18,7 @@ from torch import nn
 
 from train.data.mixture import PART, MixtureBatchSampler, MixtureCollate, MixtureRows
 from train.engine.session import Workload
+from train.engine.step_model import OUTPUT_KEYS
 from train.engine.task_step import BatchStats, TrainStep
 from train.errors import DataError
 
@@ -42,6 +43,8 @@ class MixtureStep:
 
     def __init__(self, steps: Sequence[TrainStep]) -> None:
         self.steps = list(steps)
+        keys = [k for step in self.steps for k in getattr(step, "fp32_outputs", OUTPUT_KEYS)]
+        self.fp32_outputs = tuple(dict.fromkeys(keys))
 
     def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         d = batch[PART]

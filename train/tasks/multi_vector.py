@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from train.data.batching import Collator
+from train.engine.step_model import OUTPUT_KEYS
 from train.evaluation.multi_vector_figures import MULTI_VECTOR_MAIN_METRIC, evaluate_multi_vector_retrieval, evaluate_multi_vector_sts
 from train.losses.registry import LossSpec
 from train.models.multi_vector import expansion
@@ -78,6 +79,10 @@ class MultiVectorCollator:
 class MultiVectorStep(SparseStep):
     """One feature batch a column to the loss, which runs the model itself (the sparse task's step
     without its Router routing: the columns carry their roles already)."""
+
+    # MaxSim reads the token vectors: in bf16 a query's score (a sum of up to query_length maxima)
+    # would move in steps of 1/8 near 32, coarser than the margins the loss separates.
+    fp32_outputs = (*OUTPUT_KEYS, "token_embeddings")
 
     def loss(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return loss_fn(batch["columns"], batch["labels"])
