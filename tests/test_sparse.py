@@ -212,3 +212,15 @@ def test_the_index_built_in_chunks_and_scored_in_blocks_is_the_librarys_sparse_s
     ids, scores, seconds = figures.sparse_search(model, queries, corpus, depth=10, timed=3)
     assert np.allclose(scores, expected.values.numpy(), atol=1e-5) and len(seconds) == 3
     assert (ids[:, 0] == expected.indices[:, 0].numpy()).all()
+
+
+def test_the_growing_index_array_keeps_every_value_when_the_estimate_was_short():
+    import numpy as np
+
+    from train.evaluation.sparse_figures import _Growing
+
+    grown = _Growing(np.int32)
+    grown.reserve(3)  # the first chunk's estimate, too small for what follows
+    for part in (np.arange(2), np.arange(2, 9), np.arange(9, 10)):
+        grown.extend(part.astype(np.int32))
+    assert grown.array().tolist() == list(range(10)) and grown.array().dtype == np.int32

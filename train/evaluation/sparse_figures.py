@@ -59,29 +59,57 @@ INDEX_CHUNK = 16_384
 SCORE_ELEMENTS = 1 << 26
 
 
+class _Growing:
+    """A 1-d array appended to in place: sized from the first chunk's density, grown by half when
+    full, so the index is not held twice at the end as concatenating the chunks would."""
+
+    def __init__(self, dtype: Any) -> None:
+        import numpy as np
+
+        self.data, self.size = np.zeros(0, dtype), 0
+
+    def reserve(self, capacity: int) -> None:
+        import numpy as np
+
+        if capacity > len(self.data):
+            grown = np.empty(capacity, self.data.dtype)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+
+    def extend(self, values: Any) -> None:
+        if self.size + len(values) > len(self.data):
+            self.reserve(max(self.size + len(values), len(self.data) * 3 // 2))
+        self.data[self.size : self.size + len(values)] = values
+        self.size += len(values)
+
+    def array(self) -> Any:
+        return self.data[: self.size]
+
+
 def sparse_index(model: Any, corpus: list[str], batch_size: int = 64, chunk: int | None = None) -> Any:
     """The corpus's document vectors as one torch CSR matrix (passages x vocabulary) with int32 row
-    offsets and token ids and float32 weights, as an inverted index holds them."""
+    offsets and token ids (int64 past 2^31 active dimensions) and float32 weights, as an inverted
+    index holds them."""
     import numpy as np
     import torch
 
     chunk = chunk or INDEX_CHUNK
-    offsets, ids, weights, total = [np.zeros(1, np.int64)], [], [], 0
+    crow, ids, weights = np.zeros(len(corpus) + 1, np.int64), _Growing(np.int32), _Growing(np.float32)
     for start in range(0, len(corpus), chunk):
         part = model.encode_document(corpus[start : start + chunk], batch_size=batch_size, convert_to_sparse_tensor=True).coalesce()
         part = part.to_sparse_csr()
-        offsets.append(part.crow_indices()[1:].numpy() + total)
-        ids.append(part.col_indices().numpy().astype(np.int32))
-        weights.append(part.values().float().numpy())
-        total += len(weights[-1])
-    if total >= 2**31:
-        raise ValueError(f"{total:,} active dimensions over {len(corpus):,} passages pass an int32 index; search the corpus in parts")
+        if start == 0:  # the rest of the corpus is assumed about as dense as its first chunk, with a margin
+            estimate = int(1.2 * part.values().numel() * len(corpus) / max(1, part.shape[0])) + 1
+            ids.reserve(estimate), weights.reserve(estimate)
+        crow[start + 1 : start + 1 + part.shape[0]] = part.crow_indices()[1:].numpy() + ids.size
+        ids.extend(part.col_indices().numpy())
+        weights.extend(part.values().float().numpy())
+    index_type = np.int32 if ids.size < 2**31 else np.int64  # torch wants row offsets and ids of one type
+    columns = torch.from_numpy(ids.array().astype(index_type, copy=False))
     vocabulary = model.get_embedding_dimension()
-    crow = torch.from_numpy(np.concatenate(offsets).astype(np.int32))
-    columns = torch.from_numpy(np.concatenate(ids) if ids else np.zeros(0, np.int32))
-    values = torch.from_numpy(np.concatenate(weights) if weights else np.zeros(0, np.float32))
     # Checked (one pass over the index): a malformed CSR matrix would crash the matmul, not raise.
-    return torch.sparse_csr_tensor(crow, columns, values, size=(len(corpus), vocabulary), check_invariants=True)
+    return torch.sparse_csr_tensor(torch.from_numpy(crow.astype(index_type)), columns, torch.from_numpy(weights.array()),
+                                   size=(len(corpus), vocabulary), check_invariants=True)
 
 
 def timed_sparse_queries(model: Any, documents: Any, queries: list[str], depth: int) -> list[float]:
