@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-# The outputs a loss reads; token embeddings stay as computed (casting them would cost memory).
-# The outputs a loss reads, cast to fp32 after the autocast forward; a task whose loss reads others
-# (MaxSim reads the token vectors) names them in its step's `fp32_outputs`.
+# The outputs a loss reads, cast to fp32 after the autocast forward. Token embeddings stay as computed
+# (casting them would cost memory), unless a task's loss reads them (MaxSim): its step names them
+# in `fp32_outputs`.
 OUTPUT_KEYS = ("sentence_embedding", "scores")
 # What the library's losses call on the model besides forward (DDP's wrapper has `device` itself;
 # the multi-vector losses score with the model's MaxSim).

@@ -145,7 +145,7 @@ def sparse_query_cost(model: Any, data: Any, n_queries: int = 200, batch_size: i
 def sparse_search(model: Any, queries: list[str], corpus: list[str], depth: int = 100, timed: int = 0, batch_size: int = 64):
     """(ids, scores, seconds): each query's `depth` best documents by sparse dot product, best
     first, and the seconds the first `timed` queries (0: all) took one by one. The corpus is
-    encoded once into a CSR index (`sparse_index`); the other queries are scored a block at a
+    encoded once into a CSR index (`sparse_index`); then every query is scored a block at a
     time, at most SCORE_ELEMENTS scores a block."""
     import numpy as np
     import torch
